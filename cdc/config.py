@@ -1,0 +1,143 @@
+"""The pipeline file's typed model.
+
+Each section is a dataclass whose fields are declared with :func:`cdc.plugin.setting`; the
+loader (:mod:`cdc.config_loader`) validates YAML against these classes and the plugins'
+``Config`` classes, and ``docs/configuration.md`` is generated from them, so the docs cannot
+drift from what is checked.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from cdc.plugin import setting
+
+NAME_RE = re.compile(r"^[a-z0-9_]{1,48}$")
+
+
+def _check_listen(value: str) -> str | None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host:
+        return "expected HOST:PORT, e.g. 127.0.0.1:8080"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"port {port!r} is not a number from 0 to 65535"
+    return None
+
+
+def is_loopback(host: str) -> bool:
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_name(value: str) -> str | None:
+    if not NAME_RE.match(value):
+        return "must match [a-z0-9_]{1,48} (it names replication slots, which allow no '-')"
+    return None
+
+
+def _check_positive(value: int) -> str | None:
+    return None if value > 0 else "must be greater than 0"
+
+
+@dataclass
+class StateConfig:
+    path: str = setting(
+        "./cdc-state.sqlite",
+        doc="SQLite file holding checkpoints, schema history and snapshot progress; relative "
+        "to the config file's folder",
+        path=True,
+    )
+    dsn: str | None = setting(
+        None,
+        doc="PostgreSQL database shared by several service instances (instead of `path`)",
+        secret=True,
+    )
+
+
+@dataclass
+class ApiConfig:
+    listen: str = setting(
+        "127.0.0.1:8080", doc="HOST:PORT of the admin HTTP API", check=_check_listen
+    )
+    token: str | None = setting(
+        None,
+        doc="when set, every endpoint but /healthz and /livez needs `Authorization: Bearer "
+        "TOKEN`; required when `listen` is not a loopback address",
+        secret=True,
+    )
+    public_metrics: bool = setting(False, doc="serve /metrics without the token")
+
+
+@dataclass
+class LogConfig:
+    level: Literal["debug", "info", "warning", "error"] = setting("info", doc="log level")
+    format: Literal["json", "console"] = setting(
+        "json", doc="`json`: one JSON object per line on stderr; `console`: for people"
+    )
+
+
+@dataclass
+class SnapshotConfig:
+    mode: Literal["initial", "never", "initial_only"] = setting(
+        "initial",
+        doc="`initial`: snapshot every listed table once while streaming; `never`: only on "
+        "demand; `initial_only`: snapshot, then finish without streaming",
+    )
+    chunk_rows: int = setting(10000, doc="rows read per snapshot chunk", check=_check_positive)
+
+
+@dataclass
+class ColumnsConfig:
+    exclude: dict[str, list[str]] = setting(
+        default_factory=dict,
+        doc="per table (`schema.table`), columns left out of events and schema versions",
+    )
+
+
+@dataclass
+class ValuesConfig:
+    bigint: Literal["number", "string"] = setting(
+        "number",
+        doc="`string` writes int8 / BIGINT [UNSIGNED] as JSON strings (for consumers that "
+        "read numbers as doubles)",
+    )
+
+
+@dataclass
+class PipelineConfig:
+    name: str = setting(doc="pipeline name, unique; names the default slot and publication", check=_check_name)
+    source: Any = setting(doc="where changes come from; `type` picks the source plugin")
+    sink: Any = setting(doc="where events go; `type` picks the sink plugin")
+    snapshot: SnapshotConfig = setting(default_factory=SnapshotConfig, doc="snapshots")
+    columns: ColumnsConfig = setting(default_factory=ColumnsConfig, doc="column filters")
+    values: ValuesConfig = setting(default_factory=ValuesConfig, doc="value mapping options")
+    #: type names of source and sink, as written in the file (filled by the loader)
+    source_type: str = field(default="", metadata={"internal": True})
+    sink_type: str = field(default="", metadata={"internal": True})
+
+
+@dataclass
+class ServiceConfig:
+    pipelines: list[PipelineConfig] = setting(doc="the pipelines this service runs")
+    state: StateConfig = setting(default_factory=StateConfig, doc="where the service keeps its state")
+    api: ApiConfig = setting(default_factory=ApiConfig, doc="admin HTTP API")
+    log: LogConfig = setting(default_factory=LogConfig, doc="logging")
+    #: absolute path of the file and its folder (filled by the loader)
+    file: str = field(default="", metadata={"internal": True})
+    config_dir: str = field(default=".", metadata={"internal": True})
+    #: every secret value found in the file (filled by the loader; never logged)
+    secrets: list[str] = field(default_factory=list, metadata={"internal": True})
+
+    def pipeline(self, name: str) -> PipelineConfig | None:
+        for p in self.pipelines:
+            if p.name == name:
+                return p
+        return None

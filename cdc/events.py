@@ -1,0 +1,120 @@
+"""Change events: the immutable unit the service delivers.
+
+A :class:`ChangeEvent` is built once by a source and encoded once, lazily, by the first sink
+that needs its bytes (``event.json``). Values are already in their JSON form when the source
+hands the event over (see the value table in the docs): integers as ``int``, numerics as
+``str``, JSON columns as :class:`orjson.Fragment` (their exact text, spliced in), so encoding
+is a single :func:`orjson.dumps` call per event.
+
+The parts shared by many events (the ``source`` block of a transaction and table, the
+``schema`` reference of a version) are shared objects, never copied per event.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+if TYPE_CHECKING:
+    from cdc.schema import SchemaVersion
+
+OPS = ("c", "u", "d", "r", "t")
+
+
+class ChangeEvent:
+    """One row change. Treat as immutable once handed to the pipeline.
+
+    ``transaction`` is ``(id, seq, last)`` or ``None`` (snapshot reads).
+    ``source`` is the event's ``source`` block (a dict shared by the events of one
+    transaction and table; never mutate it).
+    """
+
+    __slots__ = (
+        "id",
+        "op",
+        "ts_ms",
+        "source",
+        "transaction",
+        "schema",
+        "key",
+        "before",
+        "after",
+        "unchanged",
+        "key_change",
+        "_json",
+    )
+
+    def __init__(
+        self,
+        id: str,
+        op: str,
+        ts_ms: int,
+        source: dict[str, Any],
+        transaction: tuple[str, int, bool] | None,
+        schema: SchemaVersion,
+        key: dict[str, Any] | None,
+        before: dict[str, Any] | None,
+        after: dict[str, Any] | None,
+        unchanged: list[str] | None = None,
+        key_change: dict[str, Any] | None = None,
+    ) -> None:
+        self.id = id
+        self.op = op
+        self.ts_ms = ts_ms
+        self.source = source
+        self.transaction = transaction
+        self.schema = schema
+        self.key = key
+        self.before = before
+        self.after = after
+        self.unchanged = unchanged
+        self.key_change = key_change
+        self._json: bytes | None = None
+
+    @property
+    def table(self) -> str:
+        """The table's qualified name, ``schema.table`` (PostgreSQL) or ``db.table`` (MySQL)."""
+        return self.schema.name
+
+    @property
+    def json(self) -> bytes:
+        """The event's compact JSON encoding (no trailing newline), computed once."""
+        data = self._json
+        if data is None:
+            data = self._json = encode_event(self)
+        return data
+
+    @property
+    def key_json(self) -> bytes | None:
+        """Compact JSON of ``key`` (columns in key order), or ``None`` for a keyless event."""
+        return None if self.key is None else orjson.dumps(self.key)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The event as plain Python data (what ``json.loads`` of the encoding gives)."""
+        result: dict[str, Any] = orjson.loads(self.json)
+        return result
+
+    def __repr__(self) -> str:
+        return f"ChangeEvent({self.id!r}, {self.op!r}, {self.schema.name!r})"
+
+
+def encode_event(e: ChangeEvent) -> bytes:
+    """Encode one event in the envelope's key order."""
+    tx = e.transaction
+    doc: dict[str, Any] = {
+        "id": e.id,
+        "op": e.op,
+        "ts_ms": e.ts_ms,
+        "source": e.source,
+        "transaction": None if tx is None else {"id": tx[0], "seq": tx[1], "last": tx[2]},
+        "schema": e.schema.ref,
+        "key": e.key,
+        "before": e.before,
+        "after": e.after,
+    }
+    if e.unchanged:
+        doc["unchanged"] = e.unchanged
+    if e.key_change is not None:
+        doc["key_change"] = e.key_change
+    return orjson.dumps(doc)

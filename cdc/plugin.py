@@ -1,0 +1,210 @@
+"""What a source or a sink is, for the core.
+
+A plugin is a class registered under the entry-point group ``cdc.sources`` or ``cdc.sinks``
+(see :mod:`cdc.registry`). It names its typed config section with the class attribute
+``Config``: a dataclass whose fields are declared with :func:`setting`. The loader validates a
+pipeline file's ``source:`` / ``sink:`` mapping against that dataclass (unknown keys, types,
+required keys, checks) and the docs are generated from it, so a plugin's settings are checked
+and documented exactly like the built-in ones.
+
+Threads: a source's :meth:`Source.read` runs on the pipeline's reader thread;
+:meth:`Source.ack` is called from the dispatcher thread and must be thread-safe. A sink is
+only ever called from the dispatcher thread.
+
+Order of calls (the delivery guarantee): the dispatcher hands events to ``Sink.write``, calls
+``Sink.flush`` (durable), saves the checkpoint, then calls ``Source.ack`` with the same
+position. Raising :class:`cdc.errors.RetriableError` from any of these makes the pipeline
+close everything and resume from the last saved checkpoint; :class:`cdc.errors.FatalError`
+stops the pipeline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    import structlog
+
+    from cdc.config import PipelineConfig
+    from cdc.events import ChangeEvent
+    from cdc.schema import SchemaRegistry, SchemaVersion
+    from cdc.state import CheckpointStore
+
+_MISSING: Any = dataclasses.MISSING
+
+
+def setting(
+    default: Any = _MISSING,
+    *,
+    doc: str,
+    default_factory: Callable[[], Any] | Any = _MISSING,
+    check: Callable[[Any], str | None] | None = None,
+    secret: bool = False,
+    path: bool = False,
+    example: Any = _MISSING,
+) -> Any:
+    """Declare one setting of a config section.
+
+    ``doc`` is the one-line meaning shown by the generated docs. ``check`` returns an error
+    message for a bad value (or ``None``). ``secret`` marks a value that must never be logged or
+    shown (it is masked in ``cdc status`` and logs). ``path`` marks a filesystem path, which
+    the loader resolves against the config file's folder. A setting without a default is
+    required.
+    """
+    metadata = {"doc": doc, "check": check, "secret": secret, "path": path, "example": example}
+    if default_factory is not _MISSING:
+        return dataclasses.field(default_factory=default_factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+class Batch:
+    """What a source's reader hands to the pipeline.
+
+    ``events`` in delivery order; ``position`` is the checkpointable position reached after the
+    last of them (only at transaction boundaries), or ``None`` when the batch ends inside a
+    transaction. A batch with no events and a position is a heartbeat: the source moved past
+    changes of no interest.
+    """
+
+    __slots__ = ("events", "position", "commit_ts")
+
+    def __init__(
+        self, events: list[ChangeEvent], position: Any = None, commit_ts: float | None = None
+    ) -> None:
+        self.events = events
+        self.position = position
+        #: source commit time (unix seconds) of the newest transaction in the batch, for lag
+        self.commit_ts = commit_ts
+
+
+class PluginContext:
+    """What the core gives a plugin: who it works for and where to keep its facts."""
+
+    def __init__(
+        self,
+        pipeline: PipelineConfig,
+        store: CheckpointStore,
+        log: structlog.typing.FilteringBoundLogger,
+        config_dir: str,
+        registry: SchemaRegistry | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
+        self.pipeline = pipeline
+        self.name = pipeline.name
+        self.store = store
+        self.log = log
+        self.config_dir = config_dir
+        self.registry = registry
+        self.stop = stop or threading.Event()
+
+    def get_meta(self, key: str) -> str | None:
+        return self.store.get_meta(self.name, key)
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.store.set_meta(self.name, key, value)
+
+
+class Source(ABC):
+    """A stream of committed row changes with checkpointable positions."""
+
+    Config: ClassVar[type]
+    #: shown in ``source.connector`` of events
+    connector: ClassVar[str] = ""
+
+    def __init__(self, config: Any, ctx: PluginContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abstractmethod
+    def open(self, checkpoint: str | None, *, adopt: bool = False) -> None:
+        """Connect, check the server and prepare to read from ``checkpoint`` (a position
+        string saved earlier, or ``None`` when the pipeline has no state). Called on the
+        supervisor thread before each (re)start. Raise FatalError for what a person must fix,
+        RetriableError for what may pass."""
+
+    @abstractmethod
+    def read(self, timeout: float) -> Batch | None:
+        """Return the next batch (bounded in size), or ``None`` if nothing came within
+        ``timeout`` seconds. Called in a loop on the reader thread."""
+
+    @abstractmethod
+    def ack(self, position: Any) -> None:
+        """Everything up to ``position`` is checkpointed; the source may confirm it to the
+        server (PostgreSQL: the slot's flush position). Called from the dispatcher thread."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release connections. Must not raise; may be called after a failed ``open``."""
+
+    def serialize_position(self, position: Any) -> str:
+        return str(position)
+
+    def status(self) -> dict[str, Any]:
+        """Facts for ``/pipelines`` and ``/metrics`` (e.g. retained WAL); cheap, cached."""
+        return {}
+
+    def poll(self) -> None:  # noqa: B027 - optional hook
+        """Called every few seconds from the supervisor thread to refresh :meth:`status`."""
+
+    @classmethod
+    def describe_drop(cls, config: Any, ctx: PluginContext) -> list[str]:
+        """What ``cdc drop`` would remove at the source, one line each."""
+        return []
+
+    @classmethod
+    def drop(cls, config: Any, ctx: PluginContext) -> list[str]:
+        """Remove the pipeline's footprint at the source; return what was removed."""
+        return []
+
+
+class Sink(ABC):
+    """A durable destination for events."""
+
+    Config: ClassVar[type]
+
+    def __init__(self, config: Any, ctx: PluginContext) -> None:
+        self.config = config
+        self.ctx = ctx
+
+    @abstractmethod
+    def open(self, resume: str | None) -> None:
+        """Prepare to write. ``resume`` is the token :meth:`flush` returned with the checkpoint
+        the pipeline resumes from (``None`` without one): everything the sink accepted after
+        it will be delivered again."""
+
+    @abstractmethod
+    def write_schema(self, schema: SchemaVersion) -> None:
+        """Deliver a schema version's definition; called before the first event using it."""
+
+    @abstractmethod
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        """Accept events, in order. They need not be durable before :meth:`flush`."""
+
+    @abstractmethod
+    def flush(self) -> str | None:
+        """Make everything written so far durable (acknowledged). Returns a resume token kept
+        with the checkpoint, or ``None``."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources. Must not raise."""
+
+    def holds_events(self) -> bool:
+        """Whether the sink already holds this pipeline's events (for the no-state rules)."""
+        return False
+
+    def held_schemas(self) -> list[dict[str, Any]]:
+        """Schema definitions the sink holds (``cdc run --adopt`` continues after them)."""
+        return []
+
+    def describe_drop(self) -> list[str]:
+        """What ``cdc drop`` would move away at the sink, one line each."""
+        return []
+
+    def drop(self) -> list[str]:
+        """Move the sink's pipeline data out of the way (never delete it); return what moved."""
+        return []

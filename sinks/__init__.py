@@ -1,0 +1,1 @@
+"""Built-in sinks (file, Kafka, webhook), registered as ``cdc.sinks`` entry points."""

@@ -1,0 +1,1 @@
+"""Built-in sources (PostgreSQL, MySQL/MariaDB), registered as ``cdc.sources`` entry points."""
