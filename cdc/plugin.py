@@ -70,15 +70,21 @@ class Batch:
     changes of no interest.
     """
 
-    __slots__ = ("events", "position", "commit_ts")
+    __slots__ = ("events", "position", "commit_ts", "cost")
 
     def __init__(
-        self, events: list[ChangeEvent], position: Any = None, commit_ts: float | None = None
+        self,
+        events: list[ChangeEvent],
+        position: Any = None,
+        commit_ts: float | None = None,
+        cost: int = 0,
     ) -> None:
         self.events = events
         self.position = position
         #: source commit time (unix seconds) of the newest transaction in the batch, for lag
         self.commit_ts = commit_ts
+        #: estimated memory held by the batch, in bytes (0: estimate from the event count)
+        self.cost = cost
 
 
 class PluginContext:
@@ -92,6 +98,7 @@ class PluginContext:
         config_dir: str,
         registry: SchemaRegistry | None = None,
         stop: threading.Event | None = None,
+        shared: dict[str, Any] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.name = pipeline.name
@@ -100,6 +107,8 @@ class PluginContext:
         self.config_dir = config_dir
         self.registry = registry
         self.stop = stop or threading.Event()
+        #: facts the service shares with every plugin (e.g. ``slots_in_use``)
+        self.shared: dict[str, Any] = shared if shared is not None else {}
 
     def get_meta(self, key: str) -> str | None:
         return self.store.get_meta(self.name, key)
@@ -120,11 +129,12 @@ class Source(ABC):
         self.ctx = ctx
 
     @abstractmethod
-    def open(self, checkpoint: str | None, *, adopt: bool = False) -> None:
+    def open(self, checkpoint: str | None, *, adopt: bool = False) -> Any:
         """Connect, check the server and prepare to read from ``checkpoint`` (a position
-        string saved earlier, or ``None`` when the pipeline has no state). Called on the
-        supervisor thread before each (re)start. Raise FatalError for what a person must fix,
-        RetriableError for what may pass."""
+        string saved earlier, or ``None`` when the pipeline has no state; ``adopt`` then says
+        the user asked to continue from the server's own record of this pipeline). Returns the
+        position reading starts from. Called on the supervisor thread before each (re)start.
+        Raise FatalError for what a person must fix, RetriableError for what may pass."""
 
     @abstractmethod
     def read(self, timeout: float) -> Batch | None:

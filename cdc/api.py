@@ -1,0 +1,171 @@
+"""The admin HTTP API (``api.listen``).
+
+A small threaded HTTP server from the standard library: the API answers from the pipelines'
+in-memory status, so no request ever waits on a database. With ``api.token`` set, every
+endpoint but ``/livez`` and ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in
+constant time); ``public_metrics`` opens ``/metrics``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import re
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from cdc.log import redact
+
+if TYPE_CHECKING:
+    from cdc.service import Service
+
+_SNAPSHOTS = re.compile(r"^/pipelines/([^/]+)/snapshots(?:/([^/]+))?/?$")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class AdminAPI:
+    def __init__(self, service: Service, host: str, port: int, token: str | None, public_metrics: bool) -> None:
+        self.service = service
+        self.token = token
+        self.public_metrics = public_metrics
+        handler = _make_handler(self)
+        self.server = _Server((host.strip("[]"), port), handler)
+        self.thread = threading.Thread(target=self.server.serve_forever, name="admin-api", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.server.server_address[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def authorized(self, header: str | None) -> bool:
+        if not self.token:
+            return True
+        if not header or not header.startswith("Bearer "):
+            return False
+        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+
+
+def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
+    service = api.service
+
+    class Handler(BaseHTTPRequestHandler):
+        server_version = "cdc"
+        sys_version = ""
+
+        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
+            return
+
+        def _send(self, status: int, body: bytes, ctype: str = "application/json") -> None:
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if self.command != "HEAD":
+                self.wfile.write(body)
+
+        def _json(self, status: int, doc: Any) -> None:
+            self._send(status, redact(orjson.dumps(doc).decode()).encode())
+
+        def _error(self, status: int, message: str) -> None:
+            self._json(status, {"error": message})
+
+        def _guard(self, public: bool = False) -> bool:
+            if public or api.authorized(self.headers.get("Authorization")):
+                return True
+            self.send_response(401)
+            body = orjson.dumps({"error": "missing or wrong bearer token"})
+            self.send_header("WWW-Authenticate", 'Bearer realm="cdc"')
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return False
+
+        def _route(self, method: str) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/livez" and method == "GET":
+                alive = service.alive()
+                self._json(200 if alive else 503, {"status": "ok" if alive else "stalled"})
+                return
+            if path == "/healthz" and method == "GET":
+                status, doc = service.health()
+                self._json(status, doc)
+                return
+            if path == "/metrics" and method == "GET":
+                if self._guard(public=api.public_metrics):
+                    self._send(200, service.metrics.render(), "text/plain; version=0.0.4; charset=utf-8")
+                return
+            if path in ("/pipelines", "/pipelines/") and method == "GET":
+                if self._guard():
+                    self._json(200, {"pipelines": service.pipelines_status()})
+                return
+            m = _SNAPSHOTS.match(path)
+            if m:
+                if not self._guard():
+                    return
+                name = m.group(1)
+                if service.pipeline(name) is None:
+                    self._error(404, f"no pipeline named {name!r} in this service")
+                    return
+                if method not in ("GET", "POST", "DELETE"):
+                    self._error(405, "method not allowed")
+                    return
+                self._error(
+                    501,
+                    "snapshots are not available yet in this build of cdc; the stream of "
+                    "changes runs without them",
+                )
+                return
+            if path.startswith("/pipelines/") and method == "GET":
+                if not self._guard():
+                    return
+                name = path[len("/pipelines/"):].strip("/")
+                p = service.pipeline(name)
+                if p is None:
+                    self._error(404, f"no pipeline named {name!r} in this service")
+                else:
+                    self._json(200, p.status.as_dict())
+                return
+            self._error(404 if method in ("GET", "POST", "DELETE") else 405, f"no such endpoint: {method} {path}")
+
+        def do_GET(self) -> None:  # noqa: N802
+            self._safely(lambda: self._route("GET"))
+
+        def do_HEAD(self) -> None:  # noqa: N802
+            self._safely(lambda: self._route("GET"))
+
+        def do_POST(self) -> None:  # noqa: N802
+            self._safely(lambda: self._route("POST"))
+
+        def do_DELETE(self) -> None:  # noqa: N802
+            self._safely(lambda: self._route("DELETE"))
+
+        def do_PUT(self) -> None:  # noqa: N802
+            self._safely(lambda: self._route("PUT"))
+
+        def _safely(self, fn: Callable[[], None]) -> None:
+            try:
+                fn()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+            except Exception as exc:  # never let one request kill the server
+                try:
+                    self._error(500, f"internal error: {type(exc).__name__}")
+                except Exception:
+                    pass
+
+    return Handler

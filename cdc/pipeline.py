@@ -1,0 +1,451 @@
+"""One pipeline: a source, a sink, and the loop that keeps the delivery guarantee.
+
+Theory of operation. Two threads per pipeline:
+
+* the **reader** calls ``source.read()`` in a loop and puts each batch into a bounded buffer
+  (bounded in bytes, so neither a huge transaction nor a backlog grows memory: when the
+  buffer is full the reader waits, and the source keeps its server connection alive);
+* the **dispatcher** (the pipeline's supervisor thread) takes batches, hands their events to
+  the sink (schema definitions first), and whenever a batch ended on a transaction boundary it
+  runs the commit sequence: ``sink.flush()`` (durable) → save the checkpoint (with the sink's
+  resume token) → ``source.ack(position)`` (PostgreSQL: the slot's flush LSN). Nothing is
+  acknowledged to the source before it is durable in the sink.
+
+Any :class:`RetriableError` closes both ends, discards what was in flight, waits with
+exponential backoff and jitter, and starts again from the last checkpoint, so nothing is lost
+and nothing is skipped. A :class:`FatalError` stops this pipeline only (state ``failed``).
+
+On stop the reader stops reading; the dispatcher delivers what was already read, flushes and
+checkpoints within the stop deadline, then both ends are closed.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import traceback
+from collections import Counter, deque
+from collections.abc import Callable
+from typing import Any
+
+from cdc import registry
+from cdc.config import PipelineConfig, ServiceConfig
+from cdc.errors import CDCError, FatalError, NotAvailableYet, RetriableError
+from cdc.events import ChangeEvent
+from cdc.log import get_logger, redact
+from cdc.plugin import Batch, PluginContext, Sink, Source
+from cdc.schema import SchemaRegistry, SchemaVersion
+from cdc.state import CheckpointStore
+
+#: bytes of batches waiting between reader and dispatcher
+BUFFER_BYTES = 48 * 1024 * 1024
+#: most events handed to the sink per commit sequence
+MAX_DISPATCH_EVENTS = 20000
+#: how often housekeeping (source.poll, rates) runs
+POLL_INTERVAL_S = 5.0
+#: consecutive unexpected (non-CDCError) failures before the pipeline gives up
+MAX_UNEXPECTED = 5
+
+
+class _Stop(Exception):
+    pass
+
+
+class BoundedBuffer:
+    """A FIFO of batches bounded by an estimate of their size in bytes."""
+
+    def __init__(self, limit: int) -> None:
+        self._limit = limit
+        self._items: deque[tuple[Any, int]] = deque()
+        self._size = 0
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, item: Any, cost: int, timeout: float) -> bool:
+        """Add an item; False if there was no room within ``timeout`` (or closed)."""
+        with self._cond:
+            deadline = time.monotonic() + timeout
+            while self._items and self._size + cost > self._limit and not self._closed:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            if self._closed:
+                return False
+            self._items.append((item, cost))
+            self._size += cost
+            self._cond.notify_all()
+            return True
+
+    def get(self, timeout: float) -> Any:
+        """The oldest item, or None after ``timeout``."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+                if not self._items:
+                    return None
+            item, cost = self._items.popleft()
+            self._size -= cost
+            self._cond.notify_all()
+            return item
+
+    def get_nowait(self) -> Any:
+        with self._cond:
+            if not self._items:
+                return None
+            item, cost = self._items.popleft()
+            self._size -= cost
+            self._cond.notify_all()
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._items.clear()
+            self._size = 0
+            self._cond.notify_all()
+
+
+class _ReaderFailed:
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+class PipelineStatus:
+    """What ``/pipelines``, ``/metrics`` and ``cdc status`` show. Written by the pipeline's
+    threads, read by the API threads (plain attribute reads and writes)."""
+
+    def __init__(self, name: str, source_type: str, sink_type: str) -> None:
+        self.name = name
+        self.source_type = source_type
+        self.sink_type = sink_type
+        self.state = "starting"
+        self.last_error: dict[str, Any] | None = None
+        self.source_position: str | None = None
+        self.checkpoint: str | None = None
+        self.checkpoint_at: float | None = None
+        self.commit_ts: float | None = None
+        self.lag_s: float | None = None
+        self.events_total = 0
+        self.events_per_s = 0.0
+        self.source_info: dict[str, Any] = {}
+        self.retries = 0
+        self.sink_errors = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        now = time.time()
+        return {
+            "name": self.name,
+            "state": self.state,
+            "source": {"type": self.source_type, "position": self.source_position, **self.source_info},
+            "sink": {"type": self.sink_type},
+            "checkpoint": {
+                "position": self.checkpoint,
+                "age_s": None if self.checkpoint_at is None else round(now - self.checkpoint_at, 3),
+            },
+            "lag_s": None if self.lag_s is None else round(self.lag_s, 3),
+            "events_total": self.events_total,
+            "events_per_s": round(self.events_per_s, 1),
+            "retries": self.retries,
+            "last_error": self.last_error,
+            "snapshot": None,
+        }
+
+
+class Pipeline:
+    """Runs one pipeline of the file until stopped or failed."""
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        service: ServiceConfig,
+        store: CheckpointStore,
+        *,
+        adopt: bool = False,
+        on_events: Callable[[str, Counter[tuple[str, str]]], None] | None = None,
+        shared: dict[str, Any] | None = None,
+    ) -> None:
+        self.config = config
+        self.service = service
+        self.store = store
+        self.adopt = adopt
+        self.name = config.name
+        self.status = PipelineStatus(config.name, config.source_type, config.sink_type)
+        self.log = get_logger(pipeline=config.name)
+        self._on_events = on_events
+        self._shared = shared or {}
+        self._stop = threading.Event()
+        self._stop_deadline: float | None = None
+        self._thread: threading.Thread | None = None
+        self._registry: SchemaRegistry | None = None
+
+    # -- control ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._supervise, name=f"pipeline-{self.name}", daemon=True)
+        self._thread.start()
+
+    def stop(self, grace_s: float = 8.0) -> None:
+        """Ask the pipeline to stop; in-flight events get ``grace_s`` to be acknowledged."""
+        if self._stop_deadline is None:
+            self._stop_deadline = time.monotonic() + grace_s
+        self._stop.set()
+
+    def join(self, timeout: float | None = None) -> bool:
+        if self._thread is None:
+            return True
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
+    @property
+    def done(self) -> bool:
+        return self.status.state in ("failed", "finished") or (
+            self._thread is not None and not self._thread.is_alive()
+        )
+
+    # -- supervisor ---------------------------------------------------------------------------
+
+    def _supervise(self) -> None:
+        backoff = 1.0
+        unexpected = 0
+        while not self._stop.is_set():
+            progress_before = self.status.checkpoint_at
+            try:
+                self._run_once()
+                if self._stop.is_set():
+                    break
+            except FatalError as exc:
+                self._fail(exc)
+                return
+            except RetriableError as exc:
+                self._retrying(exc)
+            except Exception as exc:  # a bug or an unwrapped library error
+                unexpected += 1
+                self.log.error("unexpected_error", error=redact(repr(exc)), traceback=redact(traceback.format_exc()))
+                if unexpected >= MAX_UNEXPECTED:
+                    self._fail(FatalError(f"internal error, gave up after {unexpected} attempts: {exc!r}", kind="internal"))
+                    return
+                self._retrying(RetriableError(f"unexpected error: {exc!r}", kind="internal"))
+            else:
+                backoff = 1.0
+            if self.status.checkpoint_at != progress_before:
+                backoff = 1.0
+                unexpected = 0
+            wait = min(backoff, 30.0) * (0.5 + random.random() / 2)
+            backoff = min(backoff * 2, 30.0)
+            self._stop.wait(wait)
+        if self.status.state not in ("failed", "finished"):
+            self.status.state = "stopped"
+
+    def _fail(self, exc: CDCError) -> None:
+        self.status.state = "failed"
+        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
+        self.log.error("pipeline_failed", error_kind=exc.kind, error=redact(str(exc)))
+
+    def _retrying(self, exc: CDCError) -> None:
+        self.status.state = "retrying"
+        self.status.retries += 1
+        if exc.kind.startswith("sink"):
+            self.status.sink_errors += 1
+        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
+        self.log.warning("pipeline_retrying", error_kind=exc.kind, error=redact(str(exc)))
+
+    def _plugin(self, kind: str) -> tuple[type, Any]:
+        cls = registry.load(kind, self.config.source_type if kind == "source" else self.config.sink_type)
+        return cls, (self.config.source if kind == "source" else self.config.sink)
+
+    def _run_once(self) -> None:
+        if self.config.snapshot.mode != "never":
+            raise NotAvailableYet(
+                f"snapshot.mode {self.config.snapshot.mode!r} is not available yet in this build "
+                "of cdc; set `snapshot: {mode: never}` for this pipeline to stream changes only",
+                pipeline=self.name,
+            )
+        if self._registry is None:
+            self._registry = SchemaRegistry(self.store, self.name)
+        ctx = PluginContext(
+            self.config,
+            self.store,
+            self.log,
+            self.service.config_dir,
+            self._registry,
+            self._stop,
+            self._shared,
+        )
+        source_cls, source_cfg = self._plugin("source")
+        sink_cls, sink_cfg = self._plugin("sink")
+        source: Source = source_cls(source_cfg, ctx)
+        sink: Sink = sink_cls(sink_cfg, ctx)
+        self._source = source
+        try:
+            self._open(source, sink)
+            self.status.state = "running"
+            self.status.last_error = None
+            self._stream(source, sink)
+        finally:
+            sink.close()
+            source.close()
+
+    def _open(self, source: Source, sink: Sink) -> None:
+        checkpoint = self.store.get_checkpoint(self.name)
+        adopting = False
+        if checkpoint is None:
+            if sink.holds_events():
+                if not self.adopt:
+                    raise FatalError(
+                        f"pipeline {self.name!r} has no saved state, but its sink already holds "
+                        "its events (was the state file lost or replaced?). Starting from 'now' "
+                        "would silently skip changes. Either run `cdc drop CONFIG "
+                        f"{self.name} --yes` and start fresh (with snapshot.mode: initial to "
+                        f"re-read the tables), or run `cdc run CONFIG --adopt {self.name}` to "
+                        "continue from the replication slot's confirmed position",
+                        pipeline=self.name,
+                        kind="state_lost",
+                    )
+                assert self._registry is not None
+                seeded = self._registry.seed(sink.held_schemas())
+                self.log.warning("adopting", schema_versions_from_sink=seeded)
+                adopting = True
+            elif self.adopt:
+                adopting = True
+        elif self.adopt:
+            self.log.info("adopt_ignored", reason="the pipeline has saved state")
+        start = source.open(checkpoint.position if checkpoint else None, adopt=adopting)
+        sink.open(checkpoint.sink if checkpoint else None)
+        if checkpoint is None:
+            if start is None:
+                raise FatalError("the source did not report a start position", pipeline=self.name)
+            # Save where we start at once: a crash before the first batch must not look like
+            # a lost state on restart.
+            token = sink.flush()
+            position = source.serialize_position(start)
+            self.store.save_checkpoint(self.name, position, token)
+            self.status.checkpoint = position
+            self.status.checkpoint_at = time.time()
+            self.log.info("started_fresh", position=position, adopted=adopting)
+        else:
+            self.status.checkpoint = checkpoint.position
+            self.status.checkpoint_at = checkpoint.saved_at
+            self.log.info("resuming", position=checkpoint.position)
+        self.status.source_position = self.status.checkpoint
+
+    # -- streaming ----------------------------------------------------------------------------
+
+    def _stream(self, source: Source, sink: Sink) -> None:
+        buffer = BoundedBuffer(BUFFER_BYTES)
+        reader_stop = threading.Event()
+
+        def read_loop() -> None:
+            try:
+                while not reader_stop.is_set() and not self._stop.is_set():
+                    batch = source.read(0.2)
+                    if batch is None:
+                        continue
+                    cost = batch.cost or 64 + 512 * len(batch.events)
+                    while not buffer.put(batch, cost, 1.0):
+                        if reader_stop.is_set() or self._stop.is_set():
+                            return
+                        keepalive = getattr(source, "keepalive", None)
+                        if keepalive is not None:
+                            keepalive()
+            except BaseException as exc:  # handed to the dispatcher, which raises it
+                buffer.put(_ReaderFailed(exc), 0, 3600)
+
+        reader = threading.Thread(target=read_loop, name=f"reader-{self.name}", daemon=True)
+        reader.start()
+        try:
+            self._dispatch(source, sink, buffer)
+        finally:
+            reader_stop.set()
+            buffer.close()
+            reader.join(5)
+
+    def _dispatch(self, source: Source, sink: Sink, buffer: BoundedBuffer) -> None:
+        delivered: set[SchemaVersion] = set()
+        pending: Any = None  # position reached but not yet checkpointed
+        unflushed = 0
+        last_poll = 0.0
+        rate_t, rate_n = time.monotonic(), self.status.events_total
+        stopping = False
+        heartbeat_s = float(getattr(source.config, "heartbeat_s", 10.0))
+        while True:
+            now = time.monotonic()
+            if now - last_poll >= POLL_INTERVAL_S:
+                last_poll = now
+                source.poll()
+                self.status.source_info = source.status()
+                dt = now - rate_t
+                if dt > 0:
+                    self.status.events_per_s = (self.status.events_total - rate_n) / dt
+                rate_t, rate_n = now, self.status.events_total
+            if self._stop.is_set() and not stopping:
+                stopping = True
+            if stopping:
+                item = buffer.get_nowait()
+                if item is None or (self._stop_deadline is not None and time.monotonic() > self._stop_deadline):
+                    if pending is not None or unflushed:
+                        self._commit(source, sink, pending)
+                    return
+            else:
+                item = buffer.get(0.25)
+                if item is None:
+                    continue
+            if isinstance(item, _ReaderFailed):
+                raise item.error
+            events: list[ChangeEvent] = list(item.events)
+            position = item.position
+            commit_ts = item.commit_ts
+            while len(events) < MAX_DISPATCH_EVENTS:
+                more = buffer.get_nowait()
+                if more is None:
+                    break
+                if isinstance(more, _ReaderFailed):
+                    raise more.error
+                events.extend(more.events)
+                if more.position is not None:
+                    position = more.position
+                if more.commit_ts is not None:
+                    commit_ts = more.commit_ts
+            if events:
+                self._deliver(sink, events, delivered)
+                unflushed += len(events)
+            if commit_ts is not None:
+                self.status.commit_ts = commit_ts
+                self.status.lag_s = max(0.0, time.time() - commit_ts)
+            if position is not None:
+                pending = position
+                self.status.source_position = source.serialize_position(position)
+                if not events and unflushed == 0:
+                    self.status.lag_s = 0.0
+                    # a heartbeat: checkpoint it at most every heartbeat_s
+                    if self.status.checkpoint_at is not None and time.time() - self.status.checkpoint_at < heartbeat_s:
+                        continue
+                self._commit(source, sink, pending)
+                pending = None
+                unflushed = 0
+
+    def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
+        schemas = {e.schema for e in events}
+        new = schemas - delivered
+        if new:
+            for sv in sorted(new, key=lambda s: (s.name, s.version)):
+                sink.write_schema(sv)
+            delivered |= new
+        sink.write(events)
+        counts = Counter((e.schema.name, e.op) for e in events)
+        self.status.events_total += len(events)
+        if self._on_events is not None:
+            self._on_events(self.name, counts)
+
+    def _commit(self, source: Source, sink: Sink, position: Any) -> None:
+        token = sink.flush()
+        if position is None:
+            return
+        serialized = source.serialize_position(position)
+        self.store.save_checkpoint(self.name, serialized, token)
+        self.status.checkpoint = serialized
+        self.status.checkpoint_at = time.time()
+        source.ack(position)

@@ -1,0 +1,195 @@
+"""The long-lived service behind ``cdc run``.
+
+It opens the state store, starts the admin API and one :class:`~cdc.pipeline.Pipeline` per
+pipeline of the file, then waits for a stop signal. On SIGTERM/SIGINT every pipeline stops
+reading and gets 8 s to have what is in flight acknowledged and checkpointed; the process
+exits within 10 s. A pipeline that fails stops alone; the service ends by itself only when
+every pipeline has failed (exit 1) or finished (exit 0).
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+from cdc.api import AdminAPI
+from cdc.config import ServiceConfig, is_loopback
+from cdc.errors import CDCError, NotAvailableYet
+from cdc.log import add_secrets, configure, get_logger, redact
+from cdc.metrics import Metrics
+from cdc.pipeline import Pipeline
+from cdc.state import CheckpointStore, SQLiteStore
+
+#: seconds pipelines get to deliver what is in flight after a stop signal
+STOP_GRACE_S = 8.0
+#: the process exits within this many seconds of a stop signal
+STOP_DEADLINE_S = 9.5
+
+
+def open_store(config: ServiceConfig, *, readonly: bool = False) -> CheckpointStore:
+    if config.state.dsn:
+        raise NotAvailableYet(
+            "state.dsn (a PostgreSQL state store for several instances) is not available yet "
+            "in this build of cdc; use state.path (SQLite)",
+            kind="not_available_yet",
+        )
+    return SQLiteStore(config.state.path, readonly=readonly)
+
+
+class Service:
+    def __init__(self, config: ServiceConfig, *, only: list[str] | None = None, adopt: list[str] | None = None) -> None:
+        self.config = config
+        self.log = get_logger()
+        self.only = only or []
+        self.adopt = set(adopt or [])
+        self._stop = threading.Event()
+        self._pipelines: list[Pipeline] = []
+        self.metrics = Metrics(lambda: self._pipelines)
+        self.api: AdminAPI | None = None
+        self.store: CheckpointStore | None = None
+        self._tick = time.monotonic()
+
+    # -- queries for the API ----------------------------------------------------------------------
+
+    def pipeline(self, name: str) -> Pipeline | None:
+        for p in self._pipelines:
+            if p.name == name:
+                return p
+        return None
+
+    def pipelines_status(self) -> list[dict[str, Any]]:
+        return [p.status.as_dict() for p in self._pipelines]
+
+    def alive(self) -> bool:
+        """The service's main loop ticked recently (for the liveness probe)."""
+        return time.monotonic() - self._tick < 10.0
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        failing = []
+        for p in self._pipelines:
+            s = p.status
+            if s.state in ("running", "standby", "finished"):
+                if s.source_info.get("retained_wal_exceeded"):
+                    failing.append({"pipeline": p.name, "state": s.state, "error": "retained_wal_exceeded"})
+                continue
+            kind = s.last_error["kind"] if s.last_error else s.state
+            failing.append({"pipeline": p.name, "state": s.state, "error": kind})
+        if failing:
+            return 503, {"status": "unhealthy", "failing": failing}
+        return 200, {"status": "ok"}
+
+    # -- running ----------------------------------------------------------------------------------
+
+    def request_stop(self, *_: Any) -> None:
+        self._stop.set()
+
+    def run(self) -> int:
+        """Run until a stop signal or until no pipeline is left running. Returns the exit code."""
+        cfg = self.config
+        configure(cfg.log.level, cfg.log.format)
+        add_secrets(cfg.secrets)
+        log = self.log
+        names = [p.name for p in cfg.pipelines]
+        unknown = [n for n in self.only + sorted(self.adopt) if n not in names]
+        if unknown:
+            log.error("unknown_pipeline", pipelines=unknown, known=names)
+            return 1
+        host, _, port = cfg.api.listen.rpartition(":")
+        if not is_loopback(host) and not cfg.api.token:
+            log.error("refused", reason="the admin API listens on a non-loopback address without api.token")
+            return 1
+        try:
+            self.store = open_store(cfg)
+        except CDCError as exc:
+            log.error("cannot_start", error_kind=exc.kind, error=redact(str(exc)))
+            return 1
+        try:
+            self.api = AdminAPI(self, host, int(port), cfg.api.token, cfg.api.public_metrics)
+        except OSError as exc:
+            log.error("cannot_start", error=f"cannot listen on {cfg.api.listen}: {exc.strerror or exc}")
+            self.store.close()
+            return 1
+        self.api.start()
+        selected = [p for p in cfg.pipelines if not self.only or p.name in self.only]
+        slots_in_use = {
+            getattr(p.source, "slot", None) or f"cdc_{p.name}" for p in cfg.pipelines if p.source_type == "postgres"
+        }
+        shared: dict[str, Any] = {"slots_in_use": slots_in_use}
+        for pc in selected:
+            self._pipelines.append(
+                Pipeline(
+                    pc,
+                    cfg,
+                    self.store,
+                    adopt=pc.name in self.adopt,
+                    on_events=self.metrics.count_events,
+                    shared=shared,
+                )
+            )
+        installed = self._install_signals()
+        log.info("service_started", api=f"{self.api.address[0]}:{self.api.address[1]}", pipelines=[p.name for p in self._pipelines])
+        for p in self._pipelines:
+            p.start()
+        warned_unused = False
+        try:
+            while not self._stop.wait(0.5):
+                self._tick = time.monotonic()
+                if all(p.done for p in self._pipelines):
+                    break
+                if not warned_unused:
+                    warned_unused = self._warn_unused_slots()
+        finally:
+            code = self._shutdown()
+            if installed:
+                self._restore_signals(installed)
+        return code
+
+    def _warn_unused_slots(self) -> bool:
+        for p in self._pipelines:
+            unused = p.status.source_info.get("unused_slots")
+            if unused is not None:
+                if unused:
+                    self.log.warning(
+                        "unused_slots",
+                        slots=[u["slot"] for u in unused],
+                        hint="cdc_* replication slots that no pipeline of this file uses keep WAL "
+                        "on the server; drop them with `cdc drop` or pg_drop_replication_slot()",
+                    )
+                return True
+        return False
+
+    def _shutdown(self) -> int:
+        signalled = self._stop.is_set()
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        for p in self._pipelines:
+            p.stop(STOP_GRACE_S)
+        for p in self._pipelines:
+            p.join(max(0.0, deadline - time.monotonic()))
+        states = [p.status.state for p in self._pipelines]
+        if self.api is not None:
+            self.api.stop()
+        if self.store is not None and all(p.join(0) for p in self._pipelines):
+            self.store.close()
+        self.log.info("service_stopped", states=dict(zip([p.name for p in self._pipelines], states, strict=True)))
+        if signalled:
+            return 0
+        if states and all(s == "finished" for s in states):
+            return 0
+        if states and all(s == "failed" for s in states):
+            return 1
+        return 0
+
+    def _install_signals(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            previous[sig] = signal.signal(sig, self.request_stop)
+        return previous
+
+    @staticmethod
+    def _restore_signals(previous: dict[int, Any]) -> None:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

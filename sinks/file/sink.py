@@ -1,0 +1,506 @@
+"""The file sink: JSON Lines files in one folder.
+
+Layout of ``PATH`` (the ``path`` setting)::
+
+    events-000001.jsonl   one event per line (``event.json`` + ``\\n``), in delivery order
+    events-000002.jsonl   started when the previous file would pass ``rotate_mb`` MiB
+    schemas.jsonl         one schema definition per line, each version at least once,
+                          before the first event that uses it
+    dropped-20261128T134501Z/   files moved away by ``cdc drop`` (never deleted)
+
+Theory of operation
+-------------------
+Events are appended through one big buffered file object (one ``b"".join`` per ``write``
+call). Nothing is promised until :meth:`FileSink.flush`, which pushes the buffers to the OS and
+``fsync``\\s, in this order: ``schemas.jsonl`` (so no durable event names a schema that is not
+durable), the events file, and the folder when a file was created since the last flush (a new
+file's directory entry is only durable once the folder is fsynced). A file left behind by a
+rotation is fsynced when it is closed. The pipeline saves its checkpoint only after ``flush``
+returns, so a saved checkpoint never covers bytes that a power loss could take away: this
+ordering is what makes delivery at-least-once.
+
+``flush`` returns a *resume token* ``"events-NNNNNN.jsonl:<size>"``: the current file and its
+durable size. The pipeline keeps it with the checkpoint. After a crash it reopens the sink
+with the token of the checkpoint it resumes from; everything past that point will be
+delivered again, so :meth:`FileSink.open` truncates the named file to that size and removes the
+events files started after it. The folder then holds exactly the events up to the checkpoint
+and the replay appends the rest: no duplicates, even after ``kill -9``.
+
+Without a token (first start, or the token's file is gone) the only repair is the torn-line
+rule: a last line without its ``\\n`` (a write cut by a crash) is cut off before appending.
+``schemas.jsonl`` gets the same rule; its lines are never removed otherwise (an extra schema
+line is harmless; schema versions already present are not written again).
+
+Errors: an ``OSError`` while writing or flushing (``ENOSPC``, ``EIO``, ``EFBIG``) is a
+:class:`~cdc.errors.RetriableError` of kind ``sink_io``: the pipeline reopens the sink from the
+last checkpoint's token, which truncates whatever was half written. A path that is not a
+folder, or one that cannot be created or written for lack of permission, is a
+:class:`~cdc.errors.FatalError`.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import time
+from collections.abc import Sequence
+from typing import IO, TYPE_CHECKING, Any
+
+import orjson
+
+from cdc.errors import FatalError, RetriableError
+from cdc.plugin import PluginContext, Sink
+from sinks.file.config import FileConfig
+
+if TYPE_CHECKING:
+    from cdc.events import ChangeEvent
+    from cdc.schema import SchemaVersion
+
+__all__ = ["FileSink", "FileConfig", "SCHEMAS_FILE", "events_file_name"]
+
+SCHEMAS_FILE = "schemas.jsonl"
+_EVENTS_RE = re.compile(r"^events-(\d{6,})\.jsonl$")
+_BUFFER = 1 << 20  # bytes of Python-side buffering for the events file
+_MIB = 1024 * 1024
+# errnos that no retry can fix: a person must change the folder or its permissions
+_PERMANENT = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EISDIR}
+
+
+def events_file_name(index: int) -> str:
+    """``events-000001.jsonl`` for 1 (six digits, more only past 999999)."""
+    return f"events-{index:06d}.jsonl"
+
+
+def _events_files(folder: str) -> list[tuple[int, str]]:
+    """``(index, name)`` of the events files in ``folder``, in delivery order."""
+    try:
+        names = os.listdir(folder)
+    except FileNotFoundError:
+        return []
+    found = []
+    for name in names:
+        m = _EVENTS_RE.match(name)
+        if m:
+            found.append((int(m.group(1)), name))
+    found.sort()
+    return found
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _cut_torn_line(path: str) -> int:
+    """Cut a last line that lacks its ``\\n``; return how many bytes were cut."""
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        if size == 0:
+            return 0
+        f.seek(size - 1)
+        if f.read(1) == b"\n":
+            return 0
+        # Search backwards for the last complete line's newline.
+        end = size
+        keep = 0
+        chunk = 1 << 16
+        while end > 0:
+            start = max(0, end - chunk)
+            f.seek(start)
+            block = f.read(end - start)
+            i = block.rfind(b"\n")
+            if i >= 0:
+                keep = start + i + 1
+                break
+            end = start
+        f.truncate(keep)
+        f.flush()
+        os.fsync(f.fileno())
+        return size - keep
+
+
+def _read_schemas(path: str) -> list[dict[str, Any]]:
+    """The complete, valid definitions in ``schemas.jsonl`` (a torn last line is ignored)."""
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except FileNotFoundError:
+        return []
+    result: list[dict[str, Any]] = []
+    lines = data.split(b"\n")
+    # the part after the last "\n" is empty, or a torn line
+    for line in lines[:-1]:
+        if not line.strip():
+            continue
+        try:
+            d = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(d, dict) and "name" in d and "version" in d:
+            result.append(d)
+    return result
+
+
+class FileSink(Sink):
+    """Writes events as JSON Lines into rotated files of one folder (see the module doc)."""
+
+    Config = FileConfig
+
+    def __init__(self, config: FileConfig, ctx: PluginContext) -> None:
+        super().__init__(config, ctx)
+        self.config: FileConfig = config
+        self.folder: str = config.path
+        self._log = ctx.log.bind(sink="file", path=self.folder)
+        self._limit: int = max(1, int(config.rotate_mb * _MIB))
+        self._events: IO[bytes] | None = None
+        self._index: int = 0
+        self._name: str = ""
+        self._size: int = 0  # logical size of the current file, buffered bytes included
+        self._schemas: IO[bytes] | None = None
+        self._schemas_dirty: bool = False
+        self._seen: set[tuple[str, int]] = set()
+        self._dir_dirty: bool = False
+
+    # ------------------------------------------------------------------ errors
+
+    def _io_error(self, what: str, path: str, e: OSError) -> RetriableError:
+        return RetriableError(
+            f"file sink: cannot {what} {path}: {e.strerror or e}",
+            pipeline=self.ctx.name,
+            kind="sink_io",
+        )
+
+    def _fatal(self, what: str, path: str, e: OSError) -> FatalError:
+        hint = ""
+        if e.errno in (errno.EACCES, errno.EPERM):
+            hint = " (give the service's user write permission on it, or change sink.path)"
+        elif e.errno == errno.EROFS:
+            hint = " (the file system is read-only; change sink.path)"
+        return FatalError(
+            f"file sink: cannot {what} {path}: {e.strerror or e}{hint}",
+            pipeline=self.ctx.name,
+        )
+
+    def _check_folder(self) -> bool:
+        """Raise FatalError if ``path`` exists but is not a folder; return whether it exists."""
+        if os.path.isdir(self.folder):
+            return True
+        if os.path.lexists(self.folder):
+            raise FatalError(
+                f"file sink: path {self.folder} exists but is not a folder; "
+                "point sink.path at a folder (it is created when missing)",
+                pipeline=self.ctx.name,
+            )
+        return False
+
+    # ------------------------------------------------------------------ open
+
+    def open(self, resume: str | None) -> None:
+        self.close()
+        try:
+            self._open(resume)
+        except (FatalError, RetriableError):
+            self.close()
+            raise
+        except OSError as e:
+            self.close()
+            path = e.filename if isinstance(e.filename, str) else self.folder
+            if e.errno in _PERMANENT:
+                raise self._fatal("open", path, e) from e
+            raise self._io_error("open", path, e) from e
+
+    def _open(self, resume: str | None) -> None:
+        if not self._check_folder():
+            parent = os.path.dirname(self.folder.rstrip(os.sep)) or os.sep
+            try:
+                os.makedirs(self.folder, exist_ok=True)
+            except OSError as e:
+                if e.errno in _PERMANENT or isinstance(e, FileExistsError):
+                    self._check_folder()
+                    raise self._fatal("create the folder", self.folder, e) from e
+                raise self._io_error("create the folder", self.folder, e) from e
+            _fsync_dir(parent)
+            self._log.info("file sink created its folder")
+
+        files = _events_files(self.folder)
+        truncated = removed = 0
+        if resume is not None:
+            result = self._apply_resume(resume, files)
+            if result is not None:
+                truncated, removed = result
+                files = _events_files(self.folder)
+        if files:
+            # A token's truncation leaves whole lines, so this only acts without a usable
+            # token (or when the file was shorter than the token said).
+            cut = _cut_torn_line(os.path.join(self.folder, files[-1][1]))
+            if cut:
+                self._log.warning("file sink cut a torn last line", file=files[-1][1], bytes=cut)
+
+        schemas_path = os.path.join(self.folder, SCHEMAS_FILE)
+        if os.path.exists(schemas_path):
+            schema_cut = _cut_torn_line(schemas_path)
+            if schema_cut:
+                self._log.warning(
+                    "file sink cut a torn last line", file=SCHEMAS_FILE, bytes=schema_cut
+                )
+        else:
+            self._dir_dirty = True
+        self._seen = {(d["name"], int(d["version"])) for d in _read_schemas(schemas_path)}
+        self._schemas = open(schemas_path, "ab")
+
+        if files:
+            self._index, self._name = files[-1]
+        else:
+            self._index, self._name = 1, events_file_name(1)
+            self._dir_dirty = True
+        self._open_events()
+        if self._dir_dirty:
+            _fsync_dir(self.folder)
+            self._dir_dirty = False
+        self._log.info(
+            "file sink open",
+            file=self._name,
+            size=self._size,
+            resume=resume,
+            truncated_bytes=truncated,
+            removed_files=removed,
+            schemas=len(self._seen),
+        )
+
+    def _apply_resume(self, token: str, files: list[tuple[int, str]]) -> tuple[int, int] | None:
+        """Truncate to the token and remove later files; None if the token cannot be used."""
+        name, sep, size_text = token.rpartition(":")
+        m = _EVENTS_RE.match(name)
+        if not sep or not m or not size_text.isdigit():
+            self._log.warning(
+                "file sink resume token is not valid; only a torn last line will be cut",
+                resume=token,
+            )
+            return None
+        index, size = int(m.group(1)), int(size_text)
+        path = os.path.join(self.folder, name)
+        if not os.path.isfile(path):
+            self._log.warning(
+                "file sink resume token names a missing file; only a torn last line will be "
+                "cut, events after the checkpoint may be written twice",
+                resume=token,
+            )
+            return None
+        actual = os.path.getsize(path)
+        truncated = 0
+        if actual < size:
+            self._log.warning(
+                "file sink events file is shorter than its resume token says",
+                resume=token,
+                size=actual,
+            )
+        elif actual > size:
+            with open(path, "r+b") as f:
+                f.truncate(size)
+                os.fsync(f.fileno())
+            truncated = actual - size
+        removed = 0
+        for i, later in files:
+            if i > index:
+                os.remove(os.path.join(self.folder, later))
+                removed += 1
+        if removed:
+            _fsync_dir(self.folder)
+        return truncated, removed
+
+    def _open_events(self) -> None:
+        path = os.path.join(self.folder, self._name)
+        self._events = open(path, "ab", buffering=_BUFFER)
+        self._size = os.fstat(self._events.fileno()).st_size
+
+    # ------------------------------------------------------------------ writing
+
+    def write_schema(self, schema: SchemaVersion) -> None:
+        key = (schema.name, schema.version)
+        if key in self._seen:
+            return
+        fh = self._require(self._schemas)
+        try:
+            fh.write(orjson.dumps(schema.definition) + b"\n")
+            fh.flush()  # to the OS now: rare, and keeps the file readable by held_schemas()
+        except OSError as e:
+            raise self._io_error("write", os.path.join(self.folder, SCHEMAS_FILE), e) from e
+        self._seen.add(key)
+        self._schemas_dirty = True
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        if not events:
+            return
+        fh = self._require(self._events)
+        lines = [e.json for e in events]
+        lines.append(b"")  # so the join ends with "\n"
+        data = b"\n".join(lines)
+        try:
+            if self._size + len(data) <= self._limit:
+                fh.write(data)
+                self._size += len(data)
+            else:
+                self._write_rotating(lines[:-1])
+        except OSError as e:
+            raise self._io_error("write", os.path.join(self.folder, self._name), e) from e
+
+    def _write_rotating(self, lines: list[bytes]) -> None:
+        """Write lines, starting a new file before any line that would pass the limit."""
+        chunk: list[bytes] = []
+        chunk_size = 0
+        for line in lines:
+            n = len(line) + 1
+            if self._size + chunk_size + n > self._limit and self._size + chunk_size > 0:
+                if chunk:
+                    chunk.append(b"")
+                    self._require(self._events).write(b"\n".join(chunk))
+                    self._size += chunk_size
+                    chunk, chunk_size = [], 0
+                self._rotate()
+            chunk.append(line)
+            chunk_size += n
+        if chunk:
+            chunk.append(b"")
+            self._require(self._events).write(b"\n".join(chunk))
+            self._size += chunk_size
+
+    def _rotate(self) -> None:
+        """Close the current file (durably) and start the next one."""
+        fh = self._require(self._events)
+        fh.flush()
+        os.fsync(fh.fileno())
+        fh.close()
+        self._events = None
+        self._index += 1
+        self._name = events_file_name(self._index)
+        self._open_events()
+        self._dir_dirty = True
+        self._log.info("file sink started a new events file", file=self._name)
+
+    def flush(self) -> str | None:
+        fh = self._require(self._events)
+        path = os.path.join(self.folder, SCHEMAS_FILE)
+        try:
+            if self._schemas_dirty and self._schemas is not None:
+                self._schemas.flush()
+                os.fsync(self._schemas.fileno())
+                self._schemas_dirty = False
+            path = os.path.join(self.folder, self._name)
+            fh.flush()
+            os.fsync(fh.fileno())
+            if self._dir_dirty:
+                path = self.folder
+                _fsync_dir(self.folder)
+                self._dir_dirty = False
+        except OSError as e:
+            raise self._io_error("flush", path, e) from e
+        return f"{self._name}:{self._size}"
+
+    def _require(self, fh: IO[bytes] | None) -> IO[bytes]:
+        if fh is None:
+            raise RetriableError(
+                f"file sink for {self.folder} is not open", pipeline=self.ctx.name, kind="sink_io"
+            )
+        return fh
+
+    def close(self) -> None:
+        for attr in ("_events", "_schemas"):
+            fh: IO[bytes] | None = getattr(self, attr)
+            setattr(self, attr, None)
+            if fh is None:
+                continue
+            try:
+                # a failed buffer flush still closes the descriptor (the buffered bytes, never
+                # covered by a checkpoint, are dropped and delivered again)
+                fh.close()
+            except Exception as e:  # noqa: BLE001 - close must never raise
+                try:
+                    self._log.warning("file sink could not close a file", error=str(e))
+                except Exception:  # noqa: BLE001
+                    pass
+
+    # ------------------------------------------------------------------ facts
+
+    def holds_events(self) -> bool:
+        if not self._check_folder():
+            return False
+        for _, name in _events_files(self.folder):
+            try:
+                if os.path.getsize(os.path.join(self.folder, name)) > 0:
+                    return True
+            except FileNotFoundError:
+                continue
+        return False
+
+    def held_schemas(self) -> list[dict[str, Any]]:
+        if not self._check_folder():
+            return []
+        return _read_schemas(os.path.join(self.folder, SCHEMAS_FILE))
+
+    # ------------------------------------------------------------------ drop
+
+    def _drop_plan(self) -> tuple[list[str], str] | None:
+        """The names to move and the target folder, or None when there is nothing."""
+        if not self._check_folder():
+            return None
+        names = [name for _, name in _events_files(self.folder)]
+        if os.path.exists(os.path.join(self.folder, SCHEMAS_FILE)):
+            names.append(SCHEMAS_FILE)
+        if not names:
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        target = os.path.join(self.folder, f"dropped-{stamp}")
+        n = 1
+        while os.path.lexists(target):
+            n += 1
+            target = os.path.join(self.folder, f"dropped-{stamp}-{n}")
+        return names, target
+
+    def _summary(self, verb: str, names: list[str], target: str) -> str:
+        events = [n for n in names if n != SCHEMAS_FILE]
+        size = 0
+        for n in events:
+            try:
+                size += os.path.getsize(os.path.join(target if verb == "moved" else self.folder, n))
+            except OSError:
+                pass
+        parts = []
+        if events:
+            files = "file" if len(events) == 1 else "files"
+            span = events[0] if len(events) == 1 else f"{events[0]} .. {events[-1]}"
+            parts.append(f"{len(events)} event {files} ({span}, {size / _MIB:.1f} MiB)")
+        if SCHEMAS_FILE in names:
+            parts.append(SCHEMAS_FILE)
+        return f"{verb} {' and '.join(parts)} from {self.folder} to {target}"
+
+    def describe_drop(self) -> list[str]:
+        plan = self._drop_plan()
+        if plan is None:
+            return []
+        names, target = plan
+        return [self._summary("move", names, target)]
+
+    def drop(self) -> list[str]:
+        plan = self._drop_plan()
+        if plan is None:
+            return []
+        names, target = plan
+        self.close()
+        try:
+            os.mkdir(target)
+            for name in names:
+                os.rename(os.path.join(self.folder, name), os.path.join(target, name))
+            _fsync_dir(target)
+            _fsync_dir(self.folder)
+        except OSError as e:
+            raise FatalError(
+                f"file sink: cannot move files from {self.folder} to {target}: {e.strerror or e}",
+                pipeline=self.ctx.name,
+            ) from e
+        line = self._summary("moved", names, target)
+        self._log.info("file sink dropped its files", target=target, files=len(names))
+        return [line]

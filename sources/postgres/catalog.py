@@ -1,0 +1,486 @@
+"""Catalog work on a regular (non-replication) connection.
+
+Everything the PostgreSQL source asks the database outside the replication stream lives here:
+the start-up checks (server settings, grants, tables, replica identities), the publication and
+slot management, the type and key lookups made once per Relation message (never per row), and
+the monitoring queries (retained WAL, unused slots). Each check that fails raises one
+:class:`FatalError` saying what is wrong and the statement that fixes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from cdc.errors import FatalError, RetriableError
+
+#: marks a publication created (and therefore managed) by cdc
+PUBLICATION_MARK = "managed by cdc"
+MIN_SERVER_VERSION = 140000
+
+#: session settings that make pgoutput's text output exact and predictable
+SESSION_OPTIONS = (
+    "-c TimeZone=UTC -c DateStyle=ISO -c IntervalStyle=iso_8601 -c extra_float_digits=3 "
+    "-c bytea_output=hex -c client_encoding=UTF8"
+)
+
+# SQLSTATE classes that no retry can fix
+_FATAL_CONNECT_STATES = ("28000", "28P01", "3D000", "42501")
+
+
+def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
+    """Map a connection failure to Fatal (auth, missing database) or Retriable (the rest)."""
+    state = getattr(exc, "sqlstate", None)
+    message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    if state in _FATAL_CONNECT_STATES or "password authentication failed" in message:
+        return FatalError(
+            f"cannot connect to {dsn_display} for {what}: {message}; check the DSN's user, "
+            "password and database",
+            kind="source_auth",
+        )
+    return RetriableError(
+        f"cannot connect to {dsn_display} for {what}: {message}", kind="source_unreachable"
+    )
+
+
+def split_table(name: str) -> tuple[str, str]:
+    schema, _, table = name.partition(".")
+    return schema, table
+
+
+def qualified(name: str) -> sql.Composed:
+    schema, table = split_table(name)
+    return sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(table))
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    version: int
+    wal_level: str
+    database: str
+    user: str
+    superuser: bool
+    replication: bool
+    encoding: str
+
+
+def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
+    row = conn.execute(
+        "SELECT current_setting('server_version_num')::int, current_setting('wal_level'), "
+        "current_database(), current_user, r.rolsuper, r.rolreplication, "
+        "pg_encoding_to_char(d.encoding) "
+        "FROM pg_roles r, pg_database d WHERE r.rolname = current_user "
+        "AND d.datname = current_database()"
+    ).fetchone()
+    assert row is not None
+    return ServerFacts(*row)
+
+
+def check_server(facts: ServerFacts) -> None:
+    if facts.version < MIN_SERVER_VERSION:
+        raise FatalError(
+            f"PostgreSQL {facts.version // 10000} is not supported; cdc needs PostgreSQL 14 or newer",
+            kind="source_config",
+        )
+    if facts.wal_level != "logical":
+        raise FatalError(
+            f"the server's wal_level is {facts.wal_level!r}, logical decoding needs 'logical': "
+            "set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET wal_level = "
+            "logical) and restart PostgreSQL",
+            kind="source_config",
+        )
+    if not (facts.superuser or facts.replication):
+        raise FatalError(
+            f"the role {facts.user!r} lacks the REPLICATION attribute needed to stream changes: "
+            f'run `ALTER ROLE "{facts.user}" WITH REPLICATION` as a superuser',
+            kind="source_permission",
+        )
+    if facts.encoding != "UTF8":
+        raise FatalError(
+            f"the database encoding is {facts.encoding}; cdc needs a UTF8 database so that text "
+            "values are exact",
+            kind="source_config",
+        )
+
+
+@dataclass(frozen=True)
+class TableFacts:
+    name: str
+    oid: int
+    relkind: str
+    replident: str
+    has_pk: bool
+    is_partition: bool
+    ancestors: tuple[str, ...]
+
+
+def check_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[str, TableFacts]:
+    """Existence, SELECT grants, partitions and replica identities of the listed tables."""
+    facts: dict[str, TableFacts] = {}
+    problems: list[str] = []
+    for name in tables:
+        schema, table = split_table(name)
+        row = conn.execute(
+            "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition, "
+            "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+            "has_table_privilege(c.oid, 'SELECT') "
+            "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        ).fetchone()
+        if row is None:
+            raise FatalError(
+                f"table {name} does not exist in this database (names are exact catalog names: "
+                "schema.table, case-sensitive); create it or remove it from `tables`",
+                kind="source_config",
+                table=name,
+            )
+        oid, relkind, replident, is_partition, has_pk, can_select = row
+        if relkind not in ("r", "p"):
+            raise FatalError(
+                f"{name} is not a table (relkind {relkind!r}); only tables and partitioned "
+                "tables can be captured",
+                kind="source_config",
+                table=name,
+            )
+        if not can_select:
+            raise FatalError(
+                f"the connecting role lacks SELECT on {name}: run `GRANT SELECT ON {name} TO "
+                "<cdc role>`",
+                kind="source_permission",
+                table=name,
+            )
+        ancestors: tuple[str, ...] = ()
+        if is_partition:
+            ancestors = tuple(
+                r[0]
+                for r in conn.execute(
+                    "SELECT n.nspname || '.' || c.relname FROM pg_partition_ancestors(%s) a "
+                    "JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                    "WHERE a.relid <> %s",
+                    (oid, oid),
+                ).fetchall()
+            )
+        facts[name] = TableFacts(name, oid, relkind, replident, has_pk, is_partition, ancestors)
+    for f in facts.values():
+        listed = [a for a in f.ancestors if a in facts]
+        if listed:
+            raise FatalError(
+                f"{f.name} is a partition of {listed[0]}, which is also listed: events of a "
+                f"partitioned table use the root's name; remove {f.name} from `tables`",
+                kind="source_config",
+                table=f.name,
+            )
+    for f in facts.values():
+        targets = [f]
+        if f.relkind == "p":
+            targets = [
+                TableFacts(r[0], r[1], "r", r[2], r[3], True, ())
+                for r in conn.execute(
+                    "SELECT n.nspname || '.' || c.relname, c.oid, c.relreplident::text, "
+                    "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
+                    "FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid "
+                    "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf",
+                    (f.oid,),
+                ).fetchall()
+            ]
+        for t in targets:
+            problem = _identity_problem(t)
+            if problem:
+                problems.append(problem)
+    if problems:
+        raise FatalError("; ".join(problems), kind="source_config")
+    return facts
+
+
+def _identity_problem(t: TableFacts) -> str | None:
+    fix = (
+        f"run `ALTER TABLE {t.name} REPLICA IDENTITY FULL` (or add a primary key, or "
+        f"`ALTER TABLE {t.name} REPLICA IDENTITY USING INDEX <unique index>`); cdc never "
+        "changes a replica identity itself"
+    )
+    if t.replident == "n":
+        return (
+            f"table {t.name} has REPLICA IDENTITY NOTHING, so PostgreSQL sends no old row "
+            f"for its updates and deletes (and refuses them once published): {fix}"
+        )
+    if t.replident == "d" and not t.has_pk:
+        return (
+            f"table {t.name} has REPLICA IDENTITY DEFAULT but no primary key, so PostgreSQL "
+            f"cannot identify the rows of its updates and deletes: {fix}"
+        )
+    return None
+
+
+# -- publications -------------------------------------------------------------------------------
+
+
+def ensure_publication(
+    conn: psycopg.Connection[Any], name: str, tables: Sequence[str], pipeline: str, version: int
+) -> str:
+    """Create or align a cdc-managed publication, or check someone else's. Returns what was
+    done ("created", "altered", "unchanged", "checked")."""
+    row = conn.execute(
+        "SELECT p.oid, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, "
+        "p.pubviaroot, coalesce(obj_description(p.oid, 'pg_publication'), '') "
+        "FROM pg_publication p WHERE p.pubname = %s",
+        (name,),
+    ).fetchone()
+    ident = sql.Identifier(name)
+    wanted = sorted(tables)
+    if row is None:
+        try:
+            conn.execute(
+                sql.SQL(
+                    "CREATE PUBLICATION {} FOR TABLE {} WITH (publish = 'insert, update, delete, "
+                    "truncate', publish_via_partition_root = true)"
+                ).format(ident, sql.SQL(", ").join(qualified(t) for t in wanted))
+            )
+            conn.execute(
+                sql.SQL("COMMENT ON PUBLICATION {} IS {}").format(
+                    ident,
+                    sql.Literal(f"{PUBLICATION_MARK} (pipeline {pipeline}); kept equal to its tables"),
+                )
+            )
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise FatalError(
+                f"cannot create the publication {name}: {str(exc).strip()}. Creating a "
+                "publication needs ownership of the tables: create it as their owner "
+                f"(`CREATE PUBLICATION {name} FOR TABLE {', '.join(wanted)} WITH "
+                "(publish_via_partition_root = true)`) and cdc will use it as it is",
+                kind="source_permission",
+            ) from exc
+        return "created"
+    oid, alltables, ins, upd, dele, trunc, viaroot, comment = row
+    current = sorted(
+        r[0]
+        for r in conn.execute(
+            "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel pr "
+            "JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE pr.prpubid = %s",
+            (oid,),
+        ).fetchall()
+    )
+    if comment.startswith(PUBLICATION_MARK):
+        done = "unchanged"
+        try:
+            if current != wanted:
+                conn.execute(
+                    sql.SQL("ALTER PUBLICATION {} SET TABLE {}").format(
+                        ident, sql.SQL(", ").join(qualified(t) for t in wanted)
+                    )
+                )
+                done = "altered"
+            if not (ins and upd and dele and trunc and viaroot):
+                conn.execute(
+                    sql.SQL(
+                        "ALTER PUBLICATION {} SET (publish = 'insert, update, delete, truncate', "
+                        "publish_via_partition_root = true)"
+                    ).format(ident)
+                )
+                done = "altered"
+        except psycopg.errors.InsufficientPrivilege as exc:
+            raise FatalError(
+                f"cannot alter the publication {name} to match `tables`: {str(exc).strip()}; "
+                "alter it as the owner of the tables",
+                kind="source_permission",
+            ) from exc
+        return done
+    # Someone else's publication: check only.
+    missing_ops = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on]
+    if missing_ops:
+        raise FatalError(
+            f"publication {name} (not created by cdc) does not publish {', '.join(missing_ops)}: "
+            f"run `ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')`",
+            kind="source_config",
+        )
+    published = {
+        r[0]
+        for r in conn.execute(
+            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            (name,),
+        ).fetchall()
+    }
+    for t in wanted:
+        if t not in published:
+            hint = ""
+            if not viaroot:
+                hint = (
+                    " (if it is a partitioned table: the publication publishes its partitions; "
+                    f"run `ALTER PUBLICATION {name} SET (publish_via_partition_root = true)`)"
+                )
+            raise FatalError(
+                f"publication {name} (not created by cdc) does not include {t}{hint}: run "
+                f"`ALTER PUBLICATION {name} ADD TABLE {t}`",
+                kind="source_config",
+                table=t,
+            )
+    if version >= 150000 and not alltables:
+        for tname, has_filter, has_cols in conn.execute(
+            "SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL "
+            "FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pr.prpubid = %s",
+            (oid,),
+        ).fetchall():
+            if tname not in tables:
+                continue
+            if has_filter:
+                raise FatalError(
+                    f"publication {name} has a row filter on {tname}: cdc would miss rows; run "
+                    f"`ALTER PUBLICATION {name} SET TABLE ...` without a WHERE clause for it",
+                    kind="source_config",
+                    table=tname,
+                )
+            if has_cols:
+                raise FatalError(
+                    f"publication {name} has a column list on {tname}: cdc would miss columns; "
+                    f"publish the whole table (use columns.exclude in the pipeline instead)",
+                    kind="source_config",
+                    table=tname,
+                )
+    return "checked"
+
+
+def drop_publication_if_managed(conn: psycopg.Connection[Any], name: str, dry_run: bool) -> str | None:
+    row = conn.execute(
+        "SELECT coalesce(obj_description(oid, 'pg_publication'), '') FROM pg_publication WHERE pubname = %s",
+        (name,),
+    ).fetchone()
+    if row is None:
+        return None
+    if not row[0].startswith(PUBLICATION_MARK):
+        return f"keep publication {name} (not created by cdc)"
+    if not dry_run:
+        conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
+    return f"drop publication {name}"
+
+
+# -- slots ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SlotFacts:
+    name: str
+    plugin: str | None
+    slot_type: str
+    database: str | None
+    active_pid: int | None
+    confirmed_flush: str | None
+    restart_lsn: str | None
+    wal_status: str | None
+    retained_bytes: int | None
+
+
+def slot_facts(conn: psycopg.Connection[Any], slot: str) -> SlotFacts | None:
+    row = conn.execute(
+        "SELECT slot_name, plugin, slot_type, database, active_pid, confirmed_flush_lsn::text, "
+        "restart_lsn::text, wal_status, "
+        "CASE WHEN restart_lsn IS NULL THEN NULL ELSE pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END "
+        "FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    ).fetchone()
+    return None if row is None else SlotFacts(*row)
+
+
+def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
+    try:
+        row = conn.execute(
+            "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise FatalError(
+            f"cannot create the replication slot {slot}: {str(exc).strip()}",
+            kind="source_permission",
+        ) from exc
+    except psycopg.errors.ConfigurationLimitExceeded as exc:
+        raise FatalError(
+            f"cannot create the replication slot {slot}: {str(exc).strip()}; raise "
+            "max_replication_slots (and max_wal_senders) in postgresql.conf, or drop unused "
+            "slots (`cdc status` lists unused cdc_* slots)",
+            kind="source_config",
+        ) from exc
+    assert row is not None
+    return str(row[0])
+
+
+def cdc_slots(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None, int | None]]:
+    """Every ``cdc_*`` slot of the cluster: (name, database, retained bytes)."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT slot_name, database, CASE WHEN restart_lsn IS NULL THEN NULL ELSE "
+            "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END "
+            "FROM pg_replication_slots WHERE slot_name LIKE 'cdc\\_%' ORDER BY 1"
+        ).fetchall()
+    ]
+
+
+# -- relations and types (once per Relation message) ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class TypeFacts:
+    oid: int
+    name: str  # "int4", "public.mood"
+    typtype: str  # b c d e p r m
+    element: int  # element type oid for arrays, else 0
+    base: int  # base type oid for domains, else 0
+    delim: str
+    modout: str | None  # "pg_catalog.varchartypmodout" or None
+
+
+def type_facts(conn: psycopg.Connection[Any], oids: Sequence[int]) -> dict[int, TypeFacts]:
+    rows = conn.execute(
+        "SELECT t.oid::int, n.nspname, t.typname, t.typtype::text, t.typelem::int, "
+        "t.typbasetype::int, t.typdelim::text, "
+        "CASE WHEN t.typmodout = 0 THEN NULL ELSE pn.nspname || '.' || p.proname END "
+        "FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace "
+        "LEFT JOIN pg_proc p ON p.oid = t.typmodout LEFT JOIN pg_namespace pn ON pn.oid = p.pronamespace "
+        "WHERE t.oid = ANY(%s)",
+        (list(oids),),
+    ).fetchall()
+    out: dict[int, TypeFacts] = {}
+    for oid, nsp, typname, typtype, elem, base, delim, modout in rows:
+        name = typname if nsp == "pg_catalog" else f"{nsp}.{typname}"
+        out[oid] = TypeFacts(oid, name, typtype, elem if typname.startswith("_") else 0, base, delim, modout)
+    return out
+
+
+def typmod_text(conn: psycopg.Connection[Any], modout: str, typmod: int) -> str:
+    nsp, _, proc = modout.partition(".")
+    row = conn.execute(
+        sql.SQL("SELECT {}.{}(%s)").format(sql.Identifier(nsp), sql.Identifier(proc)), (typmod,)
+    ).fetchone()
+    return str(row[0]) if row and row[0] is not None else ""
+
+
+def key_columns(conn: psycopg.Connection[Any], relid: int, replident: str) -> list[str] | None:
+    """The event key's columns in index order: the replica identity index under INDEX, else
+    the primary key (DEFAULT and FULL). ``None`` when there is none (None also when the
+    relation no longer exists)."""
+    cond = "i.indisreplident" if replident == "i" else "i.indisprimary"
+    row = conn.execute(
+        "SELECT array_agg(a.attname ORDER BY k.ord) FROM pg_index i "
+        "CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord) "
+        "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum "
+        f"WHERE i.indrelid = %s AND {cond}",
+        (relid,),
+    ).fetchone()
+    if row is None or row[0] is None:
+        return None
+    return list(row[0])
+
+
+def not_null_columns(conn: psycopg.Connection[Any], relid: int) -> set[str]:
+    return {
+        r[0]
+        for r in conn.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 AND attnotnull "
+            "AND NOT attisdropped",
+            (relid,),
+        ).fetchall()
+    }
