@@ -37,6 +37,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def _check_token(value: str | None) -> str | None:
+    if value is not None and not value.strip():
+        return "must not be empty (leave it out to run without a token)"
+    return None
+
+
 def _check_name(value: str) -> str | None:
     if not NAME_RE.match(value):
         return "must match [a-z0-9_]{1,48} (it names replication slots, which allow no '-')"
@@ -72,6 +78,7 @@ class ApiConfig:
         doc="when set, every endpoint but /healthz and /livez needs `Authorization: Bearer "
         "TOKEN`; required when `listen` is not a loopback address",
         secret=True,
+        check=_check_token,
     )
     public_metrics: bool = setting(False, doc="serve /metrics without the token")
 

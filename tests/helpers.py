@@ -1,0 +1,229 @@
+"""Helpers for integration tests: run the real `cdc` CLI, read what the file sink wrote,
+fold events into rows, and wait for conditions with a deadline (never fixed sleeps)."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 30.0, interval: float = 0.05, what: str = "condition") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    last_exc: BaseException | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as exc:  # the condition may raise until it holds
+            last_exc = exc
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}" + (f" (last error: {last_exc!r})" if last_exc else ""))
+
+
+def write_config(folder: Path, pipelines: list[dict[str, Any]], *, api_port: int, extra: dict[str, Any] | None = None) -> Path:
+    doc: dict[str, Any] = {
+        "state": {"path": str(folder / "state.sqlite")},
+        "api": {"listen": f"127.0.0.1:{api_port}"},
+        "log": {"level": "info", "format": "json"},
+        "pipelines": pipelines,
+    }
+    if extra:
+        for k, v in extra.items():
+            if isinstance(v, dict) and isinstance(doc.get(k), dict):
+                doc[k].update(v)
+            else:
+                doc[k] = v
+    path = folder / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def pg_pipeline(name: str, dsn: str, tables: list[str], out: Path, **source: Any) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "name": name,
+        "source": {"type": "postgres", "dsn": dsn, "tables": tables, "heartbeat_s": 1, **source},
+        "snapshot": {"mode": "never"},
+        "sink": {"type": "file", "path": str(out)},
+    }
+    return p
+
+
+def cdc_env(extra_path: str | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    if extra_path:
+        env["PYTHONPATH"] = extra_path + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def run_cli(*args: str, timeout: float = 60, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "cdc", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env or cdc_env(),
+        cwd=str(ROOT),
+    )
+
+
+class CdcService:
+    """A `cdc run` process with its stderr captured to a file."""
+
+    def __init__(self, config: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = config.parent / f"cdc-{time.monotonic_ns()}.log"
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "run", str(config), *args],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env or cdc_env(),
+            cwd=str(ROOT),
+        )
+        doc = yaml.safe_load(config.read_text())
+        self.port = int(doc["api"]["listen"].rpartition(":")[2])
+        self.token = doc["api"].get("token")
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.logs().splitlines():
+            try:
+                out.append(orjson.loads(line))
+            except orjson.JSONDecodeError:
+                continue
+        return out
+
+    def get(self, path: str, token: str | None = None, method: str = "GET", body: Any = None) -> tuple[int, Any]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=5)
+        headers = {}
+        tok = token if token is not None else self.token
+        if tok:
+            headers["Authorization"] = f"Bearer {tok}"
+        try:
+            conn.request(method, path, body=orjson.dumps(body) if body is not None else None, headers=headers)
+            resp = conn.getresponse()
+            data = resp.read()
+        finally:
+            conn.close()
+        ctype = resp.getheader("Content-Type", "")
+        if "json" in ctype:
+            return resp.status, orjson.loads(data)
+        return resp.status, data.decode()
+
+    def pipeline(self, name: str) -> dict[str, Any]:
+        status, doc = self.get(f"/pipelines/{name}")
+        assert status == 200, doc
+        return doc  # type: ignore[no-any-return]
+
+    def wait_state(self, name: str, state: str, timeout: float = 30) -> dict[str, Any]:
+        def check() -> dict[str, Any] | None:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"cdc exited with {self.proc.returncode}:\n{self.logs()[-4000:]}")
+            doc = self.pipeline(name)
+            return doc if doc["state"] == state else None
+
+        try:
+            return wait_for(check, timeout, what=f"pipeline {name} {state}")  # type: ignore[no-any-return]
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n--- cdc log ---\n{self.logs()[-4000:]}") from None
+
+    def stop(self, timeout: float = 15) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(10)
+        self._log.close()
+
+    def __enter__(self) -> CdcService:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        self._log.close()
+
+
+def read_events(folder: Path) -> list[dict[str, Any]]:
+    events = []
+    for f in sorted(folder.glob("events-*.jsonl")):
+        for line in f.read_bytes().split(b"\n"):
+            if line:
+                events.append(orjson.loads(line))
+    return events
+
+
+def read_schemas(folder: Path) -> list[dict[str, Any]]:
+    path = folder / "schemas.jsonl"
+    if not path.exists():
+        return []
+    return [orjson.loads(line) for line in path.read_bytes().split(b"\n") if line]
+
+
+def fold(events: list[dict[str, Any]], table: str) -> dict[bytes, dict[str, Any]]:
+    """Replay a table's events (c/u/d/r/t in delivery order) into rows keyed by key JSON."""
+    rows: dict[bytes, dict[str, Any]] = {}
+    for e in events:
+        if e["schema"]["name"] != table:
+            continue
+        op = e["op"]
+        if op == "t":
+            rows.clear()
+            continue
+        key = orjson.dumps(e["key"], option=orjson.OPT_SORT_KEYS)
+        if op in ("c", "r", "u"):
+            row = dict(e["after"])
+            for col in e.get("unchanged", []):
+                if key in rows and col in rows[key]:
+                    row[col] = rows[key][col]
+            rows[key] = row
+        elif op == "d":
+            rows.pop(key, None)
+    return rows
+
+
+def table_rows(dsn: str, table: str, key: list[str], columns: str = "*") -> dict[bytes, dict[str, Any]]:
+    """The table's rows as the event values would show them (via to_jsonb for exactness)."""
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(f"SELECT to_jsonb(t) FROM {table} t").fetchall()
+    out = {}
+    for (doc,) in rows:
+        k = orjson.dumps({c: doc[c] for c in key}, option=orjson.OPT_SORT_KEYS)
+        out[k] = doc
+    return out
+
+
+def dedupe(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    seen: set[str] = set()
+    out = []
+    for e in events:
+        if e["id"] in seen:
+            continue
+        seen.add(e["id"])
+        out.append(e)
+    return out
