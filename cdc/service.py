@@ -90,7 +90,7 @@ class Service:
         cfg = self.config
         configure(cfg.log.level, cfg.log.format)
         add_secrets(cfg.secrets)
-        log = self.log
+        log = self.log = get_logger()
         names = [p.name for p in cfg.pipelines]
         unknown = [n for n in self.only + sorted(self.adopt) if n not in names]
         if unknown:

@@ -138,8 +138,10 @@ def _follow(folder: Path, stop: threading.Event) -> None:
 def run_demo(keep: bool = False) -> int:
     work = Path(tempfile.mkdtemp(prefix="cdc-demo-"))
     stop = threading.Event()
+    service_done = threading.Event()
     pg: LocalPostgres | None = None
     service: Service | None = None
+    runner: threading.Thread | None = None
     threads: list[threading.Thread] = []
 
     def on_term(*_: Any) -> None:
@@ -157,7 +159,14 @@ def run_demo(keep: bool = False) -> int:
         config_path.write_text(PIPELINE_YAML.format(api_port=free_port(), dsn=dsn))
         config = load_config(str(config_path))
         service = Service(config)
-        runner = threading.Thread(target=service.run, name="cdc-service", daemon=True)
+
+        def serve(svc: Service = service) -> None:
+            try:
+                svc.run()
+            finally:
+                service_done.set()
+
+        runner = threading.Thread(target=serve, name="cdc-service", daemon=True)
         runner.start()
         print(
             f"cdc demo: PostgreSQL {pg.version} at {dsn}\n"
@@ -172,8 +181,11 @@ def run_demo(keep: bool = False) -> int:
             t = threading.Thread(target=target, args=args, daemon=True)
             t.start()
             threads.append(t)
-        while runner.is_alive():
-            runner.join(0.5)
+        # Wait on an Event, not Thread.join: a KeyboardInterrupt inside join() can leave the
+        # thread looking dead while it still runs (CPython), and the database would then be
+        # stopped under the running service.
+        while not service_done.wait(0.5):
+            pass
         print("cdc demo: the service stopped", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -183,6 +195,8 @@ def run_demo(keep: bool = False) -> int:
         stop.set()
         if service is not None:
             service.request_stop()
+        if runner is not None:
+            service_done.wait(12)
         for t in threads:
             t.join(5)
         if pg is not None:
