@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, MutableMapping
 from typing import Any
 
 import structlog
@@ -58,7 +58,7 @@ def _redact_value(value: Any) -> Any:
     return value
 
 
-def _redact_processor(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> Mapping[str, Any]:
     return {k: _redact_value(v) for k, v in event_dict.items()}
 
 

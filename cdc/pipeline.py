@@ -34,7 +34,7 @@ from cdc.config import PipelineConfig, ServiceConfig
 from cdc.errors import CDCError, FatalError, NotAvailableYet, RetriableError
 from cdc.events import ChangeEvent
 from cdc.log import get_logger, redact
-from cdc.plugin import Batch, PluginContext, Sink, Source
+from cdc.plugin import PluginContext, Sink, Source
 from cdc.schema import SchemaRegistry, SchemaVersion
 from cdc.state import CheckpointStore
 

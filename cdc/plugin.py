@@ -123,6 +123,8 @@ class Source(ABC):
     Config: ClassVar[type]
     #: shown in ``source.connector`` of events
     connector: ClassVar[str] = ""
+    #: False for a plugin whose settings validate but which `cdc run` refuses (not built yet)
+    available: ClassVar[bool] = True
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config
@@ -175,6 +177,8 @@ class Sink(ABC):
     """A durable destination for events."""
 
     Config: ClassVar[type]
+    #: False for a plugin whose settings validate but which `cdc run` refuses (not built yet)
+    available: ClassVar[bool] = True
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config

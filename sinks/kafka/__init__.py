@@ -46,6 +46,7 @@ class KafkaConfig:
 
 class KafkaSink(Sink):
     Config = KafkaConfig
+    available = False
 
     def open(self, resume: str | None) -> None:
         raise NotAvailableYet("the kafka sink is not available yet in this build of cdc")

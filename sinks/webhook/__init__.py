@@ -33,6 +33,7 @@ class WebhookConfig:
 
 class WebhookSink(Sink):
     Config = WebhookConfig
+    available = False
 
     def open(self, resume: str | None) -> None:
         raise NotAvailableYet("the webhook sink is not available yet in this build of cdc")

@@ -45,6 +45,7 @@ class MySQLConfig:
 
 class MySQLSource(Source):
     Config = MySQLConfig
+    available = False
     connector = "mysql"
 
     def open(self, checkpoint: str | None, *, adopt: bool = False) -> None:
