@@ -392,6 +392,15 @@ class Pipeline:
             else:
                 item = buffer.get(0.25)
                 if item is None:
+                    # Idle: a heartbeat position held back earlier is checkpointed once the
+                    # interval has passed, so the slot keeps up with the server.
+                    if pending is not None and (
+                        self.status.checkpoint_at is None
+                        or time.time() - self.status.checkpoint_at >= heartbeat_s
+                    ):
+                        self._commit(source, sink, pending)
+                        pending = None
+                        unflushed = 0
                     continue
             if isinstance(item, _ReaderFailed):
                 raise item.error

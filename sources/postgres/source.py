@@ -209,7 +209,7 @@ class PostgresSource(Source):
 
     def _catalog(self) -> psycopg.Connection[Any]:
         conn = self._conn
-        if conn is None or conn.closed:
+        if conn is None or conn.closed or conn.broken:
             conn = self._conn = self._connect()
         return conn
 
@@ -448,6 +448,7 @@ class PostgresSource(Source):
         self._out = keep
         cost = self._out_cost
         self._out_cost = 0
+        self._housekeeping()  # status updates go out under sustained load too
         return Batch(events, position, self._tx_commit_unix or None, cost + 64)
 
     def _handle(self, buf: Any, nbytes: int) -> Batch | None:
