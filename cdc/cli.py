@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import signal
 import sys
+import threading
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -88,14 +90,22 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    # Take stop signals from the first moment: a SIGTERM while the file is still being loaded
+    # must end the service cleanly (exit 0), not kill it.
+    stop = threading.Event()
+    previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
-    from cdc.service import Service
+        try:
+            cfg = _load(args.config)
+        except ConfigError as exc:
+            _print_config_error(exc)
+            return EXIT_INVALID
+        from cdc.service import Service
 
-    return Service(cfg, only=args.pipeline, adopt=args.adopt).run()
+        return Service(cfg, only=args.pipeline, adopt=args.adopt, stop=stop).run()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:

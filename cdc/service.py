@@ -39,12 +39,19 @@ def open_store(config: ServiceConfig, *, readonly: bool = False) -> CheckpointSt
 
 
 class Service:
-    def __init__(self, config: ServiceConfig, *, only: list[str] | None = None, adopt: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        config: ServiceConfig,
+        *,
+        only: list[str] | None = None,
+        adopt: list[str] | None = None,
+        stop: threading.Event | None = None,
+    ) -> None:
         self.config = config
         self.log = get_logger()
         self.only = only or []
         self.adopt = set(adopt or [])
-        self._stop = threading.Event()
+        self._stop = stop or threading.Event()
         self._pipelines: list[Pipeline] = []
         self.metrics = Metrics(lambda: self._pipelines)
         self.api: AdminAPI | None = None

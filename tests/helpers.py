@@ -170,9 +170,12 @@ class CdcService:
 
 
 def read_events(folder: Path) -> list[dict[str, Any]]:
+    """Every complete line of the events files, in order (a torn last line, being written or
+    left by a failed write, is not an event yet)."""
     events = []
     for f in sorted(folder.glob("events-*.jsonl")):
-        for line in f.read_bytes().split(b"\n"):
+        lines = f.read_bytes().split(b"\n")
+        for line in lines[:-1]:
             if line:
                 events.append(orjson.loads(line))
     return events
@@ -227,3 +230,136 @@ def dedupe(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
         seen.add(e["id"])
         out.append(e)
     return out
+
+
+# -- helpers for the error, CLI, API and plugin integration tests --------------------------------
+
+
+def log_records(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of ``text`` (other lines are skipped)."""
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line.startswith("{"):
+            continue
+        try:
+            doc = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(doc, dict):
+            out.append(doc)
+    return out
+
+
+def find_log(records: list[dict[str, Any]], event: str, **match: Any) -> dict[str, Any] | None:
+    """The first log record named ``event`` whose fields equal ``match``."""
+    for r in records:
+        if r.get("event") == event and all(r.get(k) == v for k, v in match.items()):
+            return r
+    return None
+
+
+def run_until_exit(config: Path, *args: str, timeout: float = 60, env: dict[str, str] | None = None) -> tuple[int, list[dict[str, Any]], str]:
+    """``cdc run CONFIG ARGS`` expected to end by itself: (exit code, log records, stderr)."""
+    proc = run_cli("run", str(config), *args, timeout=timeout, env=env)
+    return proc.returncode, log_records(proc.stderr), proc.stderr
+
+
+def execute(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+
+
+def query(dsn: str, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn, autocommit=True, connect_timeout=10) as conn:
+        return conn.execute(statement, params).fetchall()  # type: ignore[arg-type]
+
+
+def slot_row(dsn: str, slot: str) -> dict[str, Any] | None:
+    """The slot's row of pg_replication_slots (LSNs as text), or None."""
+    rows = query(
+        dsn,
+        "SELECT slot_name, active_pid, confirmed_flush_lsn::text AS confirmed_flush_lsn, "
+        "restart_lsn::text AS restart_lsn, database FROM pg_replication_slots WHERE slot_name = %s",
+        (slot,),
+    )
+    if not rows:
+        return None
+    return dict(zip(("slot_name", "active_pid", "confirmed_flush_lsn", "restart_lsn", "database"), rows[0], strict=True))
+
+
+def lsn_int(text: str) -> int:
+    hi, _, lo = text.partition("/")
+    return (int(hi, 16) << 32) | int(lo, 16)
+
+
+def create_database(server: Any) -> tuple[str, str]:
+    """A new empty database on ``server`` (a LocalPostgres): (name, DSN)."""
+    import uuid
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    execute(server.dsn(), f'CREATE DATABASE "{name}"')
+    return name, server.dsn(name)
+
+
+def drop_database(server: Any, name: str) -> None:
+    """Drop a database made by :func:`create_database`, with its replication slots."""
+    with psycopg.connect(server.dsn(), autocommit=True, connect_timeout=10) as conn:
+        deadline = time.monotonic() + 30
+        while True:
+            conn.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s "
+                "AND pid <> pg_backend_pid()",
+                (name,),
+            )
+            try:
+                for (slot,) in conn.execute(
+                    "SELECT slot_name FROM pg_replication_slots WHERE database = %s", (name,)
+                ).fetchall():
+                    conn.execute("SELECT pg_drop_replication_slot(%s)", (slot,))
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')  # type: ignore[arg-type]
+                return
+            except (psycopg.errors.ObjectInUse, psycopg.errors.UndefinedObject):
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+
+
+def metric_value(text: str, name: str, **labels: str) -> float | None:
+    """The value of the Prometheus sample ``name{labels...}`` in ``text`` (labels may be a
+    subset of the sample's), or None."""
+    for line in text.splitlines():
+        if line.startswith("#") or not line.startswith(name):
+            continue
+        head, _, value = line.rpartition(" ")
+        sample, _, label_text = head.partition("{")
+        if sample != name:
+            continue
+        found = dict(
+            (k, v.strip('"'))
+            for k, _, v in (part.partition("=") for part in label_text.rstrip("}").split(",") if part)
+        )
+        if all(found.get(k) == v for k, v in labels.items()):
+            return float(value)
+    return None
+
+
+def read_complete_events(folder: Path) -> list[dict[str, Any]]:
+    """Like :func:`read_events`, for a folder the service is still writing: the bytes after a
+    file's last newline (a line being written right now) are left out."""
+    events = []
+    for f in sorted(folder.glob("events-*.jsonl")):
+        data = f.read_bytes()
+        for line in data[: data.rfind(b"\n") + 1].split(b"\n"):
+            if line:
+                events.append(orjson.loads(line))
+    return events
+
+
+def peak_rss_kb(pid: int) -> int:
+    """Peak resident set size (VmHWM in /proc/PID/status) of a live process, in KiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmHWM for process {pid}")

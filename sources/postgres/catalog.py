@@ -455,7 +455,12 @@ def typmod_text(conn: psycopg.Connection[Any], modout: str, typmod: int) -> str:
     row = conn.execute(
         sql.SQL("SELECT {}.{}(%s)").format(sql.Identifier(nsp), sql.Identifier(proc)), (typmod,)
     ).fetchone()
-    return str(row[0]) if row and row[0] is not None else ""
+    text = str(row[0]) if row and row[0] is not None else ""
+    # time/timestamp[tz] modifiers print "(3) with[out] time zone"; the type name says it
+    for suffix in (" without time zone", " with time zone"):
+        if text.endswith(suffix):
+            return text[: -len(suffix)]
+    return text
 
 
 def key_columns(conn: psycopg.Connection[Any], relid: int, replident: str) -> list[str] | None:

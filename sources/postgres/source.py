@@ -420,8 +420,24 @@ class PostgresSource(Source):
     def _lost(self, exc: BaseException | None) -> RetriableError:
         repl = self._repl
         detail = repl.get_error_message().strip() if repl is not None else ""
+        if repl is not None and (not detail or detail == "no error details available"):
+            # a server error ending COPY BOTH is in the next result, not on the connection
+            try:
+                res = repl.get_result()
+                if res is not None and res.status == pq.ExecStatus.FATAL_ERROR:
+                    detail = res.get_error_message().strip()
+            except Exception:
+                pass
         if not detail and exc is not None:
             detail = str(exc)
+        if "publication" in detail and "does not exist" in detail:
+            return FatalError(  # type: ignore[return-value]
+                f"the replication stream ended: {detail.splitlines()[0]}; pgoutput reads the "
+                "publication as of each change, so a slot created before its publication cannot "
+                "stream the changes in between: create the publication first, then the slot "
+                f"(or run `cdc drop CONFIG {self.ctx.name} --yes` and let cdc create both)",
+                kind="source_config",
+            )
         if "replication slot" in detail and ("does not exist" in detail or "invalidated" in detail):
             return FatalError(  # type: ignore[return-value]
                 f"the replication stream ended: {detail}; to recover, run `cdc drop CONFIG "

@@ -26,12 +26,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir
+from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
 from tests.helpers import (
     CdcService,
     dedupe,
     fold,
+    peak_rss_kb,
     pg_pipeline,
+    read_complete_events,
     read_events,
     table_rows,
     wait_for,
@@ -48,14 +50,6 @@ def _name() -> str:
 def lsn_int(text: str) -> int:
     hi, _, lo = text.partition("/")
     return (int(hi, 16) << 32) | int(lo, 16)
-
-
-def vm_hwm_kb(pid: int) -> int:
-    """Peak resident set size (VmHWM) of a live process, in KiB."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise AssertionError(f"no VmHWM for {pid}")
 
 
 def create_tables(dsn: str, *tables: str) -> None:
@@ -184,7 +178,7 @@ def wait_converged(out: Path, dsn: str, tables: list[str], timeout: float = 60) 
     state: dict[str, Any] = {}
 
     def same() -> bool:
-        events = read_events(out)
+        events = read_complete_events(out)
         state["events"] = events
         for t in tables:
             if fold(dedupe(events), t) != table_rows(dsn, t, ["id"]):
@@ -207,8 +201,16 @@ def wait_converged(out: Path, dsn: str, tables: list[str], timeout: float = 60) 
     return events
 
 
+def final_events(out: Path, dsn: str, tables: list[str]) -> list[dict[str, Any]]:
+    """After the service stopped: every line is whole, and the fold still matches."""
+    events = read_events(out)
+    for t in tables:
+        assert fold(dedupe(events), t) == table_rows(dsn, t, ["id"]), t
+    return events
+
+
 def wait_events(out: Path, at_least: int, timeout: float = 30) -> None:
-    wait_for(lambda: len(read_events(out)) >= at_least, timeout, interval=0.1, what=f"{at_least} events")
+    wait_for(lambda: len(read_complete_events(out)) >= at_least, timeout, interval=0.1, what=f"{at_least} events")
 
 
 def assert_every_insert_present(events: list[dict[str, Any]], writer: Writer) -> None:
@@ -248,15 +250,15 @@ def test_sigterm_then_restart_resumes(pgdb: str, tmp_path: Path, free_port: int)
         elapsed = time.monotonic() - t0
         assert code == 0, svc.logs()[-3000:]
         assert elapsed < 10, f"SIGTERM took {elapsed:.1f}s"
-        before = len(read_events(out))
+        before = len(read_complete_events(out))
         # the writer keeps committing while the service is down
         wait_for(lambda: writer.transactions > 50, 10, what="writes while the service is down")
         svc = start_service(config, name)
         wait_events(out, before + 200)
         writer.stop()
-        events = wait_converged(out, pgdb, tables)
-        svc_code = svc.stop()
-        assert svc_code == 0
+        wait_converged(out, pgdb, tables)
+        assert svc.stop() == 0
+        events = final_events(out, pgdb, tables)
     finally:
         writer.halt.set()
         svc.kill()
@@ -282,16 +284,17 @@ def test_kill9_mid_stream_three_times(pgdb: str, tmp_path: Path, free_port: int,
     try:
         writer.start()
         for _ in range(3):
-            wait_events(out, len(read_events(out)) + 50)
+            wait_events(out, len(read_complete_events(out)) + 50)
             # a random moment mid-stream (the writer never pauses)
             deadline = time.monotonic() + rng.uniform(0.05, 1.5)
             wait_for(lambda d=deadline: time.monotonic() >= d, 5, interval=0.01, what="a random moment")
             svc.kill()
             svc = start_service(config, name)
-        wait_events(out, len(read_events(out)) + 100)
+        wait_events(out, len(read_complete_events(out)) + 100)
         writer.stop()
-        events = wait_converged(out, pgdb, tables)
+        wait_converged(out, pgdb, tables)
         assert svc.stop() == 0
+        events = final_events(out, pgdb, tables)
     finally:
         writer.halt.set()
         svc.kill()
@@ -333,7 +336,7 @@ def test_idle_slot_heartbeat_advances_confirmed_flush(pgdb: str, tmp_path: Path,
             start_ckpt = lsn_int(svc.pipeline(name)["checkpoint"]["position"])
             for i in range(50):
                 conn.execute(
-                    "INSERT INTO busy (id, a, b, n) SELECT g, 'x', true, 1 FROM generate_series(%s, %s) g",
+                    "INSERT INTO busy (id, a, b, n) SELECT g, 'x', true, 1 FROM generate_series(%s::int, %s::int) g",
                     (i * 100, i * 100 + 99),
                 )
             row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
@@ -350,7 +353,7 @@ def test_idle_slot_heartbeat_advances_confirmed_flush(pgdb: str, tmp_path: Path,
                 what="the checkpoint past the writes",
             )
             print(f"slot advanced past the writes {slot_s:.2f}s after them")
-        assert read_events(out) == []
+        assert read_complete_events(out) == []
         assert svc.stop() == 0
     finally:
         svc.kill()
@@ -359,10 +362,12 @@ def test_idle_slot_heartbeat_advances_confirmed_flush(pgdb: str, tmp_path: Path,
 # -- the database restarted -------------------------------------------------------------------
 
 
-@pytest.fixture
-def own_pg(free_port: int) -> Iterator[LocalPostgres]:
-    """A dedicated PostgreSQL 15 on a fixed port (restarts keep the clients' DSN)."""
-    server = LocalPostgres(find_debian_bindir(15), port=free_port)
+@pytest.fixture(params=["pg15", "pg18"])
+def own_pg(request: pytest.FixtureRequest, free_port: int) -> Iterator[LocalPostgres]:
+    """A dedicated server (not the shared session ones) on a fixed port, so restarts keep
+    the clients' DSN."""
+    bindir = find_debian_bindir(15) if request.param == "pg15" else find_embedded_bindir()
+    server = LocalPostgres(bindir, port=free_port)
     try:
         server.start()
         yield server
@@ -389,7 +394,7 @@ def test_database_restart_fast_and_immediate(own_pg: LocalPostgres, tmp_path: Pa
     try:
         writer.start()
         for mode in ("fast", "immediate"):
-            wait_events(out, len(read_events(out)) + 100)
+            wait_events(out, len(read_complete_events(out)) + 100)
             own_pg.stop(mode)
             svc.wait_state(name, "retrying", timeout=15)
             assert wait_for(lambda: _health(svc) == 503, 5, what="/healthz 503 while the database is down")
@@ -397,11 +402,12 @@ def test_database_restart_fast_and_immediate(own_pg: LocalPostgres, tmp_path: Pa
             # the retry backoff is at most a few seconds after a short outage
             svc.wait_state(name, "running", timeout=30)
             assert wait_for(lambda: _health(svc) == 200, 5, what="/healthz 200 again")
-        wait_events(out, len(read_events(out)) + 100)
+        wait_events(out, len(read_complete_events(out)) + 100)
         writer.stop()
         assert writer.errors > 0  # the writer did see the database go away
-        events = wait_converged(out, dsn, tables)
+        wait_converged(out, dsn, tables)
         assert svc.stop() == 0
+        events = final_events(out, dsn, tables)
     finally:
         writer.halt.set()
         svc.kill()
@@ -426,7 +432,7 @@ def test_big_transaction_whole_and_bounded_memory(pgdb: str, tmp_path: Path, fre
     try:
         with psycopg.connect(pgdb, autocommit=True) as conn:
             conn.execute(
-                "INSERT INTO big (id, a, b, n) SELECT g, repeat('x', 40) || g, g % 2 = 0, g::bigint * 1000"
+                "INSERT INTO big (id, a, b, n) SELECT g, repeat('x', 40) || g, g %% 2 = 0, g::bigint * 1000"
                 " FROM generate_series(1, %s) g",
                 (BIG_ROWS,),
             )
@@ -435,7 +441,7 @@ def test_big_transaction_whole_and_bounded_memory(pgdb: str, tmp_path: Path, fre
             return sum(f.read_bytes().count(b"\n") for f in out.glob("events-*.jsonl"))
 
         wait_for(lambda: lines() >= BIG_ROWS, 120, interval=0.25, what=f"{BIG_ROWS} events")
-        hwm_mb = vm_hwm_kb(svc.proc.pid) / 1024
+        hwm_mb = peak_rss_kb(svc.proc.pid) / 1024
         assert svc.stop() == 0
     finally:
         svc.kill()
