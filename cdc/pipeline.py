@@ -253,6 +253,21 @@ class Pipeline:
         self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
         self.log.warning("pipeline_retrying", error_kind=exc.kind, error=redact(str(exc)))
 
+    def _degraded(self, exc: CDCError | None) -> None:
+        if exc is None:
+            if self.status.state == "retrying":
+                self.status.state = "running"
+                self.status.last_error = None
+                self.log.info("pipeline_recovered")
+            return
+        if self.status.state != "retrying":
+            self.status.retries += 1
+            if exc.kind.startswith("sink"):
+                self.status.sink_errors += 1
+            self.log.warning("pipeline_degraded", error_kind=exc.kind, error=redact(str(exc)))
+        self.status.state = "retrying"
+        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
+
     def _plugin(self, kind: str) -> tuple[type, Any]:
         cls = registry.load(kind, self.config.source_type if kind == "source" else self.config.sink_type)
         return cls, (self.config.source if kind == "source" else self.config.sink)
@@ -274,6 +289,7 @@ class Pipeline:
             self._registry,
             self._stop,
             self._shared,
+            self._degraded,
         )
         source_cls, source_cfg = self._plugin("source")
         sink_cls, sink_cfg = self._plugin("sink")

@@ -29,6 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import structlog
 
+    from cdc.errors import CDCError
+
     from cdc.config import PipelineConfig
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaRegistry, SchemaVersion
@@ -99,6 +101,7 @@ class PluginContext:
         registry: SchemaRegistry | None = None,
         stop: threading.Event | None = None,
         shared: dict[str, Any] | None = None,
+        on_degraded: Callable[[CDCError | None], None] | None = None,
     ) -> None:
         self.pipeline = pipeline
         self.name = pipeline.name
@@ -109,6 +112,14 @@ class PluginContext:
         self.stop = stop or threading.Event()
         #: facts the service shares with every plugin (e.g. ``slots_in_use``)
         self.shared: dict[str, Any] = shared if shared is not None else {}
+        self._on_degraded = on_degraded
+
+    def degraded(self, error: CDCError | None) -> None:
+        """A plugin that retries internally (a sink waiting for its endpoint) reports it here:
+        with an error the pipeline shows ``retrying`` with it (``/healthz`` 503); with ``None``
+        it is ``running`` again. Nothing is skipped meanwhile: the plugin keeps its data."""
+        if self._on_degraded is not None:
+            self._on_degraded(error)
 
     def get_meta(self, key: str) -> str | None:
         return self.store.get_meta(self.name, key)
