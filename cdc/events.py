@@ -1,7 +1,7 @@
 """Change events: the immutable unit the service delivers.
 
-A :class:`ChangeEvent` is built once by a source and encoded once, lazily, by the first sink
-that needs its bytes (``event.json``). Values are already in their JSON form when the source
+A :class:`ChangeEvent` is built once by a source and encoded by the sink that delivers it
+(``event.json``). Values are already in their JSON form when the source
 hands the event over (see the value table in the docs): integers as ``int``, numerics as
 ``str``, JSON columns as :class:`orjson.Fragment` (their exact text, spliced in), so encoding
 is a single :func:`orjson.dumps` call per event.
@@ -42,7 +42,6 @@ class ChangeEvent:
         "after",
         "unchanged",
         "key_change",
-        "_json",
     )
 
     def __init__(
@@ -70,7 +69,6 @@ class ChangeEvent:
         self.after = after
         self.unchanged = unchanged
         self.key_change = key_change
-        self._json: bytes | None = None
 
     @property
     def table(self) -> str:
@@ -79,11 +77,11 @@ class ChangeEvent:
 
     @property
     def json(self) -> bytes:
-        """The event's compact JSON encoding (no trailing newline), computed once."""
-        data = self._json
-        if data is None:
-            data = self._json = encode_event(self)
-        return data
+        """The event's compact JSON encoding (no trailing newline).
+
+        Not cached: orjson's result keeps a larger allocation than its length, and a sink
+        copies the bytes anyway (into a file buffer, a Kafka message, a request body)."""
+        return encode_event(self)
 
     @property
     def key_json(self) -> bytes | None:

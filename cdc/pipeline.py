@@ -39,9 +39,9 @@ from cdc.schema import SchemaRegistry, SchemaVersion
 from cdc.state import CheckpointStore
 
 #: bytes of batches waiting between reader and dispatcher
-BUFFER_BYTES = 48 * 1024 * 1024
+BUFFER_BYTES = 32 * 1024 * 1024
 #: most events handed to the sink per commit sequence
-MAX_DISPATCH_EVENTS = 20000
+MAX_DISPATCH_EVENTS = 10000
 #: how often housekeeping (source.poll, rates) runs
 POLL_INTERVAL_S = 5.0
 #: consecutive unexpected (non-CDCError) failures before the pipeline gives up
