@@ -526,7 +526,10 @@ class _Checker:
         return problems
 
     def add_secret(self, value: str) -> None:
-        candidates = [value, *_dsn_passwords(value)]
+        # A DSN's secret is its password: masking the whole DSN would hide the host and
+        # database from every error message that names them.
+        is_dsn = "://" in value or re.match(r"^\s*\w+\s*=", value) is not None
+        candidates = _dsn_passwords(value) if is_dsn else [value]
         m = _AUTH_RE.match(value)
         if m:
             candidates.append(m.group(1))

@@ -293,6 +293,15 @@ class Pipeline:
         )
         source_cls, source_cfg = self._plugin("source")
         sink_cls, sink_cfg = self._plugin("sink")
+        for kind, cls, type_name in (
+            ("source", source_cls, self.config.source_type),
+            ("sink", sink_cls, self.config.sink_type),
+        ):
+            if not getattr(cls, "available", True):
+                raise NotAvailableYet(
+                    f"the {type_name} {kind} is not available yet in this build of cdc",
+                    pipeline=self.name,
+                )
         source: Source = source_cls(source_cfg, ctx)
         sink: Sink = sink_cls(sink_cfg, ctx)
         self._source = source

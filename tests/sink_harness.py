@@ -88,4 +88,6 @@ class FileHarness(SinkHarness):
 #: name -> factory(tmp_path) for every sink under the contract suite
 HARNESSES: dict[str, Callable[[Path], SinkHarness]] = {
     "file": lambda tmp: FileHarness(tmp / "fs"),
+    "kafka": lambda tmp: __import__("tests.kafka_harness", fromlist=["KafkaHarness"]).KafkaHarness(tmp),
+    "webhook": lambda tmp: __import__("tests.webhook_harness", fromlist=["WebhookHarness"]).WebhookHarness(tmp),
 }

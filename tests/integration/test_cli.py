@@ -14,6 +14,7 @@ import pytest
 import yaml
 from helpers import (
     CdcService,
+    cdc_env,
     execute,
     find_log,
     pg_pipeline,
@@ -131,25 +132,20 @@ pipelines:
     )
     proc = run_cli("validate", str(path))
     assert proc.returncode == 2
-    found = _problems(proc.stderr, path)
-    assert [(line, p) for line, p, _ in found] == [
-        (7, "pipelines[0].source.dsn"),
-        (7, "pipelines[0].source.dsn"),
-        (9, "pipelines[0].source.heartbeat_s"),
-    ] or [(line, p) for line, p, _ in found] == [(7, "pipelines[0].source.dsn"), (9, "pipelines[0].source.heartbeat_s")]
+    assert [(line, p, msg.split(" is not set")[0]) for line, p, msg in _problems(proc.stderr, path)] == [
+        (7, "pipelines[0].source.dsn", "environment variable CDC_TEST_UNSET_PW"),
+        (7, "pipelines[0].source.dsn", "environment variable CDC_TEST_UNSET_HOST"),
+        (9, "pipelines[0].source.heartbeat_s", "environment variable CDC_TEST_UNSET_HEARTBEAT"),
+    ]
     proc = run_cli("validate", str(path), "--no-env")
     assert proc.returncode == 0, proc.stderr
     # an environment value is converted to the field's type
-    env = {**_env(), "CDC_TEST_UNSET_PW": "pw", "CDC_TEST_UNSET_HOST": "db", "CDC_TEST_UNSET_HEARTBEAT": "soon"}
+    env = {**cdc_env(), "CDC_TEST_UNSET_PW": "pw", "CDC_TEST_UNSET_HOST": "db", "CDC_TEST_UNSET_HEARTBEAT": "soon"}
     proc = run_cli("validate", str(path), env=env)
     assert proc.returncode == 2
-    assert [(p, line) for line, p, _ in _problems(proc.stderr, path)] == [("pipelines[0].source.heartbeat_s", 9)]
-
-
-def _env() -> dict[str, str]:
-    from helpers import cdc_env
-
-    return cdc_env()
+    ((line, p, msg),) = _problems(proc.stderr, path)
+    assert (line, p) == (9, "pipelines[0].source.heartbeat_s")
+    assert "expected a number" in msg and "'soon'" in msg
 
 
 def test_run_invalid_file_exits_2_without_traceback(tmp_path: Path, free_port: int) -> None:
@@ -380,11 +376,21 @@ def test_snapshot_command(pgdb: str, tmp_path: Path, free_port: int) -> None:
 # -- contract features not built yet --------------------------------------------------------------
 
 
+#: plugins the contract describes; one this build marks ``available = False`` must validate and
+#: be refused at run (once built, its own tests take over)
+PLUGIN_FEATURES = {"kafka": ("sink", "kafka"), "webhook": ("sink", "webhook"), "mysql": ("source", "mysql")}
+
+
 @PG15
 @pytest.mark.parametrize("feature", ["snapshot_initial", "kafka", "webhook", "mysql", "state_dsn"])
 def test_not_available_yet_validates_but_is_refused_at_run(
     pgdb: str, tmp_path: Path, free_port: int, feature: str
 ) -> None:
+    if feature in PLUGIN_FEATURES:
+        from cdc import registry
+
+        if getattr(registry.load(*PLUGIN_FEATURES[feature]), "available", True):
+            pytest.skip(f"the {feature} plugin is built in this tree; its own tests cover it")
     execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
     p = pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")
     extra = None
@@ -395,7 +401,7 @@ def test_not_available_yet_validates_but_is_refused_at_run(
     elif feature == "webhook":
         p["sink"] = {"type": "webhook", "url": "http://127.0.0.1:9/hook", "secret": "s3cret"}
     elif feature == "mysql":
-        p["source"] = {"type": "mysql", "dsn": "mysql://cdc:pw@127.0.0.1:9", "tables": ["shop.orders"]}
+        p["source"] = {"type": "mysql", "dsn": "mysql://cdc:s3cret@127.0.0.1:9", "tables": ["shop.orders"]}
     else:
         extra = {"state": {"dsn": "postgresql://cdc@127.0.0.1:9/state"}}
     cfg = write_config(tmp_path, [p], api_port=free_port, extra=extra)

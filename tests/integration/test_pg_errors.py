@@ -12,7 +12,7 @@ from __future__ import annotations
 import sqlite3
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -62,18 +62,14 @@ def _expect_fatal(
 
 
 @pytest.fixture
-def role(pg: LocalPostgres) -> Iterator[str]:
-    """A throw-away login role name (created by the test, dropped afterwards)."""
+def role(pgdb: str) -> Iterator[str]:
+    """A throw-away login role name for ``pgdb`` (created by the test, dropped afterwards)."""
     name = f"r_{uuid.uuid4().hex[:10]}"
     yield name
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        for (db,) in conn.execute("SELECT datname FROM pg_database WHERE datname LIKE 't\\_%'").fetchall():
-            try:
-                with psycopg.connect(pg.dsn(db), autocommit=True) as c2:
-                    c2.execute(f'DROP OWNED BY "{name}"')
-            except psycopg.Error:
-                pass
-        conn.execute(f'DROP ROLE IF EXISTS "{name}"')
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(f'DROP OWNED BY "{name}"')
+            conn.execute(f'DROP ROLE "{name}"')
 
 
 # -- the server and the role ----------------------------------------------------------------------
@@ -265,10 +261,10 @@ def _checkpoint_of(state: Path, pipeline: str = "p") -> str:
     return str(row[0])
 
 
-def _run_and_stop(cfg: Path, until: object, *args: str) -> None:
+def _run_and_stop(cfg: Path, until: Callable[[], object], *args: str) -> None:
+    """Run the service until ``until()`` returned, then stop it (exit 0)."""
     with CdcService(cfg, *args) as svc:
         svc.wait_state("p", "running")
-        assert callable(until)
         until()
         assert svc.stop() == 0, svc.logs()[-3000:]
 
@@ -326,7 +322,7 @@ def test_checkpoint_behind_slot_is_fatal(pgdb: str, tmp_path: Path, free_port: i
     cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], out)], api_port=free_port)
     execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
 
-    def insert(n: int) -> object:
+    def insert(n: int) -> Callable[[], None]:
         def go() -> None:
             execute(pgdb, f"INSERT INTO t VALUES ({n})")
             wait_for(lambda: len(read_events(out)) >= n, what=f"{n} events")

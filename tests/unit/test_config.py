@@ -151,8 +151,7 @@ def test_contract_example_loads_with_its_values(tmp_path: Path) -> None:
     assert type(p.sink).__name__ == "FileConfig"
     assert p.sink.path == str(tmp_path / "out" / "shop")
     assert p.sink.rotate_mb == 128
-    assert "s3cret" in cfg.secrets
-    assert "postgresql://cdc:s3cret@db:5432/shop" in cfg.secrets
+    assert cfg.secrets == ["s3cret"]  # a DSN's password, not the whole DSN
     assert cfg.pipeline("shop") is p
 
 
@@ -169,7 +168,7 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
     assert p.values.bigint == "number"
     assert p.sink.rotate_mb == 128
     assert p.sink.path == str(tmp_path / "out")
-    assert cfg.secrets == ["postgresql://cdc@db/shop"]
+    assert cfg.secrets == []  # a DSN without a password holds no secret
 
 
 def test_yaml_1_1_scalars_are_read_as_yaml_says(tmp_path: Path) -> None:
@@ -1173,14 +1172,12 @@ def test_secrets_are_collected(tmp_path: Path) -> None:
     cfg = load_config(path, environ={"TOKEN": "api-t0ken"})
     assert cfg.pipelines[0].source.dsn == "host=db user=cdc password='p w\\'x' dbname=shop"
     secrets = set(cfg.secrets)
+    # of a DSN only the password is secret, so errors can still name the host and database
     assert secrets == {
-        "host=db user=cdc password='p w\\'x' dbname=shop",
         "p w'x",
-        "postgresql://state:%40t%21@db/state",
         "%40t%21",
         "@t!",
         "api-t0ken",
-        "mysql://m:mpw@mysql",
         "mpw",
         "Basic Zm9vOmJhcg==",
         "Zm9vOmJhcg==",

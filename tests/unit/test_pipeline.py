@@ -102,7 +102,7 @@ class FakeSink(Sink):
         WORLD.pending.extend(e.id for e in events)
 
     def flush(self) -> str | None:
-        if WORLD.fail_flush_once and WORLD.durable:
+        if WORLD.fail_flush_once and WORLD.pending:
             WORLD.fail_flush_once = False
             raise RetriableError("sink down", kind="sink_io")
         WORLD.durable.extend(WORLD.pending)
