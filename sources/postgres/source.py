@@ -503,7 +503,7 @@ class PostgresSource(Source):
 
     def _handle(self, buf: Any, nbytes: int) -> Batch | None:
         """Decode one XLogData message; return a batch when one is ready to hand over."""
-        msg = decode(buf[25:])
+        msg = decode(buf[25:].tobytes())  # tobytes: far cheaper than bytes(memoryview)
         cls = msg.__class__
         if cls is Insert or cls is Update or cls is Delete:
             rel = self._relations.get(msg.relid)
