@@ -429,37 +429,44 @@ class Pipeline:
                     continue
             if isinstance(item, _ReaderFailed):
                 raise item.error
-            events: list[ChangeEvent] = list(item.events)
-            position = item.position
-            commit_ts = item.commit_ts
-            while len(events) < MAX_DISPATCH_EVENTS:
+            # Gather what is ready, up to a bound. A batch without a position (the middle of a
+            # transaction larger than a batch) ends the gathering: what precedes it must be
+            # committed at its own position before any of its events reach the sink, so that
+            # a checkpoint and the sink's resume token always describe the same point.
+            items = [item]
+            count = len(item.events)
+            while count < MAX_DISPATCH_EVENTS and items[-1].position is not None:
                 more = buffer.get_nowait()
                 if more is None:
                     break
                 if isinstance(more, _ReaderFailed):
                     raise more.error
-                events.extend(more.events)
-                if more.position is not None:
-                    position = more.position
-                if more.commit_ts is not None:
-                    commit_ts = more.commit_ts
-            if events:
-                self._deliver(sink, events, delivered)
-                unflushed += len(events)
-            if commit_ts is not None:
-                self.status.commit_ts = commit_ts
-                self.status.lag_s = max(0.0, time.time() - commit_ts)
-            if position is not None:
-                pending = position
-                self.status.source_position = source.serialize_position(position)
-                if not events and unflushed == 0:
-                    self.status.lag_s = 0.0
-                    # a heartbeat: checkpoint it at most every heartbeat_s
-                    if self.status.checkpoint_at is not None and time.time() - self.status.checkpoint_at < heartbeat_s:
-                        continue
-                self._commit(source, sink, pending)
-                pending = None
-                unflushed = 0
+                items.append(more)
+                count += len(more.events)
+            for batch in items:
+                if batch.position is None and pending is not None:
+                    self._commit(source, sink, pending)
+                    pending = None
+                    unflushed = 0
+                if batch.events:
+                    self._deliver(sink, batch.events, delivered)
+                    unflushed += len(batch.events)
+                if batch.commit_ts is not None:
+                    self.status.commit_ts = batch.commit_ts
+                    self.status.lag_s = max(0.0, time.time() - batch.commit_ts)
+                if batch.position is not None:
+                    pending = batch.position
+                    self.status.source_position = source.serialize_position(pending)
+            if pending is None:
+                continue
+            if unflushed == 0:
+                # only heartbeats since the last checkpoint: save one at most every heartbeat_s
+                self.status.lag_s = 0.0
+                if self.status.checkpoint_at is not None and time.time() - self.status.checkpoint_at < heartbeat_s:
+                    continue
+            self._commit(source, sink, pending)
+            pending = None
+            unflushed = 0
 
     def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
         schemas = {e.schema for e in events}

@@ -216,6 +216,8 @@ class PostgresSource(Source):
         self._tx_sources: dict[int, dict[str, Any]] = {}
         self._emit_ms = 0
         self._out: list[ChangeEvent] = []
+        #: events in _out up to the last Commit (0: no Commit since the last hand-over)
+        self._boundary = 0
         self._out_cost = 0
         self._status: dict[str, Any] = {}
 
@@ -484,17 +486,20 @@ class PostgresSource(Source):
         )
 
     def _flush_out(self) -> Batch:
-        """Hand over the events gathered so far. Inside a transaction the last event is kept
-        back, since only Commit tells whether it is the transaction's last."""
+        """Hand over the events gathered so far, ending on a transaction boundary whenever
+        one exists: the batch then carries the position of that Commit, so the checkpoint
+        keeps moving through a backlog. Only inside one transaction larger than a batch are
+        events handed over without a position, and then its last event is kept back, since
+        only Commit tells whether it is the transaction's last."""
         out = self._out
-        if self._in_tx:
-            keep = out[-1:]
-            events = out[:-1]
-            position = None
+        if not self._in_tx:
+            events, keep, position = out, [], self._position
+        elif self._boundary:
+            b = self._boundary
+            events, keep, position = out[:b], out[b:], self._position
         else:
-            keep = []
-            events = out
-            position = self._position
+            events, keep, position = out[:-1], out[-1:], None
+        self._boundary = 0
         self._out = keep
         cost = self._out_cost
         self._out_cost = 0
@@ -543,6 +548,7 @@ class PostgresSource(Source):
             self._in_tx = False
             end = Lsn(msg.end_lsn)
             self._position = end
+            self._boundary = len(out)
             if end > self._received:
                 self._received = end
             if len(out) >= BATCH_EVENTS:
