@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 if TYPE_CHECKING:
     import structlog
 
-    from cdc.errors import CDCError
-
     from cdc.config import PipelineConfig
+    from cdc.errors import CDCError
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaRegistry, SchemaVersion
     from cdc.state import CheckpointStore

@@ -2,11 +2,14 @@
 
 Theory of operation
 -------------------
-:meth:`WebhookSink.write` only accumulates events; :meth:`WebhookSink.flush` delivers them.
-It cuts what was accumulated into batches of at most ``batch_max`` events and sends them one
+:meth:`WebhookSink.write` accumulates events and :meth:`WebhookSink.flush` delivers them:
+it cuts what was accumulated into batches of at most ``batch_max`` events and sends them one
 at a time, strictly in order, over one keep-alive :class:`httpx.Client`; it returns only when
 every batch got a 2xx answer. The pipeline saves its checkpoint after ``flush`` returns, so a
-checkpoint never covers an event the receiver has not acknowledged (at-least-once).
+checkpoint never covers an event the receiver has not acknowledged (at-least-once). ``write``
+already sends the *full* batches it can cut (the same batches ``flush`` would send), so a long
+stretch of events between two flushes (a backlog after an outage) never piles up in memory;
+sending early is safe because nothing is checkpointed before ``flush`` returns.
 
 A request's body is built from the events' already-encoded JSON (``event.json``), joined
 without decoding or re-encoding::
@@ -89,6 +92,8 @@ RESERVED_HEADERS = frozenset(
 RETRIABLE_STATUSES = frozenset({408, 429})
 #: first backoff step in seconds (doubled per failed attempt, capped at max_backoff_s)
 BACKOFF_BASE_S = 1.0
+#: shortest wait a Retry-After can ask for (``Retry-After: 0`` must not become a busy loop)
+MIN_RETRY_AFTER_S = 0.1
 #: characters of a refusing response's body shown in the error
 BODY_EXCERPT = 200
 #: bytes of a response body read at most (the rest is discarded with the connection)
@@ -310,19 +315,31 @@ class WebhookSink(Sink):
         self._definitions[schema.qualified] = _schema_entry(schema)
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        """Accumulate events; full batches are sent at once (see :meth:`_send`), so memory
+        stays bounded when the pipeline delivers a long stretch between two flushes."""
         self._pending.extend(events)
+        if len(self._pending) >= self._limit:
+            self._send(final=False)
 
     def flush(self) -> str | None:
         """Send everything written since the last flush, in order; return when every batch
         was acknowledged with a 2xx. Raises RetriableError only when the service is stopping
         while the receiver is unavailable, FatalError when the receiver refuses a batch."""
+        if self._pending:
+            self._send(final=True)
+        return None
+
+    def _send(self, *, final: bool) -> None:
+        """Send the pending events in batches of ``self._limit``, one at a time, in order;
+        without ``final`` only full batches go and the rest waits for more events or the
+        flush. Batches are cut the same way either way: from the oldest pending event."""
         pending = self._pending
-        if not pending:
-            return None
         done = 0
         try:
             while done < len(pending):
                 size = min(self._limit, len(pending) - done)
+                if size < self._limit and not final:
+                    break
                 batch = pending[done : done + size]
                 try:
                     self._deliver(batch)
@@ -338,8 +355,8 @@ class WebhookSink(Sink):
                     continue
                 done += size
         finally:
-            self._pending = pending[done:] if done < len(pending) else []
-        return None
+            if done:
+                self._pending = pending[done:]
 
     # ------------------------------------------------------------------ one batch
 
@@ -413,7 +430,7 @@ class WebhookSink(Sink):
             attempt += 1
             cap = float(self.config.max_backoff_s)
             if retry_after is not None:
-                delay = min(retry_after, cap)
+                delay = min(max(retry_after, MIN_RETRY_AFTER_S), cap)
             else:
                 delay = random.uniform(0, min(cap, BACKOFF_BASE_S * 2 ** min(attempt - 1, 30)))
             error = RetriableError(
