@@ -38,10 +38,10 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import pg_file  # noqa: E402
 import psycopg  # noqa: E402
 import yaml  # noqa: E402
 
-import pg_file  # noqa: E402
 from sources.postgres.server import (  # noqa: E402
     LocalPostgres,
     find_debian_bindir,
@@ -70,7 +70,9 @@ def prepare(pg: LocalPostgres) -> str:
     return dsn
 
 
-def write_config(work: Path, dsn: str, port: int, bootstrap: str, prefix: str) -> Path:
+def write_config(
+    work: Path, dsn: str, port: int, bootstrap: str, prefix: str, extra: dict[str, Any]
+) -> Path:
     doc = {
         "state": {"path": str(work / "state-kafka.sqlite")},
         "api": {"listen": f"127.0.0.1:{port}"},
@@ -94,6 +96,7 @@ def write_config(work: Path, dsn: str, port: int, bootstrap: str, prefix: str) -
                     "schema_topic": f"{prefix}.{{pipeline}}.schemas",
                     "topic_partitions": TOPIC_PARTITIONS,
                     "topic_replication_factor": 1,
+                    "config": extra,
                 },
             }
         ],
@@ -104,11 +107,18 @@ def write_config(work: Path, dsn: str, port: int, bootstrap: str, prefix: str) -
 
 
 def run_kafka_service(
-    work: Path, dsn: str, bootstrap: str, prefix: str, expected: int, last_lsn: str, timeout: float
+    work: Path,
+    dsn: str,
+    bootstrap: str,
+    prefix: str,
+    expected: int,
+    last_lsn: str,
+    timeout: float,
+    extra: dict[str, Any],
 ) -> tuple[float, float, float]:
     """(seconds from launch, seconds from `running`, peak RSS MB)."""
     port = free_port()
-    config = write_config(work, dsn, port, bootstrap, prefix)
+    config = write_config(work, dsn, port, bootstrap, prefix, extra)
     log = open(work / "cdc-kafka.log", "wb")  # noqa: SIM115
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.monotonic()
@@ -123,7 +133,9 @@ def run_kafka_service(
 
         def state() -> dict[str, Any] | None:
             if proc.poll() is not None:
-                raise RuntimeError(f"cdc exited with {proc.returncode}; see {work / 'cdc-kafka.log'}")
+                raise RuntimeError(
+                    f"cdc exited with {proc.returncode}; see {work / 'cdc-kafka.log'}"
+                )
             try:
                 return pg_file.api_get(port, f"/pipelines/{KAFKA_PIPELINE}")  # type: ignore[no-any-return]
             except (OSError, ValueError):
@@ -160,7 +172,9 @@ def run_kafka_service(
     return t_done - t0, t_done - t_running, rss_mb
 
 
-def count_records(bootstrap: str, topic: str, timeout: float) -> tuple[int, Counter[str], int, float]:
+def count_records(
+    bootstrap: str, topic: str, timeout: float
+) -> tuple[int, Counter[str], int, float]:
     """(records, ops from the cdc-op header, distinct ids, seconds): the whole topic read back."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
@@ -202,7 +216,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--timeout", type=float, default=900, help="seconds allowed for each run")
     ap.add_argument("--keep", action="store_true", help="keep the work folder (events, logs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument(
+        "--config",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a librdkafka property for the sink's `config` (repeatable), e.g. linger.ms=50",
+    )
     args = ap.parse_args(argv)
+    extra = dict(item.split("=", 1) for item in args.config)
 
     bindir = find_debian_bindir(15) if args.pg == 15 else find_embedded_bindir()
     expected = args.inserts + args.updates
@@ -232,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"file sink done in {file_s:.2f}s; starting Tansu", flush=True)
         broker.start()
         kafka_s, kafka_running_s, kafka_rss = run_kafka_service(
-            work, dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout
+            work, dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, extra
         )
         print(f"kafka sink done in {kafka_s:.2f}s; reading the topic back", flush=True)
         total, ops, distinct, read_s = count_records(broker.bootstrap, topic, args.timeout)
@@ -246,9 +268,16 @@ def main(argv: list[str] | None = None) -> int:
 
     ok = True
     if file_total != expected or file_ops["c"] != args.inserts or file_ops["u"] != args.updates:
-        print(f"ERROR: the file sink holds {file_total} events ({dict(file_ops)}), expected {expected}")
+        print(
+            f"ERROR: the file sink holds {file_total} events ({dict(file_ops)}), expected {expected}"
+        )
         ok = False
-    if total != expected or distinct != expected or ops["c"] != args.inserts or ops["u"] != args.updates:
+    if (
+        total != expected
+        or distinct != expected
+        or ops["c"] != args.inserts
+        or ops["u"] != args.updates
+    ):
         print(
             f"ERROR: the topic holds {total} records ({distinct} distinct ids, {dict(ops)}), "
             f"expected {expected}"
@@ -260,7 +289,9 @@ def main(argv: list[str] | None = None) -> int:
     kafka_rate = expected / kafka_s
     ratio = kafka_rate / file_rate
     print()
-    print(f"{'sink':<22} {'events':>9} {'seconds':>8} {'events/s':>10} {'from running':>13} {'peak RSS':>9}")
+    print(
+        f"{'sink':<22} {'events':>9} {'seconds':>8} {'events/s':>10} {'from running':>13} {'peak RSS':>9}"
+    )
     for name, s, rs, rss in (
         ("file", file_s, file_running_s, file_rss),
         (f"kafka (Tansu, {TOPIC_PARTITIONS} parts)", kafka_s, kafka_running_s, kafka_rss),
@@ -270,8 +301,12 @@ def main(argv: list[str] | None = None) -> int:
             f"{expected / rs:>11,.0f}/s {rss:>6.1f} MB"
         )
     print()
+    if extra:
+        print(f"kafka sink config: {extra}")
     print(f"ratio kafka / file: {ratio:.2f}  (target >= {TARGET_RATIO})")
-    print(f"topic read back:    {total:,} records in {read_s:.1f}s ({total / read_s:,.0f}/s), each once")
+    print(
+        f"topic read back:    {total:,} records in {read_s:.1f}s ({total / read_s:,.0f}/s), each once"
+    )
     met = ratio >= TARGET_RATIO
     print(f"target met: {'yes' if met else 'no'}")
     return 1 if args.strict and not met else 0

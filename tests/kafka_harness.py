@@ -197,7 +197,7 @@ def list_topics(bootstrap: str) -> dict[str, int]:
     """Every topic of the broker and its partition count."""
     from confluent_kafka.admin import AdminClient
 
-    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(timeout=10)
+    md = AdminClient({"bootstrap.servers": bootstrap, "log_level": 3}).list_topics(timeout=10)
     return {name: len(t.partitions) for name, t in md.topics.items() if t.error is None}
 
 

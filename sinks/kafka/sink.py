@@ -217,7 +217,9 @@ class KafkaSink(Sink):
         self._topics: dict[str, _Topic] = {}
         self._routes: dict[SchemaVersion, _Route] = {}
         self._schemas_sent: set[str] = set()
-        self._failures: list[tuple[Any, str, int, bytes | None, bytes | None]] = []
+        # the first failed record: (error, "topic partition N", event id, too large, size)
+        self._failure: tuple[Any, str, str | None, bool, int] | None = None
+        self._failed = 0
         self._fatal: str | None = None
         self._broker_error: str | None = None
         self._last_error_log: dict[int, float] = {}
@@ -318,14 +320,27 @@ class KafkaSink(Sink):
     # ------------------------------------------------------------------ callbacks
 
     def _on_delivery(self, err: Any, msg: Any) -> None:
+        """Called (from poll/flush) for failed records only: keep the first failure, or the
+        first too-large one, which stops the pipeline; count the rest."""
         if err is None:
             return
+        self._failed += 1
         try:
-            self._failures.append(
-                (err, msg.topic() or "?", msg.partition(), msg.key(), msg.value())
-            )
-        except Exception:  # noqa: BLE001
-            self._failures.append((err, "?", -1, None, None))
+            too_large = err.code() == _kafka().KafkaError.MSG_SIZE_TOO_LARGE
+            if self._failure is None or (too_large and not self._failure[3]):
+                value = msg.value()
+                event_id = _event_id(value) if too_large else None
+                size = len(value or b"")
+                self._failure = (
+                    err,
+                    f"{msg.topic()} partition {msg.partition()}",
+                    event_id,
+                    too_large,
+                    size,
+                )
+        except Exception:  # noqa: BLE001 - a callback must never raise into librdkafka
+            if self._failure is None:
+                self._failure = (err, "?", None, False, 0)
 
     def _on_error(self, err: Any) -> None:
         text = redact(str(err))
@@ -349,14 +364,16 @@ class KafkaSink(Sink):
                 pipeline=self.ctx.name,
                 kind="sink_delivery",
             )
-        if not self._failures:
+        failure, count = self._failure, self._failed
+        if failure is None:
             return
+        self._failure, self._failed = None, 0
         ck = _kafka()
-        err, topic, partition, key, value = self._failures[0]
-        code = err.code()
-        if code == ck.KafkaError.MSG_SIZE_TOO_LARGE:
-            raise self._too_large(_event_id(value), len(value or b""), topic, broker=True)
-        if code in (
+        err, where, event_id, too_large, size = failure
+        topic = where.partition(" partition ")[0]
+        if too_large:
+            raise self._too_large(event_id, size, topic, broker=True)
+        if err.code() in (
             ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
             ck.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         ):
@@ -366,11 +383,9 @@ class KafkaSink(Sink):
                 pipeline=self.ctx.name,
                 kind="sink_auth",
             )
-        count = len(self._failures)
-        self._failures.clear()
         raise RetriableError(
-            f"kafka sink: {count} record(s) were not delivered (first: topic {topic} partition "
-            f"{partition}: {redact(err.str())}); resuming from the checkpoint",
+            f"kafka sink: {count} record(s) were not delivered (first: topic {where}: "
+            f"{redact(err.str())}); resuming from the checkpoint",
             pipeline=self.ctx.name,
             kind="sink_delivery",
         )
@@ -398,7 +413,7 @@ class KafkaSink(Sink):
 
     def open(self, resume: str | None) -> None:
         self.close()
-        self._failures.clear()
+        self._failure, self._failed = None, 0
         self._fatal = None
         self._stop_seen = None
         self._topics.clear()
@@ -438,7 +453,7 @@ class KafkaSink(Sink):
                 self._log.warning("kafka sink could not close cleanly", error=redact(str(exc)))
             except Exception:  # noqa: BLE001
                 pass
-        self._failures.clear()
+        self._failure, self._failed = None, 0
 
     def _require(self) -> Any:
         if self._producer is None:
@@ -519,9 +534,7 @@ class KafkaSink(Sink):
                 ADMIN_TIMEOUT_S + 5
             )
         except ck.KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            code = err.code() if hasattr(err, "code") else None
-            text = err.str() if hasattr(err, "str") else str(exc)
+            code, text = _error_of(exc)
             if code == ck.KafkaError.TOPIC_ALREADY_EXISTS:
                 return
             if code == ck.KafkaError.INVALID_CONFIG and config:
@@ -580,8 +593,7 @@ class KafkaSink(Sink):
             futures = self._admin.describe_configs([resource], request_timeout=ADMIN_TIMEOUT_S)
             configs = next(iter(futures.values())).result(ADMIN_TIMEOUT_S + 5)
         except ck.KafkaException as exc:
-            err = exc.args[0] if exc.args else None
-            code = err.code() if hasattr(err, "code") else None
+            code, _ = _error_of(exc)
             if code in (
                 ck.KafkaError._TIMED_OUT,
                 ck.KafkaError._TRANSPORT,
@@ -725,8 +737,7 @@ class KafkaSink(Sink):
         self, exc: Exception, event_id: str | None, size: int, topic: str
     ) -> CDCError:
         ck = _kafka()
-        err = exc.args[0] if isinstance(exc, ck.KafkaException) and exc.args else None
-        code = err.code() if hasattr(err, "code") else None
+        code, _ = _error_of(exc)
         if code == ck.KafkaError.MSG_SIZE_TOO_LARGE:
             return self._too_large(event_id, size, topic)
         if code == ck.KafkaError._FATAL:
@@ -760,6 +771,7 @@ class KafkaSink(Sink):
         self._recovered()
 
     def _recovered(self) -> None:
+        self._broker_error = None  # what the broker said before no longer explains anything
         if self._degraded:
             self._degraded = False
             self.ctx.degraded(None)
@@ -890,10 +902,10 @@ class KafkaSink(Sink):
                     headers=[("cdc-pipeline", self._pipeline_b)],
                 )
             remaining = producer.flush(30)
-            if remaining or self._failures:
+            if remaining or self._failure is not None:
                 detail = (
-                    self._failures[0][0].str()
-                    if self._failures
+                    self._failure[0].str()
+                    if self._failure is not None
                     else f"{remaining} not acknowledged"
                 )
                 raise self._unavailable(
@@ -964,6 +976,14 @@ class _Waiter:
                     kind="sink_unavailable",
                 )
         return True
+
+
+def _error_of(exc: BaseException) -> tuple[int | None, str]:
+    """The librdkafka error code and text carried by a KafkaException (None for others)."""
+    err: Any = exc.args[0] if exc.args else None
+    if hasattr(err, "code") and hasattr(err, "str"):
+        return int(err.code()), str(err.str())
+    return None, str(exc)
 
 
 def _event_id(value: bytes | None) -> str | None:
