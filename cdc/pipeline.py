@@ -21,6 +21,7 @@ checkpoints within the stop deadline, then both ends are closed.
 
 from __future__ import annotations
 
+import operator
 import random
 import threading
 import time
@@ -48,8 +49,8 @@ POLL_INTERVAL_S = 5.0
 MAX_UNEXPECTED = 5
 
 
-class _Stop(Exception):
-    pass
+_schema_of = operator.attrgetter("schema")
+_op_of = operator.attrgetter("op")
 
 
 class BoundedBuffer:
@@ -469,16 +470,19 @@ class Pipeline:
             unflushed = 0
 
     def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
-        schemas = {e.schema for e in events}
-        new = schemas - delivered
+        # one C-level pass: events by (schema version, op), for new schemas and for metrics
+        by_version = Counter(zip(map(_schema_of, events), map(_op_of, events), strict=True))
+        new = {sv for sv, _ in by_version} - delivered
         if new:
             for sv in sorted(new, key=lambda s: (s.name, s.version)):
                 sink.write_schema(sv)
             delivered |= new
         sink.write(events)
-        counts = Counter((e.schema.name, e.op) for e in events)
         self.status.events_total += len(events)
         if self._on_events is not None:
+            counts: Counter[tuple[str, str]] = Counter()
+            for (sv, op), n in by_version.items():
+                counts[(sv.name, op)] += n
             self._on_events(self.name, counts)
 
     def _commit(self, source: Source, sink: Sink, position: Any) -> None:

@@ -50,6 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from cdc.errors import FatalError, RetriableError
+from cdc.events import encode_event
 from cdc.plugin import PluginContext, Sink
 from sinks.file.config import FileConfig
 
@@ -336,7 +337,7 @@ class FileSink(Sink):
         if not events:
             return
         fh = self._require(self._events)
-        lines = [e.json for e in events]
+        lines = list(map(encode_event, events))
         lines.append(b"")  # so the join ends with "\n"
         data = b"\n".join(lines)
         try:
