@@ -50,7 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from cdc.errors import FatalError, RetriableError
-from cdc.events import encode_event
+from cdc.events import encode_lines
 from cdc.plugin import PluginContext, Sink
 from sinks.file.config import FileConfig
 
@@ -337,15 +337,13 @@ class FileSink(Sink):
         if not events:
             return
         fh = self._require(self._events)
-        lines = list(map(encode_event, events))
-        lines.append(b"")  # so the join ends with "\n"
-        data = b"\n".join(lines)
+        data = encode_lines(events) + b"\n"
         try:
             if self._size + len(data) <= self._limit:
                 fh.write(data)
                 self._size += len(data)
             else:
-                self._write_rotating(lines[:-1])
+                self._write_rotating(data.split(b"\n")[:-1])  # JSON lines hold no raw newline
         except OSError as e:
             raise self._io_error("write", os.path.join(self.folder, self._name), e) from e
 

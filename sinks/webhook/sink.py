@@ -62,6 +62,7 @@ import httpx
 import orjson
 
 from cdc.errors import FatalError, RetriableError
+from cdc.events import encode_lines
 from cdc.plugin import PluginContext, Sink, setting
 
 if TYPE_CHECKING:
@@ -374,7 +375,7 @@ class WebhookSink(Sink):
                 if entry is None:
                     entry = self._definitions[q] = _schema_entry(sv)
                 used[q] = entry
-        parts = [self._head, b",".join([e.json for e in batch]), b'],"schemas":{']
+        parts = [self._head, encode_lines(batch, b","), b'],"schemas":{']
         parts.append(b",".join(used[q] for q in sorted(used)))
         parts.append(b"}}")
         return b"".join(parts)
