@@ -68,7 +68,7 @@ from .protocol import Keepalive, parse_copy_data, pg_time_to_unix, standby_statu
 from .values import array_converter, converter_for
 
 #: events per batch handed to the pipeline
-BATCH_EVENTS = 2000
+BATCH_EVENTS = 500
 #: seconds between standby status updates even when nothing changed
 STATUS_INTERVAL_S = 10.0
 _W = ord("w")
