@@ -400,7 +400,7 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
         raise FatalError(
             f"cannot create the replication slot {slot}: {str(exc).strip()}; raise "
             "max_replication_slots (and max_wal_senders) in postgresql.conf, or drop unused "
-            "slots (`cdc status` lists unused cdc_* slots)",
+            "slots (`cdc status --json` and /metrics list unused cdc_* slots)",
             kind="source_config",
         ) from exc
     assert row is not None
@@ -408,13 +408,14 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
 
 
 def cdc_slots(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None, int | None]]:
-    """Every ``cdc_*`` slot of the cluster: (name, database, retained bytes)."""
+    """Every inactive ``cdc_*`` slot of the cluster: (name, database, retained bytes). Active
+    ones are in use by some consumer (another cdc instance, say), not forgotten."""
     return [
         (r[0], r[1], r[2])
         for r in conn.execute(
             "SELECT slot_name, database, CASE WHEN restart_lsn IS NULL THEN NULL ELSE "
             "pg_wal_lsn_diff(pg_current_wal_lsn(), restart_lsn)::bigint END "
-            "FROM pg_replication_slots WHERE slot_name LIKE 'cdc\\_%' ORDER BY 1"
+            "FROM pg_replication_slots WHERE slot_name LIKE 'cdc\\_%' AND NOT active ORDER BY 1"
         ).fetchall()
     ]
 
