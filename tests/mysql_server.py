@@ -12,8 +12,9 @@ Unix socket. It listens on 127.0.0.1 only; ``root`` logs in over TCP without a p
 binlog is on with the settings change data capture needs (``binlog_format=ROW``,
 ``binlog_row_image=FULL``, ``binlog_row_metadata=FULL``, ``server_id=1``); ``gtid_domain_id``
 and ``gtid_strict_mode`` turn GTID positions on; ``settings`` adds or overrides any option
-(``{"binlog-format": "STATEMENT"}``). Durability is traded for speed (no fsync per commit):
-throwaway servers only.
+(``{"binlog-format": "STATEMENT"}``). Commits are written to the OS at once but never fsynced:
+the data survives a kill of the server process (:meth:`kill`), not of the machine. Throwaway
+servers only.
 
 mariadbd refuses to run as root: when this process is root, the folder is made under /tmp and
 owned by the ``mysql`` OS user, and install and server run as that user.
@@ -52,7 +53,7 @@ DEFAULT_SETTINGS: dict[str, str] = {
     "collation-server": "utf8mb4_general_ci",
     "innodb-buffer-pool-size": "128M",
     "innodb-log-file-size": "48M",
-    "innodb-flush-log-at-trx-commit": "0",
+    "innodb-flush-log-at-trx-commit": "2",  # written at each commit: survives kill -9, no fsync
     "sync-binlog": "0",
     "skip-name-resolve": "",
     "max-connections": "200",

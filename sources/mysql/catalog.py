@@ -68,7 +68,6 @@ def connection_settings(dsn: str) -> dict[str, Any]:
         "connect_timeout": 10,
         "autocommit": True,
     }
-    ssl: dict[str, Any] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         conv = _DSN_PARAMS.get(key)
         if conv is None:
@@ -80,12 +79,9 @@ def connection_settings(dsn: str) -> dict[str, Any]:
             converted = conv(value)  # type: ignore[operator]
         except ValueError as exc:
             raise FatalError(f"invalid MySQL DSN: {key}={value!r}: {exc}", kind="config") from exc
-        if key.startswith("ssl_") and key != "ssl_disabled":
-            ssl[key[4:]] = converted
-        else:
-            settings[key] = converted
-    if ssl:
-        settings["ssl"] = ssl
+        # PyMySQL takes ssl_ca, ssl_verify_cert, ... as arguments of their own (its ``ssl``
+        # dict would silently ignore verify_cert / verify_identity)
+        settings[key] = converted
     return settings
 
 

@@ -263,11 +263,14 @@ def float32(value: float) -> float:
     if value != value or value in (float("inf"), float("-inf")):
         return value
     bits = _pack_f32(value)
-    for digits in (6, 7, 8, 9):
+    for digits in range(1, 10):
         text = f"{value:.{digits}g}"
         candidate = float(text)
-        if _pack_f32(candidate) == bits:
-            return candidate
+        try:
+            if _pack_f32(candidate) == bits:
+                return candidate
+        except OverflowError:  # rounded up past the largest float32
+            continue
     return value
 
 
@@ -277,7 +280,12 @@ def decimal_size(precision: int, scale: int) -> int:
 
 
 def decimal_decoder(precision: int, scale: int) -> Callable[[bytes, int], str]:
-    """A function reading a DECIMAL(precision, scale) at an offset as its exact text."""
+    """A function reading a DECIMAL(precision, scale) at an offset as its exact text.
+
+    The stored form is big-endian groups of nine decimal digits (4 bytes each) with a shorter
+    leading group for the integer part and a shorter trailing group for the fraction; the sign
+    bit is flipped, and every bit of a negative value is inverted.
+    """
     intg = precision - scale
     intg0, intg0x = divmod(intg, 9)
     frac0, frac0x = divmod(scale, 9)
@@ -286,8 +294,13 @@ def decimal_decoder(precision: int, scale: int) -> Callable[[bytes, int], str]:
     size = lead + intg0 * 4 + frac0 * 4 + trail
     sign_bit = 0x80 << (8 * (size - 1))
     all_bits = (1 << (8 * size)) - 1
-    frac_bits = 8 * (frac0 * 4 + trail)
-    int_bits = 8 * (intg0 * 4)
+    trail_bits = 8 * trail
+    trail_mask = (1 << trail_bits) - 1
+    # weights of the groups, least significant first
+    frac_weights = [10 ** (frac0x + 9 * i) for i in range(frac0)]
+    int_weights = [10 ** (9 * i) for i in range(intg0)]
+    head_weight = 10 ** (9 * intg0)
+    frac_format = f"0{scale}d"
 
     def dec(b: bytes, p: int) -> str:
         x = _from_bytes(b[p : p + size], "big")
@@ -295,37 +308,24 @@ def decimal_decoder(precision: int, scale: int) -> Callable[[bytes, int], str]:
         x ^= sign_bit
         if negative:
             x ^= all_bits
-        frac = x & ((1 << frac_bits) - 1)
-        whole = x >> frac_bits
-        # integer part: a leading group of intg0x digits, then groups of nine
-        head = whole >> int_bits
-        if intg0:
-            groups = whole & ((1 << int_bits) - 1)
-            parts = []
-            for _ in range(intg0):
-                parts.append(groups & 0xFFFFFFFF)
-                groups >>= 32
-            digits = (str(head) if head else "") + "".join(f"{g:09d}" for g in reversed(parts))
-            int_text = digits.lstrip("0") or "0"
-        else:
-            int_text = str(head)
+        if not x:
+            return f"0.{0:{frac_format}}" if scale else "0"
+        frac = 0
         if scale:
-            tail = frac & ((1 << (8 * trail)) - 1) if trail else 0
-            rest = frac >> (8 * trail)
-            parts = []
-            for _ in range(frac0):
-                parts.append(rest & 0xFFFFFFFF)
-                rest >>= 32
-            frac_text = "".join(f"{g:09d}" for g in reversed(parts))
-            if frac0x:
-                frac_text += f"{tail:0{frac0x}d}"
-            out = f"{int_text}.{frac_text}"
-            if negative and (x != 0):
-                return "-" + out
-            return out
-        if negative and x != 0:
-            return "-" + int_text
-        return int_text
+            frac = x & trail_mask
+            x >>= trail_bits
+            for w in frac_weights:
+                frac += (x & 0xFFFFFFFF) * w
+                x >>= 32
+        whole = 0
+        for w in int_weights:
+            whole += (x & 0xFFFFFFFF) * w
+            x >>= 32
+        whole += x * head_weight
+        sign = "-" if negative else ""
+        if scale:
+            return f"{sign}{whole}.{frac:{frac_format}}"
+        return f"{sign}{whole}"
 
     return dec
 
@@ -378,6 +378,7 @@ def time2_decoder(fsp: int) -> tuple[Callable[[bytes, int], str], int]:
 def datetime2_decoder(fsp: int) -> tuple[Callable[[bytes, int], str], int]:
     """DATETIME(fsp) in MySQL 5.6's format: (function, size)."""
     size = 5 + (fsp + 1) // 2
+    days: dict[int, str] = {}  # valid dates already formatted (rows often share a day)
 
     def dec(b: bytes, p: int) -> str:
         intpart = _from_bytes(b[p : p + 5], "big") - 0x8000000000
@@ -391,19 +392,18 @@ def datetime2_decoder(fsp: int) -> tuple[Callable[[bytes, int], str], int]:
             us = _from_bytes(b[p + 5 : p + 8], "big", signed=True)
         ymd = intpart >> 17
         hms = intpart & 0x1FFFF
-        ym = ymd >> 5
-        day = ymd & 31
-        month = ym % 13
-        year = ym // 13
-        if month == 0 or day == 0:
-            return (
-                f"{year:04d}-{month:02d}-{day:02d} {hms >> 12:02d}:{(hms >> 6) & 63:02d}:"
-                f"{hms & 63:02d}{_frac_text(us, fsp)}"
-            )
-        return (
-            f"{year:04d}-{month:02d}-{day:02d}T{hms >> 12:02d}:{(hms >> 6) & 63:02d}:"
-            f"{hms & 63:02d}.{us:06d}"
-        )
+        day_text = days.get(ymd)
+        if day_text is None:
+            ym = ymd >> 5
+            day = ymd & 31
+            month = ym % 13
+            day_text = f"{ym // 13:04d}-{month:02d}-{day:02d}"
+            if month == 0 or day == 0:
+                return f"{day_text} {hms >> 12:02d}:{(hms >> 6) & 63:02d}:{hms & 63:02d}{_frac_text(us, fsp)}"
+            if len(days) > 4096:
+                days.clear()
+            days[ymd] = day_text
+        return f"{day_text}T{hms >> 12:02d}:{(hms >> 6) & 63:02d}:{hms & 63:02d}.{us:06d}"
 
     return dec, size
 
@@ -601,7 +601,11 @@ def _value_code(col: ColumnMeta, target: str, gen: _Gen, keep: bool, bigint_as_s
         prefix = 2 if col.max_length > 255 else 1
         lines = [f"n_ = {_length_code(prefix)}", f"p += {prefix}"]
         if keep:
-            lines.append(f"{target} = {_text_expr(col, gen, 'b[p:p + n_]')}")
+            raw = "b[p:p + n_]"
+            if t == STRING and col.binary:
+                # BINARY(n) is stored padded with zero bytes, which the binlog leaves out
+                raw = f"b[p:p + n_].ljust({col.max_length}, b'\\0')"
+            lines.append(f"{target} = {_text_expr(col, gen, raw)}")
         lines.append("p += n_")
         return lines
     if t in (BLOB, TINY_BLOB, MEDIUM_BLOB, LONG_BLOB, JSON, GEOMETRY):

@@ -33,6 +33,12 @@ must end inside a transaction keeps its last event back. Positions (checkpoints)
 the pipeline only at transaction ends: :class:`.position.BinlogPosition` (the end of the
 transaction's last event) or :class:`.position.GtidPosition` (the GTID state including it).
 
+Speed: ``freeze_schema`` makes the library parse a table id's TABLE_MAP once per binlog file
+(its map is cleared at every rotation and format description, where ids may start again after
+a server restart; ALTER TABLE and the like always get a new id), and the binlog connection's
+socket is read in 256 KiB chunks by a reader that knows what it holds, so telling whether
+another event is waiting costs no system call while a backlog is being read.
+
 *Idle*: transactions of other tables still end with XID events, so the position keeps moving;
 whenever no listed-table event is waiting, the reader hands that position over as a heartbeat
 batch (the pipeline checkpoints it every ``heartbeat_s``), so purging old binlogs never breaks
@@ -49,7 +55,6 @@ import hashlib
 import logging
 import re
 import select
-import socket
 import threading
 import time
 import uuid
@@ -88,7 +93,7 @@ SERVER_HEARTBEAT_S = 1.0
 #: seconds without any packet from the server before the connection counts as lost
 DEAD_AFTER_S = 30.0
 #: most seconds events wait in the reader while other tables' transactions keep it busy
-MAX_HOLD_S = 0.1
+MAX_HOLD_S = 0.2
 #: most seconds between heartbeat positions while other tables' transactions keep it busy
 HANDOVER_S = 1.0
 #: MariaDB GTID event flag: a standalone statement (DDL), not a transaction with a commit
@@ -117,7 +122,14 @@ class _Reconnect(Exception):
     """The library tried to reconnect by itself; cdc resumes from its checkpoint instead."""
 
 
+_LIB: tuple[Any, Any] | None = None
+
+
 def _library() -> Any:
+    """(pymysql, pymysqlreplication), imported on first use with an install hint."""
+    global _LIB
+    if _LIB is not None:
+        return _LIB
     try:
         import pymysql
         import pymysqlreplication
@@ -127,8 +139,62 @@ def _library() -> Any:
             "pip install mysql-replication PyMySQL",
             kind="plugin_import",
         ) from exc
+    # the library reports what matters to cdc through exceptions; its log lines would only be
+    # unstructured noise on stderr
     logging.getLogger("pymysqlreplication").setLevel(logging.CRITICAL)
-    return pymysql, pymysqlreplication
+    _LIB = (pymysql, pymysqlreplication)
+    return _LIB
+
+
+class _SocketReader:
+    """The read side of the binlog connection, in place of PyMySQL's ``sock.makefile("rb")``.
+
+    PyMySQL only calls ``read(n)`` (and ``close()``) on it. This one reads the socket in large
+    chunks (fewer system calls than the default 8 KiB buffer) and, unlike a BufferedReader,
+    says how many bytes it holds, so the reader can tell without a system call whether the
+    next event is already here.
+    """
+
+    __slots__ = ("_sock", "_buf", "_pos")
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self._buf = b""
+        self._pos = 0
+
+    def read(self, n: int) -> bytes:
+        pos = self._pos
+        buf = self._buf
+        end = pos + n
+        if end <= len(buf):
+            self._pos = end
+            return buf[pos:end]
+        parts = [buf[pos:]]
+        have = len(buf) - pos
+        self._buf = b""
+        self._pos = 0
+        recv = self._sock.recv
+        while have < n:
+            data = recv(max(self.CHUNK, n - have))
+            if not data:
+                break  # the server closed the connection: PyMySQL reports a short read
+            parts.append(data)
+            have += len(data)
+        data = b"".join(parts)
+        if have > n:
+            self._buf = data
+            self._pos = n
+            return data[:n]
+        return data
+
+    def buffered(self) -> int:
+        return len(self._buf) - self._pos
+
+    def close(self) -> None:
+        self._buf = b""
+        self._pos = 0
 
 
 class _Table:
@@ -222,6 +288,7 @@ class MySQLSource(Source):
         if self._stream_conn is not None:
             raise _Reconnect("binlog connection")
         conn = pymysql.connect(**settings)
+        conn._rfile = _SocketReader(conn._sock)
         with conn.cursor() as cur:
             # the dump thread may wait for us while the pipeline's buffer is full
             cur.execute("SET SESSION net_write_timeout = 3600, net_read_timeout = 3600")
@@ -419,7 +486,8 @@ class MySQLSource(Source):
             XAPrepareEvent: self._on_xid,
             PartialUpdateRowsEvent: self._on_partial_update,
         }
-        quiet = (FormatDescriptionEvent, HeartbeatLogEvent, MariadbGtidListEvent, MariadbBinLogCheckPointEvent, StopEvent)
+        self._handlers[FormatDescriptionEvent] = self._on_format_description
+        quiet = (HeartbeatLogEvent, MariadbGtidListEvent, MariadbBinLogCheckPointEvent, StopEvent)
         for cls in quiet:
             self._handlers[cls] = None
         assert self._settings is not None
@@ -433,7 +501,11 @@ class MySQLSource(Source):
             "only_events": list(self._handlers),
             "only_tables": sorted({t.split(".", 1)[1] for t in self.tables}),
             "only_schemas": sorted({t.split(".", 1)[0] for t in self.tables}),
-            "freeze_schema": False,
+            # parse a table id's TABLE_MAP once per binlog file: a table id names one table
+            # definition for the life of its TABLE_SHARE (ALTER TABLE, RENAME, DROP/CREATE get
+            # a new id); the map is cleared at every rotation and format description (a new
+            # file, possibly written after a server restart, when ids start again)
+            "freeze_schema": True,
             "enable_logging": False,
             "slave_heartbeat": SERVER_HEARTBEAT_S,
             "report_slave": (self._tag, "", "", 0),
@@ -504,39 +576,22 @@ class MySQLSource(Source):
                 return batch
 
     def _pending(self) -> bool:
-        """Whether a packet is waiting (in PyMySQL's buffer or the socket), without blocking."""
+        """Whether a packet is waiting (read already, or on the socket), without blocking."""
         conn = self._stream_conn
         if conn is None or conn._sock is None:
             return True  # let _fetch report the state of the connection
+        reader = conn._rfile
+        if reader.__class__ is _SocketReader and reader.buffered():
+            return True  # a packet, or the start of one whose rest is on its way
         sock = conn._sock
-        if sock.__class__ is socket.socket:
-            try:
-                if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT):
-                    return True
-                return True  # b"": the server closed the connection; _fetch reports it
-            except (BlockingIOError, InterruptedError):
-                pass
-            except OSError:
-                return True
-        elif getattr(sock, "pending", None) is not None and sock.pending():
+        pending = getattr(sock, "pending", None)  # TLS: decrypted bytes held by the SSL object
+        if pending is not None and pending():
             return True
-        rfile = conn._rfile
-        previous = sock.gettimeout()
         try:
-            sock.settimeout(0.0)
-            data = rfile.peek(1)
-        except (BlockingIOError, InterruptedError):
-            data = b""
-        except OSError:
+            readable, _, _ = select.select([sock], [], [], 0)
+        except (OSError, ValueError):
             return True
-        except ValueError:  # ssl wants a read: nothing decrypted yet
-            data = b""
-        finally:
-            try:
-                sock.settimeout(previous)
-            except OSError:
-                pass
-        return bool(data)
+        return bool(readable)  # data, or the server closed the connection (_fetch reports it)
 
     def _wait(self, seconds: float) -> bool:
         conn = self._stream_conn
@@ -730,8 +785,8 @@ class MySQLSource(Source):
 
     def _on_query(self, ev: Any) -> Batch | None:
         query = ev.query
-        head = query[:10].lstrip().upper()
-        if head.startswith("BEGIN"):
+        head = query[:12].lstrip().upper()
+        if head.startswith("BEGIN") or head.startswith("XA START") or head.startswith("XA BEGIN"):
             if not self._in_tx:
                 self._begin(ev)
             self._tx_explicit = True
@@ -740,8 +795,6 @@ class MySQLSource(Source):
             if not self._in_tx:
                 return None
             return self._commit(ev.packet.log_pos)
-        if head.startswith("XA "):
-            return None
         if not self._in_tx:
             self._begin(ev)
         if head.startswith("TRUNCATE"):
@@ -753,12 +806,22 @@ class MySQLSource(Source):
             return None  # a statement inside a transaction (SAVEPOINT, ...)
         return self._commit(ev.packet.log_pos)
 
+    def _forget_table_ids(self) -> None:
+        """A new binlog file: after a server restart the same table ids name other tables."""
+        self._by_id.clear()
+        stream = self._stream
+        if stream is not None:
+            stream.table_map.clear()
+
+    def _on_format_description(self, ev: Any) -> Batch | None:
+        self._forget_table_ids()
+        return None
+
     def _on_rotate(self, ev: Any) -> Batch | None:
         self._file = ev.next_binlog
         self._file_idx = file_index(ev.next_binlog)
+        self._forget_table_ids()
         if ev.timestamp:
-            # the server moved to a new file: table ids may be reused after a restart
-            self._by_id.clear()
             if not self._in_tx:
                 self._end_file = ev.next_binlog
                 self._end_pos = ev.position
@@ -776,8 +839,9 @@ class MySQLSource(Source):
         if name not in self.tables:
             self._by_id[ev.table_id] = None
             return None
-        data = ev.packet.packet._data
-        body = data[26:]  # after the 20-byte header and the table id: the description itself
+        # the description itself: after the packet's OK byte, the 19-byte event header and the
+        # 6-byte table id, up to the checksum (which covers the header, so differs per event)
+        body = ev.packet.packet._data[26 : 20 + ev.event_size]
         table = self._compiled.get(body)
         if table is None:
             table = self._compile(ev, name)
