@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-BENCHMARKS = ["pg_file.py", "pg_kafka.py", "pg_webhook.py"]
+BENCHMARKS = ["pg_file.py", "pg_kafka.py", "pg_webhook.py", "mysql_file.py"]
 
 
 def main(argv: list[str]) -> int:
