@@ -44,7 +44,7 @@ class _StatusCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         now = time.time()
         state = GaugeMetricFamily("cdc_pipeline_state", "1 for the pipeline's current state", labels=["pipeline", "state"])
-        lag = GaugeMetricFamily("cdc_source_lag_seconds", "seconds between the source commit of the newest delivered event and now", labels=["pipeline"])
+        lag = GaugeMetricFamily("cdc_source_lag_seconds", "seconds between the source commit of the newest delivered event and now (0 when caught up; grows while stalled)", labels=["pipeline"])
         ckpt_age = GaugeMetricFamily("cdc_checkpoint_age_seconds", "seconds since the last saved checkpoint", labels=["pipeline"])
         ckpt_pos = GaugeMetricFamily("cdc_checkpoint_position", "last saved checkpoint (PostgreSQL: LSN as a number)", labels=["pipeline"])
         retained = GaugeMetricFamily("cdc_pg_slot_retained_wal_bytes", "WAL the pipeline's replication slot holds back", labels=["pipeline", "slot"])
@@ -58,8 +58,9 @@ class _StatusCollector(Collector):
             s = p.status
             for st in STATES:
                 state.add_metric([s.name, st], 1.0 if s.state == st else 0.0)
-            if s.lag_s is not None:
-                lag.add_metric([s.name], s.lag_s)
+            lag_s = s.lag_s
+            if lag_s is not None:
+                lag.add_metric([s.name], lag_s)
             if s.checkpoint_at is not None:
                 ckpt_age.add_metric([s.name], max(0.0, now - s.checkpoint_at))
             pos = lsn_number(s.checkpoint)

@@ -130,12 +130,23 @@ class PipelineStatus:
         self.checkpoint: str | None = None
         self.checkpoint_at: float | None = None
         self.commit_ts: float | None = None
-        self.lag_s: float | None = None
+        #: True while everything the source reported is delivered (heartbeat seen since)
+        self.caught_up = False
         self.events_total = 0
         self.events_per_s = 0.0
         self.source_info: dict[str, Any] = {}
         self.retries = 0
         self.sink_errors = 0
+
+    @property
+    def lag_s(self) -> float | None:
+        """Seconds between now and the source commit of the newest delivered event; 0 when
+        caught up. It keeps growing while the pipeline is stalled."""
+        if self.caught_up:
+            return 0.0
+        if self.commit_ts is None:
+            return None
+        return max(0.0, time.time() - self.commit_ts)
 
     def as_dict(self) -> dict[str, Any]:
         now = time.time()
@@ -455,7 +466,8 @@ class Pipeline:
                     unflushed += len(batch.events)
                 if batch.commit_ts is not None:
                     self.status.commit_ts = batch.commit_ts
-                    self.status.lag_s = max(0.0, time.time() - batch.commit_ts)
+                if batch.events:
+                    self.status.caught_up = False
                 if batch.position is not None:
                     pending = batch.position
                     self.status.source_position = source.serialize_position(pending)
@@ -463,7 +475,7 @@ class Pipeline:
                 continue
             if unflushed == 0:
                 # only heartbeats since the last checkpoint: save one at most every heartbeat_s
-                self.status.lag_s = 0.0
+                self.status.caught_up = True
                 if self.status.checkpoint_at is not None and time.time() - self.status.checkpoint_at < heartbeat_s:
                     continue
             self._commit(source, sink, pending)
