@@ -94,3 +94,11 @@ class ConfigError(CDCError):
         self.file = file
         self.problems = problems
         super().__init__("\n".join(p.render(file) for p in problems))
+
+
+class LeaseLost(RetriableError):
+    """This instance no longer holds the pipeline's lease (several instances, ``state.dsn``):
+    another instance took it over, or it could not be renewed before it expired. Nothing was
+    written; the pipeline stops being active and goes back to ``standby``."""
+
+    kind = "lease_lost"

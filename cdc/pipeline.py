@@ -32,8 +32,9 @@ from typing import Any
 
 from cdc import registry
 from cdc.config import PipelineConfig, ServiceConfig
-from cdc.errors import CDCError, FatalError, NotAvailableYet, RetriableError
+from cdc.errors import CDCError, FatalError, LeaseLost, NotAvailableYet, RetriableError
 from cdc.events import ChangeEvent
+from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
 from cdc.plugin import PluginContext, Sink, Source
 from cdc.schema import SchemaRegistry, SchemaVersion
@@ -180,6 +181,7 @@ class Pipeline:
         adopt: bool = False,
         on_events: Callable[[str, Counter[tuple[str, str]]], None] | None = None,
         shared: dict[str, Any] | None = None,
+        lease: PipelineLease | None = None,
     ) -> None:
         self.config = config
         self.service = service
@@ -194,6 +196,10 @@ class Pipeline:
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._registry: SchemaRegistry | None = None
+        #: with several instances: the pipeline runs only while this instance holds the lease
+        self.lease = lease
+        if lease is not None:
+            self.status.state = "standby"
 
     # -- control ----------------------------------------------------------------------------
 
@@ -225,6 +231,12 @@ class Pipeline:
         backoff = 1.0
         unexpected = 0
         while not self._stop.is_set():
+            if self.lease is not None and not self.lease.held():
+                if self.status.state != "standby":
+                    self.status.state = "standby"
+                    self.log.info("pipeline_standby", reason="this instance does not hold the lease")
+                self.lease.wait(0.5)
+                continue
             progress_before = self.status.checkpoint_at
             try:
                 self._run_once()
@@ -233,6 +245,11 @@ class Pipeline:
             except FatalError as exc:
                 self._fail(exc)
                 return
+            except LeaseLost as exc:
+                self.status.state = "standby"
+                self.log.warning("pipeline_standby", reason="lease lost", error=redact(str(exc)))
+                backoff = 1.0
+                continue
             except RetriableError as exc:
                 self._retrying(exc)
             except Exception as exc:  # a bug or an unwrapped library error
@@ -410,6 +427,7 @@ class Pipeline:
         stopping = False
         heartbeat_s = float(getattr(source.config, "heartbeat_s", 10.0))
         while True:
+            self._check_lease()
             now = time.monotonic()
             if now - last_poll >= POLL_INTERVAL_S:
                 last_poll = now
@@ -482,7 +500,18 @@ class Pipeline:
             pending = None
             unflushed = 0
 
+    def _check_lease(self) -> None:
+        """Raise :class:`LeaseLost` when this instance no longer holds the pipeline's lease
+        (checked before each batch reaches the sink; the store checks again, in the database,
+        before it writes a checkpoint)."""
+        if self.lease is not None and not self.lease.held():
+            raise LeaseLost(
+                f"pipeline {self.name!r}: the lease is no longer held by this instance",
+                pipeline=self.name,
+            )
+
     def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
+        self._check_lease()
         # one C-level pass: events by (schema version, op), for new schemas and for metrics
         by_version = Counter(zip(map(_schema_of, events), map(_op_of, events), strict=True))
         new = {sv for sv, _ in by_version} - delivered
@@ -499,6 +528,7 @@ class Pipeline:
             self._on_events(self.name, counts)
 
     def _commit(self, source: Source, sink: Sink, position: Any) -> None:
+        self._check_lease()
         token = sink.flush()
         if position is None:
             return

@@ -16,7 +16,8 @@ from typing import Any
 
 from cdc.api import AdminAPI
 from cdc.config import ServiceConfig, is_loopback
-from cdc.errors import CDCError, NotAvailableYet
+from cdc.errors import CDCError
+from cdc.lease import LeaseCoordinator
 from cdc.log import add_secrets, configure, get_logger, redact
 from cdc.metrics import Metrics
 from cdc.pipeline import Pipeline
@@ -29,12 +30,12 @@ STOP_DEADLINE_S = 9.5
 
 
 def open_store(config: ServiceConfig, *, readonly: bool = False) -> CheckpointStore:
+    """The configured state store: PostgreSQL when ``state.dsn`` is set (several instances,
+    leases), else the SQLite file of ``state.path``."""
     if config.state.dsn:
-        raise NotAvailableYet(
-            "state.dsn (a PostgreSQL state store for several instances) is not available yet "
-            "in this build of cdc; use state.path (SQLite)",
-            kind="not_available_yet",
-        )
+        from cdc.state_pg import PostgresStore
+
+        return PostgresStore(config.state.dsn, readonly=readonly)
     return SQLiteStore(config.state.path, readonly=readonly)
 
 
@@ -56,6 +57,7 @@ class Service:
         self.metrics = Metrics(lambda: self._pipelines)
         self.api: AdminAPI | None = None
         self.store: CheckpointStore | None = None
+        self.leases: LeaseCoordinator | None = None
         self._tick = time.monotonic()
 
     # -- queries for the API ----------------------------------------------------------------------
@@ -124,6 +126,7 @@ class Service:
             getattr(p.source, "slot", None) or f"cdc_{p.name}" for p in cfg.pipelines if p.source_type == "postgres"
         }
         shared: dict[str, Any] = {"slots_in_use": slots_in_use}
+        self.leases = self.store.lease_manager([pc.name for pc in selected])
         for pc in selected:
             self._pipelines.append(
                 Pipeline(
@@ -133,12 +136,20 @@ class Service:
                     adopt=pc.name in self.adopt,
                     on_events=self.metrics.count_events,
                     shared=shared,
+                    lease=self.leases.leases[pc.name] if self.leases is not None else None,
                 )
             )
         installed = self._install_signals()
-        log.info("service_started", api=f"{self.api.address[0]}:{self.api.address[1]}", pipelines=[p.name for p in self._pipelines])
+        log.info(
+            "service_started",
+            api=f"{self.api.address[0]}:{self.api.address[1]}",
+            pipelines=[p.name for p in self._pipelines],
+            instance=self.leases.instance_id if self.leases is not None else None,
+        )
         for p in self._pipelines:
             p.start()
+        if self.leases is not None:
+            self.leases.start()
         warned_unused = False
         try:
             while not self._stop.wait(0.5):
@@ -175,6 +186,10 @@ class Service:
         for p in self._pipelines:
             p.join(max(0.0, deadline - time.monotonic()))
         states = [p.status.state for p in self._pipelines]
+        if self.leases is not None:
+            # give up the leases of the pipelines that stopped (their last checkpoint saved),
+            # so another instance takes them at once instead of after the expiry
+            self.leases.stop(release=[p.name for p in self._pipelines if p.join(0)])
         if self.api is not None:
             self.api.stop()
         if self.store is not None and all(p.join(0) for p in self._pipelines):

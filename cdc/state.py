@@ -22,11 +22,14 @@ import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from cdc.errors import FatalError
+
+if TYPE_CHECKING:
+    from cdc.lease import LeaseCoordinator
 
 SCHEMA_VERSION = 1
 
@@ -52,7 +55,7 @@ class StoredSchemaVersion:
 
 
 class CheckpointStore(ABC):
-    """What the pipeline needs from a state store (SQLite now, PostgreSQL later)."""
+    """What the pipeline needs from a state store (SQLite, or PostgreSQL in :mod:`cdc.state_pg`)."""
 
     @abstractmethod
     def get_checkpoint(self, pipeline: str) -> Checkpoint | None: ...
@@ -83,6 +86,13 @@ class CheckpointStore(ABC):
 
     @abstractmethod
     def close(self) -> None: ...
+
+    def lease_manager(self, pipelines: list[str]) -> LeaseCoordinator | None:
+        """Called once by ``cdc run`` before its pipelines start. A store shared by several
+        instances returns the manager of this instance's leases, and from then on refuses a
+        pipeline's writes unless this instance holds its lease; a store of one instance (SQLite)
+        returns None: every pipeline runs, no leases."""
+        return None
 
 
 _DDL = """

@@ -97,7 +97,10 @@ class CdcService:
             cwd=str(ROOT),
         )
         doc = yaml.safe_load(config.read_text())
-        self.port = int(doc["api"]["listen"].rpartition(":")[2])
+        port = doc["api"]["listen"].rpartition(":")[2]
+        if port.startswith("${"):  # one file for several instances: the port from the env
+            port = (env or os.environ)[port[2:-1]]
+        self.port = int(port)
         self.token = doc["api"].get("token")
 
     def logs(self) -> str:

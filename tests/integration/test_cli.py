@@ -11,7 +11,6 @@ from pathlib import Path
 
 import orjson
 import pytest
-import yaml
 from helpers import (
     CdcService,
     cdc_env,
@@ -377,22 +376,14 @@ def test_snapshot_command(pgdb: str, tmp_path: Path, free_port: int) -> None:
 
 
 @PG15
-@pytest.mark.parametrize("feature", ["snapshot_initial", "state_dsn"])
+@pytest.mark.parametrize("feature", ["snapshot_initial"])
 def test_not_available_yet_validates_but_is_refused_at_run(
     pgdb: str, tmp_path: Path, free_port: int, feature: str
 ) -> None:
     execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
     p = pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")
-    extra = None
-    if feature == "snapshot_initial":
-        p["snapshot"] = {"mode": "initial"}
-    else:
-        extra = {"state": {"dsn": "postgresql://cdc@127.0.0.1:9/state"}}
-    cfg = write_config(tmp_path, [p], api_port=free_port, extra=extra)
-    if feature == "state_dsn":  # path and dsn are alternatives
-        doc = yaml.safe_load(cfg.read_text())
-        del doc["state"]["path"]
-        cfg.write_text(yaml.safe_dump(doc, sort_keys=False))
+    p["snapshot"] = {"mode": "initial"}
+    cfg = write_config(tmp_path, [p], api_port=free_port)
     proc = run_cli("validate", str(cfg))
     assert proc.returncode == 0, proc.stderr
     code, records, stderr = run_until_exit(cfg, timeout=30)
