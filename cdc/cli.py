@@ -80,11 +80,7 @@ def api_call(config: ServiceConfig, method: str, path: str, body: Any = None, ti
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    try:
-        cfg = _load(args.config, no_env=args.no_env)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
+    cfg = _load(args.config, no_env=args.no_env)
     _out(f"{args.config}: valid ({len(cfg.pipelines)} pipeline{'s' if len(cfg.pipelines) != 1 else ''})")
     return EXIT_OK
 
@@ -95,11 +91,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        try:
-            cfg = _load(args.config)
-        except ConfigError as exc:
-            _print_config_error(exc)
-            return EXIT_INVALID
+        cfg = _load(args.config)
         from cdc.service import Service
 
         return Service(cfg, only=args.pipeline, adopt=args.adopt, stop=stop).run()
@@ -109,11 +101,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_snapshot(args: argparse.Namespace) -> int:
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
+    cfg = _load(args.config)
     p = cfg.pipeline(args.pipeline)
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
@@ -171,11 +159,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
+    cfg = _load(args.config)
     source = "service"
     try:
         status, doc = api_call(cfg, "GET", "/pipelines")
@@ -210,11 +194,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
+    cfg = _load(args.config)
     from cdc.service import open_store
 
     try:
@@ -247,11 +227,7 @@ def cmd_schemas(args: argparse.Namespace) -> int:
 
 
 def cmd_drop(args: argparse.Namespace) -> int:
-    try:
-        cfg = _load(args.config)
-    except ConfigError as exc:
-        _print_config_error(exc)
-        return EXIT_INVALID
+    cfg = _load(args.config)
     p = cfg.pipeline(args.pipeline)
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
@@ -348,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.fn(args)
+    except ConfigError as exc:  # every command that reads CONFIG reports it the same way
+        _print_config_error(exc)
+        return EXIT_INVALID
     except KeyboardInterrupt:
         return EXIT_OK
     return code

@@ -82,25 +82,19 @@ class BoundedBuffer:
             return True
 
     def get(self, timeout: float) -> Any:
-        """The oldest item, or None after ``timeout``."""
+        """The oldest item, or None after ``timeout`` (0: do not wait)."""
         with self._cond:
-            if not self._items:
+            if not self._items and timeout > 0:
                 self._cond.wait(timeout)
-                if not self._items:
-                    return None
-            item, cost = self._items.popleft()
-            self._size -= cost
-            self._cond.notify_all()
-            return item
-
-    def get_nowait(self) -> Any:
-        with self._cond:
             if not self._items:
                 return None
             item, cost = self._items.popleft()
             self._size -= cost
             self._cond.notify_all()
             return item
+
+    def get_nowait(self) -> Any:
+        return self.get(0)
 
     def close(self) -> None:
         with self._cond:
