@@ -69,6 +69,8 @@ class LeaseCoordinator(Protocol):
 
     instance_id: str
     leases: dict[str, PipelineLease]
+    #: True while the state database cannot be reached (``/healthz`` is then 503)
+    unreachable: bool
 
     def start(self) -> None: ...
 

@@ -260,7 +260,12 @@ class Pipeline:
                 unexpected = 0
             wait = min(backoff, 30.0) * (0.5 + random.random() / 2)
             backoff = min(backoff * 2, 30.0)
-            self._stop.wait(wait)
+            # a lease lost meanwhile (e.g. expired while the state database is down) ends the
+            # wait: the pipeline shows standby at once, and resumes as soon as it is granted again
+            until = time.monotonic() + wait
+            while not self._stop.wait(min(0.25, max(0.0, until - time.monotonic()))):
+                if time.monotonic() >= until or (self.lease is not None and not self.lease.held()):
+                    break
         if self.status.state not in ("failed", "finished"):
             self.status.state = "stopped"
 

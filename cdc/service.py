@@ -77,8 +77,13 @@ class Service:
 
     def health(self) -> tuple[int, dict[str, Any]]:
         failing = []
+        # a standby that cannot reach the state database could not take a pipeline over
+        unreachable = self.leases is not None and self.leases.unreachable
         for p in self._pipelines:
             s = p.status
+            if s.state == "standby" and unreachable:
+                failing.append({"pipeline": p.name, "state": s.state, "error": "state_unreachable"})
+                continue
             if s.state in ("running", "standby", "finished"):
                 if s.source_info.get("retained_wal_exceeded"):
                     failing.append({"pipeline": p.name, "state": s.state, "error": "retained_wal_exceeded"})

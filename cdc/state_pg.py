@@ -430,7 +430,8 @@ class LeaseManager:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._acquire_after = time.monotonic() + self.renew_s * (1.0 + random.random())
-        self._unreachable = False
+        #: True while the last renewal could not reach the state database
+        self.unreachable = False
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="leases", daemon=True)
@@ -473,12 +474,12 @@ class LeaseManager:
             started = time.monotonic()
             try:
                 self._db.run(self._tick)
-                if self._unreachable:
-                    self._unreachable = False
+                if self.unreachable:
+                    self.unreachable = False
                     self.log.info("state_database_reachable")
             except (RetriableError, FatalError) as exc:
-                if not self._unreachable:
-                    self._unreachable = True
+                if not self.unreachable:
+                    self.unreachable = True
                     self.log.warning("lease_renewal_failed", error_kind=exc.kind, error=str(exc))
             except Exception as exc:  # noqa: BLE001 - the loop must go on
                 self.log.error("lease_manager_error", error=redact(repr(exc)))

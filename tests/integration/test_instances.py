@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import yaml
 
-from sources.postgres.server import LocalPostgres, free_port
+from sources.postgres.server import LocalPostgres, find_debian_bindir, free_port
 from tests.helpers import (
     CdcService,
     cdc_env,
@@ -30,11 +30,13 @@ from tests.helpers import (
     drop_database,
     execute,
     fold,
+    lsn_int,
     metric_value,
     pg_pipeline,
     query,
     read_events,
     run_cli,
+    slot_row,
     table_rows,
     wait_for,
     write_config,
@@ -251,4 +253,163 @@ def test_paused_instance_is_fenced_and_goes_standby(dbs: tuple[str, str, str], t
     finally:
         for i in instances:
             i.proc.send_signal(signal.SIGCONT) if i.proc.poll() is None else None
+            i.kill()
+
+
+# -- the state database unreachable ---------------------------------------------------------------
+
+#: a longer expiry for the outage test, so an outage can be held well inside it (and past it)
+OUTAGE_RENEW_S, OUTAGE_EXPIRE_S = 0.5, 8.0
+
+
+class _OutageInstance(Instance):
+    """An :class:`Instance` with the outage test's lease timings."""
+
+    def __init__(self, config: Path) -> None:
+        port = free_port()
+        env = cdc_env()
+        env.update(
+            CDC_API_PORT=str(port),
+            CDC_LEASE_RENEW_S=str(OUTAGE_RENEW_S),
+            CDC_LEASE_EXPIRE_S=str(OUTAGE_EXPIRE_S),
+        )
+        self.env = env
+        CdcService.__init__(self, config, env=env)
+        self.port = port
+
+
+@pytest.fixture
+def state_server() -> Iterator[LocalPostgres]:
+    """A PostgreSQL 15 of its own for the state, on a fixed port: it can be stopped and started
+    again where the instances look for it."""
+    server = LocalPostgres(find_debian_bindir(15), port=free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
+
+
+@pytest.fixture
+def source_dsn(pg15: LocalPostgres) -> Iterator[str]:
+    name, dsn = create_database(pg15)
+    try:
+        yield dsn
+    finally:
+        drop_database(pg15, name)
+
+
+def _lease_row(state_dsn: str, name: str) -> tuple[str, int]:
+    rows = query(state_dsn, "SELECT holder, token FROM cdc_leases WHERE pipeline = %s", (name,))
+    assert rows, f"no lease for {name}"
+    return rows[0]  # type: ignore[return-value]
+
+
+def _slot_flush(dsn: str) -> int:
+    row = slot_row(dsn, "cdc_a")
+    assert row is not None and row["confirmed_flush_lsn"], row
+    return lsn_int(row["confirmed_flush_lsn"])
+
+
+def _hold_state_outage(
+    server: LocalPostgres, instances: list[Instance], active: Instance, source: str, hold_s: float
+) -> tuple[str, list[str], list[Any]]:
+    """Stop the state database for ``hold_s`` seconds and watch the instances meanwhile: the
+    active one turns ``retrying``, saves no checkpoint and acknowledges nothing to the source;
+    every instance stays live (/livez 200) and not ready (/healthz 503). Returns (the frozen
+    checkpoint, the active instance's states seen, the last /healthz body of each instance)."""
+    server.stop("fast")
+    down_at = time.monotonic()
+    try:
+        # the next checkpoint cannot be saved: the pipeline retries from its last checkpoint
+        active.wait_state("a", "retrying", timeout=10)
+        frozen = active.pipeline("a")["checkpoint"]["position"]
+        slot = _slot_flush(source)
+        assert slot <= lsn_int(frozen), "the slot was confirmed past the saved checkpoint"
+        # the standby notices at its next renewal
+        wait_for(lambda: all(i.get("/healthz")[0] == 503 for i in instances), 5, 0.1, "/healthz 503")
+        states: list[str] = []
+        health: list[Any] = []
+        while time.monotonic() - down_at < hold_s:  # holding the outage for the chosen time
+            health = []
+            for i in instances:
+                assert i.get("/livez")[0] == 200
+                code, body = i.get("/healthz")
+                assert code == 503, body
+                health.append(body)
+            doc = active.pipeline("a")
+            states.append(doc["state"])
+            assert doc["checkpoint"]["position"] == frozen, "a checkpoint advanced while the state database was down"
+            assert _slot_flush(source) == slot, "the source was acknowledged while the state database was down"
+            time.sleep(0.2)
+    finally:
+        server.start()
+    return frozen, states, health
+
+
+def test_state_database_outage_holds_checkpoints_and_resumes(
+    state_server: LocalPostgres, source_dsn: str, tmp_path: Path
+) -> None:
+    state_dsn = state_server.dsn()
+    execute(source_dsn, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)")
+    cfg = _config(tmp_path, state_dsn, {"a": source_dsn})
+    instances: list[Instance] = [_OutageInstance(cfg) for _ in range(2)]
+    out = tmp_path / "out_a"
+    try:
+        active = wait_for(lambda: _settled(instances, ["a"]), 30, 0.2, "one active instance")["a"]
+        active_id = active.instance_id()
+        with Writer(source_dsn) as writer:
+            wait_for(lambda: len(read_events(out)) > 100, 20, what="events of a")
+            wait_for(lambda: _checkpoint_owner(state_dsn, "a")[0] == active_id, 10, 0.1, "checkpoint by the holder")
+
+            # 1. an outage shorter than the lease expiry: the lease is kept (renewed again on
+            # return, same token), checkpoints stop meanwhile and resume afterwards
+            lease_before = _lease_row(state_dsn, "a")
+            frozen, states, health = _hold_state_outage(state_server, instances, active, source_dsn, 3.0)
+            assert set(states) == {"retrying"}, states
+            assert {"pipeline": "a", "state": "retrying", "error": "state_unreachable"} in health[instances.index(active)]["failing"]
+            active.wait_state("a", "running", timeout=20)
+            assert _lease_row(state_dsn, "a") == lease_before, "the lease was not kept through a short outage"
+            wait_for(
+                lambda: lsn_int(_checkpoint_owner(state_dsn, "a")[2]) > lsn_int(frozen)
+                and _checkpoint_owner(state_dsn, "a")[0] == active_id,
+                15,
+                0.1,
+                "checkpoints advancing after the short outage",
+            )
+            assert _settled(instances, ["a"]) is not None
+            for i in instances:
+                assert i.get("/healthz")[0] == 200
+
+            # 2. an outage longer than the expiry: the instances give the pipeline up (standby)
+            # and one of them takes it again when the database returns, from the checkpoint
+            _, token_before = _lease_row(state_dsn, "a")
+            frozen, states, health = _hold_state_outage(
+                state_server, instances, active, source_dsn, OUTAGE_EXPIRE_S + 3.0
+            )
+            assert states[0] == "retrying" and states[-1] == "standby", states
+            # past the expiry every instance has given the pipeline up, and says why it is not ready
+            for body in health:
+                assert body["failing"] == [{"pipeline": "a", "state": "standby", "error": "state_unreachable"}], body
+            holder = wait_for(lambda: _settled(instances, ["a"]), 20, 0.2, "a running again")["a"]
+            holder_id = holder.instance_id()
+            assert _lease_row(state_dsn, "a")[1] > token_before
+            wait_for(
+                lambda: lsn_int(_checkpoint_owner(state_dsn, "a")[2]) > lsn_int(frozen)
+                and _checkpoint_owner(state_dsn, "a")[0] == holder_id,
+                15,
+                0.1,
+                "checkpoints advancing after the long outage",
+            )
+            n = writer.count
+            wait_for(lambda: writer.count > n + 100, 10, what="more writes")
+            writer.stop()
+        wait_for(lambda: _converged(out, source_dsn), 30, 0.2, "fold == source")
+        for i in instances:
+            code, body = i.get("/healthz")
+            assert code == 200, (body, i.pipeline("a"))
+        for i in instances:
+            assert i.stop() == 0, i.logs()[-3000:]
+    finally:
+        for i in instances:
             i.kill()
