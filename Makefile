@@ -10,7 +10,7 @@ help:
 	@echo "make test    install the test environment (Debian packages, .venv) and run all tests"
 	@echo "make lint    ruff + mypy on cdc/"
 	@echo "make demo    run 'cdc demo' (embedded PostgreSQL, no setup needed)"
-	@echo "make bench   run the benchmarks (bench/run.py)"
+	@echo "make bench   run every benchmark and print one table (bench/run_all.py)"
 
 $(PY):
 	python3 -m venv $(VENV)
@@ -33,4 +33,4 @@ demo: $(PY)
 	$(VENV)/bin/cdc demo
 
 bench: setup
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) bench/run_all.py $(BENCH_ARGS)

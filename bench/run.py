@@ -6,6 +6,8 @@
     bench/run.py --strict        # exit 1 when a target is missed
 
 Each benchmark is a plain script run with this interpreter; the exit code is the worst one.
+For every benchmark in one table (MySQL, latency, the Singer tap and the snapshot ceiling too),
+each beside its ceiling from the same run, use ``bench/run_all.py`` (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -1,0 +1,584 @@
+#!/usr/bin/env python3
+"""Run every benchmark and print one table: each result beside its ceiling from the same run.
+
+    bench/run_all.py                    # everything (about 6 minutes on 2 cores)
+    bench/run_all.py --quick            # a fifth of the workload, 5 s per latency rate
+    bench/run_all.py --only pg,latency  # sections: pg, mysql, latency
+    bench/run_all.py --markdown         # the table as Markdown (docs/performance.md)
+    bench/run_all.py --json             # also one machine-readable line at the end
+
+Sections, each on fresh throwaway servers, one consumer at a time (never two at once):
+
+* **pg** (Debian's PostgreSQL 15): one workload (bench/pg_file.py's: 500,000 inserts then
+  250,000 updates, 100 rows per transaction) written after every slot exists, so every
+  consumer decodes the very same WAL: ``pg_recvlogical`` to /dev/null (the ceiling), then cdc
+  with the file sink (pg_file.run_service), the Kafka sink on a local Tansu broker
+  (pg_kafka.run_kafka_service; the topic is read back), the webhook sink to a local counting
+  receiver (pg_webhook.run_webhook), and pipelinewise-tap-postgres on a wal2json slot
+  (bench/singer.py); last, ``COPY ... TO STDOUT`` of the table through psql to /dev/null,
+  the ceiling of a future snapshot (snapshots are not built yet).
+* **mysql** (MariaDB 10.11, bench/mysql_file.py's functions): a bare ``BinLogStreamReader``
+  loop over the workload's binlog (the faster of ``freeze_schema`` off and on) against cdc
+  with the file sink.
+* **latency** (bench/latency.py): commit-to-file latency p50/p99 at a steady 2,000 and 20,000
+  rows/s.
+
+Every sink's output is checked (each event exactly once) before its figure is shown. Times
+run from the service's process launch to its checkpoint covering the last event. Targets
+(issue 7): file ≥ 0.7 and Kafka ≥ 0.5 of pg_recvlogical; MySQL ≥ 0.9 of the bare loop;
+webhook ≥ 20,000 events/s; ≥ 8× the Singer tap; p99 ≤ 50 ms at 2,000/s and ≤ 250 ms at
+20,000/s; peak RSS ≤ 200 MB everywhere. ``--strict`` exits 1 when one is missed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(HERE))
+
+TARGET_RSS_MB = 200.0
+TARGETS = {"file": 0.7, "kafka": 0.5, "mysql": 0.9, "singer": 8.0, "webhook_events_s": 20_000}
+
+
+def bench(name: str) -> Any:
+    """A benchmark script of this folder, imported as a module."""
+    return importlib.import_module(name)
+
+
+@dataclass
+class Row:
+    name: str
+    events: int | None = None
+    result: str = ""  # "79,644/s", "p50 2 / p99 6 ms", "not available yet", "error: ..."
+    ceiling: str = ""  # "pg_recvlogical 206,630/s"
+    ratio: str = ""
+    target: str = ""
+    met: bool | None = None
+    rss_mb: float | None = None
+    data: dict[str, Any] = field(default_factory=dict)
+
+    def check_rss(self) -> None:
+        if self.rss_mb is not None and self.rss_mb > TARGET_RSS_MB:
+            self.met = False
+            self.target += f"; RSS ≤ {TARGET_RSS_MB:.0f} MB"
+
+
+def rate_text(rate: float) -> str:
+    return f"{rate:,.0f}/s"
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def failed(name: str, exc: BaseException) -> Row:
+    log(f"{name} failed: {exc!r}\n{traceback.format_exc()}")
+    return Row(
+        name,
+        result=f"error: {str(exc).splitlines()[0][:120] if str(exc) else repr(exc)}",
+        met=False,
+    )
+
+
+# -- PostgreSQL -----------------------------------------------------------------------------------
+
+
+def copy_ceiling(pg: Any, dsn: str, table: str) -> float:
+    """Seconds for psql to COPY the whole table TO STDOUT into /dev/null."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
+    cmd = [str(pg.bindir / "psql"), "-X", "-q", "-d", dsn, "-c", f"COPY {table} TO STDOUT"]
+    t0 = time.monotonic()
+    subprocess.run(cmd, stdout=subprocess.DEVNULL, check=True, env=env)
+    return time.monotonic() - t0
+
+
+def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
+    import psycopg
+
+    from sources.postgres.server import LocalPostgres, find_debian_bindir
+    from tests.kafka_harness import TansuBroker
+
+    pg_file = bench("pg_file")
+    pg_kafka = bench("pg_kafka")
+    pg_webhook = bench("pg_webhook")
+    singer = bench("singer")
+
+    inserts, updates, per_tx = args.inserts, args.updates, args.rows_per_tx
+    expected = inserts + updates
+    rows: list[Row] = []
+    bindir = find_debian_bindir(15)
+    settings = {
+        "autovacuum": "off",
+        "max_wal_size": "4GB",
+        "checkpoint_timeout": "30min",
+        **singer.SERVER_SETTINGS,
+    }
+    pg = LocalPostgres(bindir, settings=settings)
+    broker = TansuBroker()
+    tap = None
+    tap_reason: str | None = None
+    try:
+        try:
+            singer.ensure_wal2json(bindir)
+            tap = singer.Tap(singer.ensure_tap(args.venv), pg, work / "tap")
+        except singer.TapUnavailable as exc:
+            tap_reason = str(exc)
+        pg.start()
+        dsn = pg_file.prepare(pg)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            for slot in (pg_kafka.KAFKA_SLOT, pg_webhook.HOOK_SLOT):
+                conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
+        if tap is not None:
+            try:
+                tap.setup(dsn)
+            except (singer.TapUnavailable, subprocess.TimeoutExpired) as exc:
+                tap, tap_reason = None, str(exc)
+        endpos, gen_s = pg_file.workload(dsn, inserts, updates, per_tx)
+        log(
+            f"PostgreSQL {pg.version}: {inserts:,} inserts + {updates:,} updates ({per_tx} rows/tx) "
+            f"written in {gen_s:.1f}s, {pg_file.retained_mb(dsn):.0f} MB of WAL, end {endpos}"
+        )
+
+        recv_s = pg_file.run_recvlogical(pg, dsn, endpos, args.timeout)
+        recv_rate = expected / recv_s
+        ceiling = f"pg_recvlogical {rate_text(recv_rate)}"
+        log(f"pg_recvlogical: {recv_s:.2f}s, {rate_text(recv_rate)}")
+
+        # -> file
+        file_rate: float | None = None
+        last_lsn: str | None = None
+        try:
+            (work / "file").mkdir()
+            s, running_s, rss, cpu, total, ops = pg_file.run_service(
+                work / "file", dsn, expected, args.timeout, None
+            )
+            if total != expected or ops["c"] != inserts or ops["u"] != updates:
+                raise RuntimeError(
+                    f"the file sink holds {total} events ({dict(ops)}), expected {expected}"
+                )
+            last = pg_file.last_line(work / "file" / "out")
+            last_lsn = last["source"]["lsn"] if last else None
+            file_rate = expected / s
+            ratio = file_rate / recv_rate
+            rows.append(
+                Row(
+                    "PostgreSQL → file",
+                    expected,
+                    rate_text(file_rate),
+                    ceiling,
+                    f"{ratio:.2f}",
+                    f"≥ {TARGETS['file']:.2f}",
+                    ratio >= TARGETS["file"],
+                    rss,
+                    {
+                        "seconds": s,
+                        "seconds_from_running": running_s,
+                        "cpu_s": cpu,
+                        "rate": file_rate,
+                        "ceiling_rate": recv_rate,
+                    },
+                )
+            )
+            log(
+                f"file sink: {s:.2f}s ({running_s:.2f}s from running), {rate_text(file_rate)}, CPU {cpu:.1f}s, RSS {rss:.0f} MB"
+            )
+        except Exception as exc:  # noqa: BLE001 - reported in the table
+            rows.append(failed("PostgreSQL → file", exc))
+
+        # -> Kafka
+        try:
+            if last_lsn is None:
+                raise RuntimeError("needs the file sink's last event (its run failed)")
+            broker.start()
+            (work / "kafka").mkdir()
+            prefix = "bench"
+            s, running_s, rss = pg_kafka.run_kafka_service(
+                work / "kafka", dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, {}
+            )
+            topic = f"{prefix}.{pg_kafka.KAFKA_PIPELINE}.{pg_file.TABLE}"
+            total, ops, distinct, _ = pg_kafka.count_records(broker.bootstrap, topic, args.timeout)
+            if (
+                total != expected
+                or distinct != expected
+                or ops["c"] != inserts
+                or ops["u"] != updates
+            ):
+                raise RuntimeError(
+                    f"the topic holds {total} records ({distinct} distinct ids, {dict(ops)})"
+                )
+            rate = expected / s
+            ratio = rate / recv_rate
+            rows.append(
+                Row(
+                    f"PostgreSQL → Kafka (Tansu, {pg_kafka.TOPIC_PARTITIONS} partitions)",
+                    expected,
+                    rate_text(rate),
+                    ceiling,
+                    f"{ratio:.2f}",
+                    f"≥ {TARGETS['kafka']:.2f}",
+                    ratio >= TARGETS["kafka"],
+                    rss,
+                    {
+                        "seconds": s,
+                        "seconds_from_running": running_s,
+                        "rate": rate,
+                        "ceiling_rate": recv_rate,
+                    },
+                )
+            )
+            log(f"kafka sink: {s:.2f}s, {rate_text(rate)}, RSS {rss:.0f} MB")
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("PostgreSQL → Kafka", exc))
+        finally:
+            broker.stop()
+
+        # -> webhook
+        try:
+            s, running_s, rss, cpu, receiver = pg_webhook.run_webhook(
+                work / "webhook", dsn, expected, args.timeout, 500
+            )
+            if (
+                receiver.events != expected
+                or receiver.ops["c"] != inserts
+                or receiver.ops["u"] != updates
+            ):
+                raise RuntimeError(
+                    f"the receiver counted {receiver.events} events ({dict(receiver.ops)})"
+                )
+            rate = expected / s
+            rows.append(
+                Row(
+                    "PostgreSQL → webhook (local receiver)",
+                    expected,
+                    rate_text(rate),
+                    ceiling,
+                    f"{rate / recv_rate:.2f}",
+                    f"≥ {TARGETS['webhook_events_s']:,}/s",
+                    rate >= TARGETS["webhook_events_s"],
+                    rss,
+                    {
+                        "seconds": s,
+                        "seconds_from_running": running_s,
+                        "cpu_s": cpu,
+                        "rate": rate,
+                        "requests": receiver.requests,
+                        "ceiling_rate": recv_rate,
+                    },
+                )
+            )
+            log(
+                f"webhook sink: {s:.2f}s, {rate_text(rate)}, {receiver.requests:,} requests, RSS {rss:.0f} MB"
+            )
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("PostgreSQL → webhook", exc))
+
+        # snapshot: not built yet; its ceiling is measured all the same
+        try:
+            copy_s = copy_ceiling(pg, dsn, pg_file.TABLE)
+            copy_rate = inserts / copy_s
+            log(f"COPY {pg_file.TABLE} TO STDOUT: {copy_s:.2f}s, {rate_text(copy_rate)}")
+            rows.append(
+                Row(
+                    "PostgreSQL snapshot",
+                    inserts,
+                    "not available yet",
+                    f"COPY TO STDOUT {rate_text(copy_rate)}",
+                    data={"ceiling_rate": copy_rate},
+                )
+            )
+        except Exception as exc:  # noqa: BLE001
+            rows.append(failed("PostgreSQL snapshot (COPY ceiling)", exc))
+
+        # the Singer tap, on the same WAL
+        name = "pipelinewise-tap-postgres (wal2json)"
+        if tap is None:
+            rows.append(Row(name, result=f"not measured: {tap_reason}", met=None))
+        else:
+            try:
+                r = tap.run(expected, args.timeout)
+                row = Row(
+                    name,
+                    r.records,
+                    rate_text(r.rate),
+                    "",
+                    "",
+                    f"cdc ≥ {TARGETS['singer']:.0f}×",
+                    None,
+                    r.rss_mb,
+                    {"seconds": r.seconds, "rate": r.rate},
+                )
+                if file_rate is not None:
+                    ratio = file_rate / r.rate
+                    row.ceiling = f"cdc → file {rate_text(file_rate)}"
+                    row.ratio = f"cdc {ratio:.1f}×"
+                    row.met = ratio >= TARGETS["singer"]
+                    row.data["cdc_over_tap"] = ratio
+                rows.append(row)
+                log(f"tap-postgres: {r.seconds:.2f}s, {rate_text(r.rate)}, RSS {r.rss_mb:.0f} MB")
+            except Exception as exc:  # noqa: BLE001
+                rows.append(Row(name, result=f"not measured: {exc}", met=None))
+    finally:
+        broker.stop()
+        pg.cleanup()
+    return rows
+
+
+# -- MySQL ----------------------------------------------------------------------------------------
+
+
+def mysql_section(args: argparse.Namespace, work: Path) -> list[Row]:
+    name = "MySQL (MariaDB) → file"
+    try:
+        mf = bench("mysql_file")
+    except Exception as exc:  # noqa: BLE001 - the script may be missing in this checkout
+        return [failed(name, exc)]
+    inserts, updates = args.mysql_inserts, args.mysql_updates
+    expected = inserts + updates
+    folder = work / "mysql"
+    folder.mkdir()
+    db = mf.LocalMariaDB(settings={"max-binlog-size": "1G"})
+    try:
+        db.start()
+        db.execute(f"CREATE DATABASE {mf.DB} CHARACTER SET utf8mb4", mf.DDL)
+        port = mf.free_port()
+        config = mf.write_config(folder, db.dsn(), port)
+        start = mf.save_start_position(config, port)
+        file, _, pos = start.rpartition(":")
+        wrote = mf.workload(db, inserts, updates, args.rows_per_tx)
+        log(f"MariaDB: {inserts:,} inserts + {updates:,} updates written in {wrote:.1f}s")
+        bare = {}
+        for freeze in (False, True):
+            n, bare_s = mf.bare_loop(db, file, int(pos), expected, freeze)
+            bare[freeze] = n / bare_s
+            log(
+                f"bare BinLogStreamReader loop (freeze_schema={freeze}): {bare_s:.2f}s, {rate_text(n / bare_s)}"
+            )
+        bare_rate = max(bare.values())
+        svc_s, open_s, rss_kb, _ = mf.run_service(config, port, expected, None)
+        total, unique, ops = mf.count_events(folder / "out")
+        if total != expected or unique != expected:
+            raise RuntimeError(
+                f"the file sink holds {total} events ({unique} distinct ids), expected {expected}"
+            )
+        rate = expected / svc_s
+        ratio = rate / bare_rate
+        log(f"mysql file sink: {svc_s:.2f}s, {rate_text(rate)}, RSS {rss_kb / 1024:.0f} MB")
+        return [
+            Row(
+                name,
+                expected,
+                rate_text(rate),
+                f"bare BinLogStreamReader loop {rate_text(bare_rate)}",
+                f"{ratio:.2f}",
+                f"≥ {TARGETS['mysql']:.2f}",
+                ratio >= TARGETS["mysql"],
+                rss_kb / 1024,
+                {
+                    "seconds": svc_s,
+                    "seconds_from_open": open_s,
+                    "rate": rate,
+                    "ceiling_rate": bare_rate,
+                    "bare_rates": {str(k): v for k, v in bare.items()},
+                },
+            )
+        ]
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - mysql_file's helpers exit on timeouts
+        return [failed(name, exc)]
+    finally:
+        db.cleanup()
+
+
+# -- latency --------------------------------------------------------------------------------------
+
+
+def latency_section(args: argparse.Namespace, work: Path) -> list[Row]:
+    latency = bench("latency")
+    rates = [2_000, 20_000]
+    try:
+        results, rss = latency.run(rates, args.latency_seconds, log=log)
+    except Exception as exc:  # noqa: BLE001
+        return [failed("PostgreSQL → file latency", exc)]
+    return [
+        Row(
+            f"latency commit → file @ {r.rate:,}/s",
+            r.events,
+            f"p50 {r.p50_ms:.1f} / p99 {r.p99_ms:.1f} ms",
+            f"(max {r.max_ms:.1f} ms; writer {r.achieved_rate:,.0f}/s)",
+            "",
+            f"p99 ≤ {r.target_p99_ms:.0f} ms",
+            r.met,
+            rss,
+            asdict(r),
+        )
+        for r in results
+    ]
+
+
+# -- output ---------------------------------------------------------------------------------------
+
+HEADERS = (
+    "benchmark",
+    "events",
+    "cdc",
+    "ceiling / peer (same run)",
+    "ratio",
+    "target",
+    "met",
+    "peak RSS",
+)
+
+
+def cells(row: Row) -> tuple[str, ...]:
+    met = "-" if row.met is None else ("yes" if row.met else "NO")
+    rss = "-" if row.rss_mb is None else f"{row.rss_mb:.0f} MB"
+    events = "-" if row.events is None else f"{row.events:,}"
+    return (row.name, events, row.result, row.ceiling, row.ratio, row.target, met, rss)
+
+
+def table_text(rows: list[Row]) -> str:
+    lines = [HEADERS, *map(cells, rows)]
+    widths = [max(len(line[i]) for line in lines) for i in range(len(HEADERS))]
+    right = {1, 4, 7}
+    out = []
+    for n, line in enumerate(lines):
+        out.append(
+            "  ".join(
+                c.rjust(w) if i in right else c.ljust(w)
+                for i, (c, w) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
+        if n == 0:
+            out.append("  ".join("-" * w for w in widths))
+    return "\n".join(out)
+
+
+def table_markdown(rows: list[Row]) -> str:
+    out = [
+        "| " + " | ".join(HEADERS) + " |",
+        "|" + "|".join(["---", "--:", "--:", "---", "--:", "---", "---", "--:"]) + "|",
+    ]
+    for row in rows:
+        out.append("| " + " | ".join(c.replace("|", "\\|") for c in cells(row)) + " |")
+    return "\n".join(out)
+
+
+def machine() -> dict[str, Any]:
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "cores": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem_gib),
+        "python": platform.python_version(),
+        "loadavg_at_start": os.getloadavg()[0],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    ap.add_argument(
+        "--only", default="pg,mysql,latency", help="sections to run: pg, mysql, latency"
+    )
+    ap.add_argument(
+        "--quick", action="store_true", help="a fifth of the workload, 5 s per latency rate"
+    )
+    ap.add_argument("--inserts", type=int, default=500_000)
+    ap.add_argument("--updates", type=int, default=250_000)
+    ap.add_argument("--mysql-inserts", type=int, default=300_000)
+    ap.add_argument("--mysql-updates", type=int, default=150_000)
+    ap.add_argument("--rows-per-tx", type=int, default=100)
+    ap.add_argument(
+        "--latency-seconds",
+        type=float,
+        default=20.0,
+        help="seconds of writing at each latency rate",
+    )
+    ap.add_argument("--timeout", type=float, default=900, help="seconds allowed for each consumer")
+    ap.add_argument(
+        "--venv", type=Path, default=None, help="pipelinewise-tap-postgres's virtualenv"
+    )
+    ap.add_argument("--keep", action="store_true", help="keep the work folder")
+    ap.add_argument("--markdown", action="store_true", help="print the table as Markdown")
+    ap.add_argument("--json", action="store_true", help="also print one machine-readable line")
+    ap.add_argument("--strict", action="store_true", help="exit 1 when a target is missed")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.inserts //= 5
+        args.updates //= 5
+        args.mysql_inserts //= 5
+        args.mysql_updates //= 5
+        args.latency_seconds = 5.0
+    if args.venv is None:
+        args.venv = bench("singer").DEFAULT_CACHE / "singer-venv"
+    sections = {s.strip() for s in args.only.split(",") if s.strip()}
+    unknown = sections - {"pg", "mysql", "latency"}
+    if unknown:
+        ap.error(f"unknown sections: {', '.join(sorted(unknown))}")
+
+    facts = machine()
+    log(
+        f"{facts['cores']} cores ({facts['cpu']}), {facts['memory_gib']} GiB, Python {facts['python']}, "
+        f"load average {facts['loadavg_at_start']:.2f}"
+    )
+    work = Path(tempfile.mkdtemp(prefix="cdc-bench-all-"))
+    rows: list[Row] = []
+    t0 = time.monotonic()
+    try:
+        if "pg" in sections:
+            rows += pg_section(args, work)
+        if "mysql" in sections:
+            rows += mysql_section(args, work)
+        if "latency" in sections:
+            rows += latency_section(args, work)
+    finally:
+        if args.keep:
+            log(f"work folder kept: {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+    for row in rows:
+        row.check_rss()
+
+    print()
+    print(
+        f"{facts['date']}; {facts['cores']} cores, {facts['cpu']}; Python {facts['python']}; "
+        f"took {time.monotonic() - t0:.0f}s"
+    )
+    print(table_markdown(rows) if args.markdown else table_text(rows))
+    judged = [r for r in rows if r.met is not None]
+    missed = [r.name for r in judged if not r.met]
+    print(
+        f"\ntargets met: {len(judged) - len(missed)} of {len(judged)}"
+        + (f"; missed: {', '.join(missed)}" if missed else "")
+    )
+    if args.json:
+        print(json.dumps({"bench": "all", "machine": facts, "rows": [asdict(r) for r in rows]}))
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
