@@ -40,8 +40,38 @@ def file_index(name: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+class _BinlogOrdered:
+    """Positions of either kind compare by where they stand in the binlog (``order``)."""
+
+    __slots__ = ()
+
+    @property
+    def order(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def __lt__(self, other: object) -> bool:
+        if not isinstance(other, _BinlogOrdered):
+            return NotImplemented
+        return self.order < other.order
+
+    def __le__(self, other: object) -> bool:
+        if not isinstance(other, _BinlogOrdered):
+            return NotImplemented
+        return self.order <= other.order
+
+    def __gt__(self, other: object) -> bool:
+        if not isinstance(other, _BinlogOrdered):
+            return NotImplemented
+        return self.order > other.order
+
+    def __ge__(self, other: object) -> bool:
+        if not isinstance(other, _BinlogOrdered):
+            return NotImplemented
+        return self.order >= other.order
+
+
 @dataclass(frozen=True, slots=True)
-class BinlogPosition:
+class BinlogPosition(_BinlogOrdered):
     """Binlog coordinates: resume reading ``file`` at byte ``pos``."""
 
     file: str
@@ -54,26 +84,6 @@ class BinlogPosition:
     def __str__(self) -> str:
         return f"{self.file}:{self.pos}"
 
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order < other.order
-
-    def __le__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order <= other.order
-
-    def __gt__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order > other.order
-
-    def __ge__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order >= other.order
-
     @classmethod
     def parse(cls, text: str) -> BinlogPosition:
         name, sep, offset = text.rpartition(":")
@@ -83,7 +93,7 @@ class BinlogPosition:
 
 
 @dataclass(frozen=True, slots=True)
-class GtidPosition:
+class GtidPosition(_BinlogOrdered):
     """A GTID state (``gtids``: MariaDB list or MySQL set, as text) reached at ``file:pos``."""
 
     gtids: str
@@ -101,26 +111,6 @@ class GtidPosition:
 
     def __str__(self) -> str:
         return f"gtid:{self.gtids}@{self.file}:{self.pos}"
-
-    def __lt__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order < other.order
-
-    def __le__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order <= other.order
-
-    def __gt__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order > other.order
-
-    def __ge__(self, other: object) -> bool:
-        if not isinstance(other, BinlogPosition | GtidPosition):
-            return NotImplemented
-        return self.order >= other.order
 
     @classmethod
     def parse(cls, text: str) -> GtidPosition:

@@ -953,20 +953,13 @@ class MySQLSource(Source):
         return table, packet._data, start, end
 
     def _on_write(self, ev: Any) -> Batch | None:
-        table, data, start, end = self._rows_of(ev)
-        if table is None:
-            return None
-        try:
-            rows = table.codec.rows(data, start, end, ev.columns_present_bitmap)
-        except (IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise self._decode_error(table, exc) from exc
-        emit = self._emit
-        version = table.version
-        for row, key in rows:
-            emit(table, version, "c", key, None, row)
-        return self._after_rows()
+        return self._on_rows(ev, "c")
 
     def _on_delete(self, ev: Any) -> Batch | None:
+        return self._on_rows(ev, "d")
+
+    def _on_rows(self, ev: Any, op: str) -> Batch | None:
+        """An insert (``c``: the row is ``after``) or delete (``d``: it is ``before``) event."""
         table, data, start, end = self._rows_of(ev)
         if table is None:
             return None
@@ -976,8 +969,12 @@ class MySQLSource(Source):
             raise self._decode_error(table, exc) from exc
         emit = self._emit
         version = table.version
-        for row, key in rows:
-            emit(table, version, "d", key, row, None)
+        if op == "c":
+            for row, key in rows:
+                emit(table, version, "c", key, None, row)
+        else:
+            for row, key in rows:
+                emit(table, version, "d", key, row, None)
         return self._after_rows()
 
     def _on_update(self, ev: Any) -> Batch | None:
