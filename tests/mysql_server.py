@@ -31,7 +31,6 @@ import os
 import pwd
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from sources.postgres.server import free_port
 
 __all__ = ["LocalMariaDB", "MariaDBStartError", "free_port"]
 
@@ -65,12 +66,6 @@ _LOG_TAIL_LINES = 40
 
 class MariaDBStartError(RuntimeError):
     """Install or start failed; the message carries the tail of the output or log."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 def _find(program: str, *candidates: str) -> str:
