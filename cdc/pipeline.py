@@ -38,6 +38,7 @@ from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
 from cdc.plugin import PluginContext, Sink, Source
 from cdc.schema import SchemaRegistry, SchemaVersion
+from cdc.snapshot import SnapshotDriver
 from cdc.state import CheckpointStore
 
 #: bytes of batches waiting between reader and dispatcher. Small on purpose: a working set
@@ -104,6 +105,13 @@ class BoundedBuffer:
             self._cond.notify_all()
 
 
+class _Wake:
+    """Put into the buffer by the snapshot worker: a chunk arrived, the dispatcher looks."""
+
+
+_WAKE = _Wake()
+
+
 class _ReaderFailed:
     __slots__ = ("error",)
 
@@ -132,6 +140,8 @@ class PipelineStatus:
         self.source_info: dict[str, Any] = {}
         self.retries = 0
         self.sink_errors = 0
+        #: the running (or last) snapshot's progress, from the snapshot driver
+        self.snapshot: dict[str, Any] | None = None
 
     @property
     def lag_s(self) -> float | None:
@@ -159,7 +169,7 @@ class PipelineStatus:
             "events_per_s": round(self.events_per_s, 1),
             "retries": self.retries,
             "last_error": self.last_error,
-            "snapshot": None,
+            "snapshot": self.snapshot,
         }
 
 
@@ -190,6 +200,12 @@ class Pipeline:
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._registry: SchemaRegistry | None = None
+        #: the snapshot driver of the current run (None before the first)
+        self.snapshots: SnapshotDriver | None = None
+        self._wake_buffer: BoundedBuffer | None = None
+        self._wake_event = threading.Event()
+        #: where the stream starts (the position ``_open`` reached)
+        self._start: Any = None
         #: with several instances: the pipeline runs only while this instance holds the lease
         self.lease = lease
         if lease is not None:
@@ -233,7 +249,10 @@ class Pipeline:
                 continue
             progress_before = self.status.checkpoint_at
             try:
-                self._run_once()
+                if self._run_once() == "finished":
+                    self.status.state = "finished"
+                    self.log.info("pipeline_finished")
+                    return
                 if self._stop.is_set():
                     break
             except FatalError as exc:
@@ -301,13 +320,7 @@ class Pipeline:
         cls = registry.load(kind, self.config.source_type if kind == "source" else self.config.sink_type)
         return cls, (self.config.source if kind == "source" else self.config.sink)
 
-    def _run_once(self) -> None:
-        if self.config.snapshot.mode != "never":
-            raise NotAvailableYet(
-                f"snapshot.mode {self.config.snapshot.mode!r} is not available yet in this build "
-                "of cdc; set `snapshot: {mode: never}` for this pipeline to stream changes only",
-                pipeline=self.name,
-            )
+    def _run_once(self) -> str | None:
         if self._registry is None:
             self._registry = SchemaRegistry(self.store, self.name)
         ctx = PluginContext(
@@ -334,14 +347,75 @@ class Pipeline:
         source: Source = source_cls(source_cfg, ctx)
         sink: Sink = sink_cls(sink_cfg, ctx)
         self._source = source
+        self._wake_buffer: BoundedBuffer | None = None
+        driver = SnapshotDriver(
+            self.config,
+            self.store,
+            source,
+            self._registry,
+            self.log,
+            self._wake,
+            streaming=self.config.snapshot.mode != "initial_only",
+        )
+        self.snapshots = driver
         try:
+            if self.config.snapshot.mode == "initial_only":
+                return self._snapshot_only(driver, sink)
             self._open(source, sink)
+            if self.config.snapshot.mode == "initial":
+                driver.ensure_initial()
             self.status.state = "running"
             self.status.last_error = None
-            self._stream(source, sink)
+            self._stream(source, sink, driver)
+            return None
         finally:
+            driver.close()
             sink.close()
             source.close()
+
+    def _wake(self) -> None:
+        buffer = self._wake_buffer
+        if buffer is not None:
+            buffer.put(_WAKE, 0, 0.1)
+        else:
+            self._wake_event.set()
+
+    def notify_snapshots(self) -> None:
+        """Snapshot records changed (a request or a cancel through the API)."""
+        driver = self.snapshots
+        if driver is not None:
+            driver.notify()
+
+    def _snapshot_only(self, driver: SnapshotDriver, sink: Sink) -> str | None:
+        """``snapshot.mode: initial_only``: no stream, no slot; each chunk is emitted as soon
+        as it is read. The sink's resume token is kept in the snapshot records."""
+        records = self.store.snapshots(self.name)
+        tokens = [r for r in records if r.get("sink_at")]
+        resume = max(tokens, key=lambda r: r["sink_at"]).get("sink") if tokens else None
+        sink.open(resume)
+        driver.ensure_initial()
+        self.status.state = "running"
+        self.status.last_error = None
+        delivered: set[SchemaVersion] = set()
+        while not self._stop.is_set():
+            self._check_lease()
+            events, dirty = driver.poll(None, True)
+            self.status.snapshot = driver.status
+            if events:
+                self._deliver(sink, events, delivered)
+            if dirty:
+                token = sink.flush()
+                now = time.time()
+                for r in dirty:
+                    r["sink"], r["sink_at"] = token, now
+                self.store.update_snapshots(self.name, dirty)
+                self.status.checkpoint_at = now
+            if driver.idle:
+                return "finished"
+            if not events:
+                self._wake_event.wait(0.25)
+                self._wake_event.clear()
+        return None
 
     def _open(self, source: Source, sink: Sink) -> None:
         checkpoint = self.store.get_checkpoint(self.name)
@@ -368,6 +442,7 @@ class Pipeline:
         elif self.adopt:
             self.log.info("adopt_ignored", reason="the pipeline has saved state")
         start = source.open(checkpoint.position if checkpoint else None, adopt=adopting)
+        self._start = start
         sink.open(checkpoint.sink if checkpoint else None)
         if checkpoint is None:
             if start is None:
@@ -388,8 +463,9 @@ class Pipeline:
 
     # -- streaming ----------------------------------------------------------------------------
 
-    def _stream(self, source: Source, sink: Sink) -> None:
+    def _stream(self, source: Source, sink: Sink, driver: SnapshotDriver) -> None:
         buffer = BoundedBuffer(BUFFER_BYTES)
+        self._wake_buffer = buffer
         reader_stop = threading.Event()
 
         def read_loop() -> None:
@@ -411,15 +487,18 @@ class Pipeline:
         reader = threading.Thread(target=read_loop, name=f"reader-{self.name}", daemon=True)
         reader.start()
         try:
-            self._dispatch(source, sink, buffer)
+            self._dispatch(source, sink, buffer, driver)
         finally:
+            self._wake_buffer = None
             reader_stop.set()
             buffer.close()
             reader.join(5)
 
-    def _dispatch(self, source: Source, sink: Sink, buffer: BoundedBuffer) -> None:
+    def _dispatch(self, source: Source, sink: Sink, buffer: BoundedBuffer, driver: SnapshotDriver) -> None:
         delivered: set[SchemaVersion] = set()
         pending: Any = None  # position reached but not yet checkpointed
+        reached: Any = self._start  # newest transaction boundary delivered
+        at_boundary = True  # False while the last batch ended inside a transaction
         unflushed = 0
         last_poll = 0.0
         rate_t, rate_n = time.monotonic(), self.status.events_total
@@ -436,20 +515,26 @@ class Pipeline:
                 if dt > 0:
                     self.status.events_per_s = (self.status.events_total - rate_n) / dt
                 rate_t, rate_n = now, self.status.events_total
+                driver.notify()  # requests made through another instance's API
             if self._stop.is_set() and not stopping:
                 stopping = True
             if stopping:
                 item = buffer.get_nowait()
+                while item is _WAKE:
+                    item = buffer.get_nowait()
                 if item is None or (self._stop_deadline is not None and time.monotonic() > self._stop_deadline):
                     if pending is not None or unflushed:
                         self._commit(source, sink, pending)
                     return
             else:
                 item = buffer.get(0.25)
-                if item is None:
-                    # Idle: a heartbeat position held back earlier is checkpointed once the
-                    # interval has passed, so the slot keeps up with the server.
-                    if pending is not None and (
+                if item is None or item is _WAKE:
+                    # Idle: snapshot chunks may be emitted here; a heartbeat position held back
+                    # earlier is checkpointed once the interval has passed, so the slot keeps up.
+                    if at_boundary and self._snapshot_step(source, sink, driver, reached, delivered):
+                        pending = None
+                        unflushed = 0
+                    elif pending is not None and (
                         self.status.checkpoint_at is None
                         or time.time() - self.status.checkpoint_at >= heartbeat_s
                     ):
@@ -469,6 +554,8 @@ class Pipeline:
                 more = buffer.get_nowait()
                 if more is None:
                     break
+                if more is _WAKE:
+                    continue
                 if isinstance(more, _ReaderFailed):
                     raise more.error
                 items.append(more)
@@ -479,6 +566,8 @@ class Pipeline:
                     pending = None
                     unflushed = 0
                 if batch.events:
+                    if driver.active:
+                        driver.observe(batch.events)
                     self._deliver(sink, batch.events, delivered)
                     unflushed += len(batch.events)
                 if batch.commit_ts is not None:
@@ -486,8 +575,13 @@ class Pipeline:
                 if batch.events:
                     self.status.caught_up = False
                 if batch.position is not None:
-                    pending = batch.position
+                    pending = reached = batch.position
                     self.status.source_position = source.serialize_position(pending)
+                at_boundary = batch.position is not None
+            if at_boundary and not stopping and self._snapshot_step(source, sink, driver, reached, delivered):
+                pending = None
+                unflushed = 0
+                continue
             if pending is None:
                 continue
             if unflushed == 0:
@@ -498,6 +592,25 @@ class Pipeline:
             self._commit(source, sink, pending)
             pending = None
             unflushed = 0
+
+    def _snapshot_step(
+        self,
+        source: Source,
+        sink: Sink,
+        driver: SnapshotDriver,
+        position: Any,
+        delivered: set[SchemaVersion],
+    ) -> bool:
+        """At a transaction boundary: emit the snapshot rows the stream position allows, then
+        commit there with the snapshots' progress. True when it committed."""
+        events, dirty = driver.poll(position, True)
+        self.status.snapshot = driver.status
+        if not events and not dirty:
+            return False
+        if events:
+            self._deliver(sink, events, delivered)
+        self._commit(source, sink, position, dirty)
+        return True
 
     def _check_lease(self) -> None:
         """Raise :class:`LeaseLost` when this instance no longer holds the pipeline's lease
@@ -526,13 +639,15 @@ class Pipeline:
                 counts[(sv.name, op)] += n
             self._on_events(self.name, counts)
 
-    def _commit(self, source: Source, sink: Sink, position: Any) -> None:
+    def _commit(
+        self, source: Source, sink: Sink, position: Any, snapshots: list[dict[str, Any]] | None = None
+    ) -> None:
         self._check_lease()
         token = sink.flush()
         if position is None:
             return
         serialized = source.serialize_position(position)
-        self.store.save_checkpoint(self.name, serialized, token)
+        self.store.save_checkpoint(self.name, serialized, token, snapshots or ())
         self.status.checkpoint = serialized
         self.status.checkpoint_at = time.time()
         source.ack(position)

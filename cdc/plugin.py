@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from cdc.errors import CDCError
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaRegistry, SchemaVersion
+    from cdc.snapshot_api import SnapshotReader
     from cdc.state import CheckpointStore
 
 _MISSING: Any = dataclasses.MISSING
@@ -164,6 +165,25 @@ class Source(ABC):
 
     def serialize_position(self, position: Any) -> str:
         return str(position)
+
+    # -- snapshots (see cdc.snapshot_api) ---------------------------------------------------------
+
+    def snapshot_reader(self) -> SnapshotReader:
+        """A reader of keyset chunks for snapshots. Called on the snapshot worker thread,
+        whether or not :meth:`open` ran. Sources without snapshots keep this default."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot take snapshots")
+
+    def position_reached(self, position: Any, high: Any) -> bool:
+        """Whether the stream, having delivered up to ``position`` (a batch position), has
+        delivered every transaction before ``high`` (a chunk's high watermark)."""
+        return bool(position >= high)
+
+    def request_position(self) -> None:  # noqa: B027 - optional hook
+        """A chunk waits for the stream to reach its high watermark: an idle source should
+        report its current position soon (PostgreSQL asks the server for a keepalive). Called
+        from the dispatcher thread; must be thread-safe."""
 
     def status(self) -> dict[str, Any]:
         """Facts for ``/pipelines`` and ``/metrics`` (e.g. retained WAL); cheap, cached."""

@@ -20,6 +20,7 @@ import threading
 import time
 import uuid
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,9 @@ from cdc.errors import FatalError
 if TYPE_CHECKING:
     from cdc.lease import LeaseCoordinator
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: snapshot states that may still change (the pipeline updates only these)
+OPEN_SNAPSHOT_STATES = ("pending", "running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,30 @@ class CheckpointStore(ABC):
     def get_checkpoint(self, pipeline: str) -> Checkpoint | None: ...
 
     @abstractmethod
-    def save_checkpoint(self, pipeline: str, position: str, sink: str | None) -> None: ...
+    def save_checkpoint(
+        self, pipeline: str, position: str, sink: str | None, snapshots: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        """Save the checkpoint and, in the same transaction, the snapshot records whose
+        progress it covers (see :meth:`update_snapshots`)."""
+
+    # -- snapshots: one JSON record per snapshot (see cdc.snapshot) --
+
+    @abstractmethod
+    def snapshots(self, pipeline: str) -> list[dict[str, Any]]:
+        """Every snapshot record of the pipeline, oldest first."""
+
+    @abstractmethod
+    def add_snapshot(self, pipeline: str, record: dict[str, Any]) -> None:
+        """Record a new snapshot (any instance may: it needs no lease)."""
+
+    @abstractmethod
+    def update_snapshots(self, pipeline: str, records: Sequence[dict[str, Any]]) -> None:
+        """Replace records that are still pending or running; an ended one (a cancelled
+        snapshot) is never overwritten."""
+
+    @abstractmethod
+    def cancel_snapshot(self, pipeline: str, snapshot_id: str) -> dict[str, Any] | None:
+        """Mark a pending or running snapshot cancelled; return its record (None: unknown)."""
 
     @abstractmethod
     def schema_versions(self, pipeline: str) -> list[StoredSchemaVersion]: ...
@@ -107,6 +133,14 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     position TEXT NOT NULL,
     sink TEXT,
     saved_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS snapshots (
+    pipeline TEXT NOT NULL,
+    id TEXT NOT NULL,
+    state TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    record TEXT NOT NULL,
+    PRIMARY KEY (pipeline, id)
 );
 CREATE TABLE IF NOT EXISTS schema_versions (
     pipeline TEXT NOT NULL,
@@ -179,13 +213,94 @@ class SQLiteStore(CheckpointStore):
         position, sink, saved_at = rows[0]
         return Checkpoint(position, sink, saved_at)
 
-    def save_checkpoint(self, pipeline: str, position: str, sink: str | None) -> None:
+    def save_checkpoint(
+        self, pipeline: str, position: str, sink: str | None, snapshots: Sequence[dict[str, Any]] = ()
+    ) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._db.execute(
+                        "INSERT INTO checkpoints (pipeline, position, sink, saved_at) "
+                        "VALUES (?, ?, ?, ?) ON CONFLICT (pipeline) DO UPDATE SET "
+                        "position = excluded.position, sink = excluded.sink, "
+                        "saved_at = excluded.saved_at",
+                        (pipeline, position, sink, time.time()),
+                    )
+                    self._update_snapshots(pipeline, snapshots)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
+
+    def _update_snapshots(self, pipeline: str, records: Sequence[dict[str, Any]]) -> None:
+        placeholders = ", ".join("?" for _ in OPEN_SNAPSHOT_STATES)
+        for r in records:
+            self._db.execute(
+                f"UPDATE snapshots SET state = ?, record = ? WHERE pipeline = ? AND id = ? "
+                f"AND state IN ({placeholders})",
+                (r["state"], orjson.dumps(r).decode(), pipeline, r["id"], *OPEN_SNAPSHOT_STATES),
+            )
+
+    def snapshots(self, pipeline: str) -> list[dict[str, Any]]:
+        with self._lock:
+            try:
+                rows = self._db.execute(
+                    "SELECT record FROM snapshots WHERE pipeline = ? ORDER BY created_at, id",
+                    (pipeline,),
+                ).fetchall()
+            except sqlite3.OperationalError:  # a read-only look at a file of an older cdc
+                return []
+        return [orjson.loads(r[0]) for r in rows]
+
+    def add_snapshot(self, pipeline: str, record: dict[str, Any]) -> None:
         self._run(
-            "INSERT INTO checkpoints (pipeline, position, sink, saved_at) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (pipeline) DO UPDATE SET position = excluded.position, "
-            "sink = excluded.sink, saved_at = excluded.saved_at",
-            (pipeline, position, sink, time.time()),
+            "INSERT INTO snapshots (pipeline, id, state, created_at, record) VALUES (?, ?, ?, ?, ?)",
+            (pipeline, record["id"], record["state"], record["created_at"], orjson.dumps(record).decode()),
         )
+
+    def update_snapshots(self, pipeline: str, records: Sequence[dict[str, Any]]) -> None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    self._update_snapshots(pipeline, records)
+                    self._db.execute("COMMIT")
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
+
+    def cancel_snapshot(self, pipeline: str, snapshot_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    row = self._db.execute(
+                        "SELECT record FROM snapshots WHERE pipeline = ? AND id = ?",
+                        (pipeline, snapshot_id),
+                    ).fetchone()
+                    if row is None:
+                        self._db.execute("COMMIT")
+                        return None
+                    record: dict[str, Any] = orjson.loads(row[0])
+                    if record["state"] in OPEN_SNAPSHOT_STATES:
+                        record["state"] = "cancelled"
+                        record["finished_at"] = time.time()
+                        self._db.execute(
+                            "UPDATE snapshots SET state = ?, record = ? WHERE pipeline = ? AND id = ?",
+                            (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),
+                        )
+                    self._db.execute("COMMIT")
+                    return record
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+            except sqlite3.DatabaseError as exc:
+                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
 
     def schema_versions(self, pipeline: str) -> list[StoredSchemaVersion]:
         rows = self._run(
@@ -230,6 +345,7 @@ class SQLiteStore(CheckpointStore):
     def pipelines(self) -> list[str]:
         rows = self._run(
             "SELECT pipeline FROM checkpoints UNION SELECT pipeline FROM schema_versions "
+            "UNION SELECT pipeline FROM snapshots "
             "UNION SELECT pipeline FROM meta WHERE pipeline != '' ORDER BY 1"
         )
         return [r[0] for r in rows]
@@ -238,7 +354,7 @@ class SQLiteStore(CheckpointStore):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                for table in ("checkpoints", "schema_versions", "meta"):
+                for table in ("checkpoints", "schema_versions", "meta", "snapshots"):
                     self._db.execute(f"DELETE FROM {table} WHERE pipeline = ?", (pipeline,))
                 self._db.execute("COMMIT")
             except BaseException:

@@ -44,7 +44,7 @@ import random
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -54,10 +54,10 @@ from psycopg import errors as pg_errors
 from cdc.errors import FatalError, LeaseLost, RetriableError
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
-from cdc.state import Checkpoint, CheckpointStore, StoredSchemaVersion
+from cdc.state import OPEN_SNAPSHOT_STATES, Checkpoint, CheckpointStore, StoredSchemaVersion
 
 #: version of the tables' layout, kept in ``cdc_state_version``
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 #: seconds between lease renewals (and instance heartbeats)
 RENEW_S = 5.0
 #: seconds without renewal after which a lease may be taken over
@@ -91,6 +91,14 @@ CREATE TABLE IF NOT EXISTS cdc_schema_versions (
     definition text NOT NULL,
     recorded_at double precision NOT NULL,
     PRIMARY KEY (pipeline, table_name, version)
+);
+CREATE TABLE IF NOT EXISTS cdc_snapshots (
+    pipeline text NOT NULL,
+    id text NOT NULL,
+    state text NOT NULL,
+    created_at double precision NOT NULL,
+    record text NOT NULL,
+    PRIMARY KEY (pipeline, id)
 );
 CREATE TABLE IF NOT EXISTS cdc_leases (
     pipeline text PRIMARY KEY,
@@ -293,10 +301,13 @@ class PostgresStore(CheckpointStore):
         )
         return None if row is None else (row[0], row[1])
 
-    def save_checkpoint(self, pipeline: str, position: str, sink: str | None) -> None:
+    def save_checkpoint(
+        self, pipeline: str, position: str, sink: str | None, snapshots: Sequence[dict[str, Any]] = ()
+    ) -> None:
         def save(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 token = self._check_fence(conn, pipeline)
+                self._update_snapshots(conn, pipeline, snapshots)
                 conn.execute(
                     "INSERT INTO cdc_checkpoints (pipeline, position, sink, saved_at, holder, token) "
                     "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (pipeline) DO UPDATE SET "
@@ -313,6 +324,67 @@ class PostgresStore(CheckpointStore):
                 )
 
         self._db.run(save)
+
+    def _update_snapshots(
+        self, conn: psycopg.Connection[Any], pipeline: str, records: Sequence[dict[str, Any]]
+    ) -> None:
+        for r in records:
+            conn.execute(
+                "UPDATE cdc_snapshots SET state = %s, record = %s WHERE pipeline = %s AND id = %s "
+                "AND state = ANY(%s)",
+                (r["state"], orjson.dumps(r).decode(), pipeline, r["id"], list(OPEN_SNAPSHOT_STATES)),
+            )
+
+    def snapshots(self, pipeline: str) -> list[dict[str, Any]]:
+        def read(conn: psycopg.Connection[Any]) -> list[Any]:
+            try:
+                with conn.transaction():
+                    return conn.execute(
+                        "SELECT record FROM cdc_snapshots WHERE pipeline = %s ORDER BY created_at, id",
+                        (pipeline,),
+                    ).fetchall()
+            except pg_errors.UndefinedTable:  # a read-only look at an older cdc's state
+                return []
+
+        return [orjson.loads(r[0]) for r in self._db.run(read)]
+
+    def add_snapshot(self, pipeline: str, record: dict[str, Any]) -> None:
+        self._db.run(
+            lambda c: c.execute(
+                "INSERT INTO cdc_snapshots (pipeline, id, state, created_at, record) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (pipeline, record["id"], record["state"], record["created_at"], orjson.dumps(record).decode()),
+            )
+        )
+
+    def update_snapshots(self, pipeline: str, records: Sequence[dict[str, Any]]) -> None:
+        def update(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self._check_fence(conn, pipeline)
+                self._update_snapshots(conn, pipeline, records)
+
+        self._db.run(update)
+
+    def cancel_snapshot(self, pipeline: str, snapshot_id: str) -> dict[str, Any] | None:
+        def cancel(conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
+            with conn.transaction():
+                row = conn.execute(
+                    "SELECT record FROM cdc_snapshots WHERE pipeline = %s AND id = %s FOR UPDATE",
+                    (pipeline, snapshot_id),
+                ).fetchone()
+                if row is None:
+                    return None
+                record: dict[str, Any] = orjson.loads(row[0])
+                if record["state"] in OPEN_SNAPSHOT_STATES:
+                    record["state"] = "cancelled"
+                    record["finished_at"] = time.time()
+                    conn.execute(
+                        "UPDATE cdc_snapshots SET state = %s, record = %s WHERE pipeline = %s AND id = %s",
+                        (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),
+                    )
+                return record
+
+        return self._db.run(cancel)
 
     def schema_versions(self, pipeline: str) -> list[StoredSchemaVersion]:
         rows = self._db.run(
@@ -369,7 +441,8 @@ class PostgresStore(CheckpointStore):
         rows = self._db.run(
             lambda c: c.execute(
                 "SELECT pipeline FROM cdc_checkpoints UNION SELECT pipeline FROM "
-                "cdc_schema_versions UNION SELECT pipeline FROM cdc_meta WHERE pipeline <> '' "
+                "cdc_schema_versions UNION SELECT pipeline FROM cdc_snapshots "
+                "UNION SELECT pipeline FROM cdc_meta WHERE pipeline <> '' "
                 "ORDER BY 1"
             ).fetchall()
         )
@@ -378,7 +451,7 @@ class PostgresStore(CheckpointStore):
     def drop_pipeline(self, pipeline: str) -> None:
         def drop(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                for table in ("cdc_checkpoints", "cdc_schema_versions", "cdc_meta", "cdc_leases"):
+                for table in ("cdc_checkpoints", "cdc_schema_versions", "cdc_meta", "cdc_leases", "cdc_snapshots"):
                     conn.execute(f"DELETE FROM {table} WHERE pipeline = %s", (pipeline,))
 
         self._db.run(drop)

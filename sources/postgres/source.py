@@ -682,7 +682,18 @@ class PostgresSource(Source):
         self._relations[msg.relid] = rel
 
     def _compile_relation(self, msg: Relation, name: str) -> _Relation:
-        conn = self._catalog()
+        schema, columns, key, key_indexes = self.describe_relation(self._catalog(), msg, name)
+        assert self.ctx.registry is not None
+        version = self.ctx.registry.resolve(schema, (self._tx_lsn, self._tx_seq))
+        return _Relation(
+            msg.relid, msg.namespace, msg.name, version, columns, tuple(key), key_indexes, len(msg.columns)
+        )
+
+    def describe_relation(
+        self, conn: psycopg.Connection[Any], msg: Relation, name: str
+    ) -> tuple[TableSchema, list[tuple[int, str, Any]], list[str], list[tuple[int, str, Any]]]:
+        """A relation's schema, its kept columns as ``(index, name, converter)``, its key and the
+        key columns' entries (the stream and the snapshot reader describe tables the same way)."""
         oids = {c.type_oid for c in msg.columns} - set(self._types)
         if oids:
             self._resolve_types(conn, oids)
@@ -713,18 +724,7 @@ class PostgresSource(Source):
                 Column(col.name, self._type_name(conn, col.type_oid, col.typmod), col.name not in not_null)
             )
         schema = TableSchema(name, tuple(schema_columns), tuple(key))
-        assert self.ctx.registry is not None
-        version = self.ctx.registry.resolve(schema, (self._tx_lsn, self._tx_seq))
-        return _Relation(
-            msg.relid,
-            msg.namespace,
-            msg.name,
-            version,
-            columns,
-            tuple(key),
-            [by_name[k] for k in key if k in by_name],
-            len(msg.columns),
-        )
+        return schema, columns, list(key), [by_name[k] for k in key if k in by_name]
 
     def _resolve_types(self, conn: psycopg.Connection[Any], oids: set[int]) -> None:
         pending = set(oids)
@@ -826,6 +826,16 @@ class PostgresSource(Source):
             self._last_heartbeat_request = now
             self._send_status(reply=True)
         return None
+
+    def request_position(self) -> None:
+        """A snapshot chunk waits for the stream: ask the server for its position at the
+        reader's next idle turn (within one ``read`` timeout)."""
+        self._last_heartbeat_request = 0.0
+
+    def snapshot_reader(self) -> Any:
+        from .snapshot import PostgresSnapshotReader
+
+        return PostgresSnapshotReader(PostgresSource(self.cfg, self.ctx))
 
     def keepalive(self) -> None:
         """Called by the pipeline while its buffer is full (the reader is waiting)."""

@@ -1,0 +1,329 @@
+"""Snapshot chunks from PostgreSQL (the core's side is :mod:`cdc.snapshot`).
+
+Theory of operation. Each chunk is one short ``REPEATABLE READ, READ ONLY`` transaction on the
+reader's own connection. Its first statement takes the transaction's snapshot and, in the same
+statement, reads ``pg_current_snapshot()`` (``xmin:xmax:xip``) and
+``pg_current_wal_insert_lsn()``; the second reads the rows, ``WHERE (key) > (last key) ORDER BY
+key LIMIT n``, in text format, converted by the very converters the stream compiles for the
+table (the session has the stream's settings: UTC, ISO dates, ``iso_8601`` intervals, hex
+bytea, all float digits), so a row read here and the same row streamed are equal. No lock.
+
+Watermark: a transaction visible to the read wrote its commit record before the snapshot was
+taken, so before the insert LSN read after it: once the stream has delivered up to that LSN
+(``high``), every transaction the read saw is delivered. Which streamed transactions the read
+saw is decided by the snapshot itself, not by LSNs: PostgreSQL makes a commit visible after
+writing its commit record (and, under synchronous replication, after the standby answered), so
+commit order in the WAL and visibility order can differ. A streamed event's xid (from the
+transaction's Begin) is tested against ``xmin``, ``xmax`` and ``xip`` (wraparound-aware).
+
+One case is guarded apart: a transaction whose commit the stream may already have delivered
+while it is still listed as running in the read's snapshot (its commit record is written, its
+backend has not yet left the process array: a synchronous-replication wait, or a stall). Its
+changes are newer than the read but could have been delivered before the core started
+watching. The first statement therefore also lists the snapshot's running xids that the commit
+log already marks committed; when there are any, the read is discarded and taken again a moment
+later.
+
+Keyless tables (no primary key, no replica-identity index) are read in one piece, without
+ORDER BY or LIMIT.
+"""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import psycopg
+from psycopg import pq, sql
+
+from cdc.errors import FatalError, RetriableError
+from cdc.events import ChangeEvent
+from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
+
+from .lsn import Lsn
+from .pgoutput import Relation, RelationColumn
+from .source import PostgresSource, _compile, _compile_key, _compile_row
+
+#: attempts at a read whose snapshot lists a committed transaction as running
+RACE_RETRIES = 200
+
+_FIRST = (
+    b"SELECT pg_current_snapshot()::text, pg_current_wal_insert_lsn()::text, "
+    b"ARRAY(SELECT x::text FROM pg_snapshot_xip(pg_current_snapshot()) AS x "
+    b"WHERE pg_xact_status(x) = 'committed')"
+)
+
+
+class _Snapshot:
+    """``pg_current_snapshot()``, for testing 32-bit xids of streamed transactions."""
+
+    __slots__ = ("xmin", "xmax", "xip", "text")
+
+    def __init__(self, text: str) -> None:
+        xmin, xmax, xip = text.split(":")
+        self.text = text
+        self.xmin = int(xmin)
+        self.xmax = int(xmax)
+        self.xip = frozenset(int(x) for x in xip.split(",") if x)
+
+    def full(self, xid: int) -> int:
+        """The 64-bit id of a 32-bit xid near ``xmax`` (within 2^31 either side)."""
+        diff = (xid - self.xmax) & 0xFFFFFFFF
+        if diff >= 0x80000000:
+            diff -= 0x100000000
+        return self.xmax + diff
+
+    def sees(self, xid: int) -> bool:
+        """Whether a committed transaction is visible to this snapshot."""
+        full = self.full(xid)
+        if full >= self.xmax:
+            return False
+        if full < self.xmin:
+            return True
+        return full not in self.xip
+
+
+class PgChunk(Chunk):
+    __slots__ = ("snapshot", "block")
+
+    def __init__(self, *args: Any, snapshot: _Snapshot, block: dict[str, Any]) -> None:
+        super().__init__(*args)
+        self.snapshot = snapshot
+        self.block = block  # the source block without the emit position
+
+    def visible(self, event: ChangeEvent) -> bool:
+        tx = event.source.get("tx")
+        if not tx:
+            return False
+        return self.snapshot.sees(int(tx))
+
+    def source_block(self, position: Any, snapshot_id: str) -> dict[str, Any]:
+        return {**self.block, "lsn": str(Lsn(int(position))), "snapshot_id": snapshot_id}
+
+    def at(self, position: Any) -> tuple[int, ...]:
+        return (int(position), 0)
+
+
+class _Table:
+    """What the reader compiled for one table."""
+
+    __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "fetch", "row", "keyof", "block")
+
+    def __init__(self, **kw: Any) -> None:
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class PostgresSnapshotReader(SnapshotReader):
+    """Reads chunks on its own connection (``helper`` is a private, never-opened source used
+    for its catalog connection and its type converters)."""
+
+    def __init__(self, helper: PostgresSource) -> None:
+        self.helper = helper
+        self._tables: dict[str, _Table] = {}
+        self._database: str | None = None
+
+    def _conn(self) -> psycopg.Connection[Any]:
+        try:
+            return self.helper._catalog()
+        except FatalError:
+            raise
+        except psycopg.Error as exc:
+            raise RetriableError(f"snapshot connection failed: {exc}", kind="source_unreachable") from exc
+
+    # -- describe ---------------------------------------------------------------------------
+
+    def describe(self, table: str) -> TableInfo:
+        try:
+            t = self._table(table, refresh=True)
+            estimate = self._estimate(table)
+        except psycopg.OperationalError as exc:
+            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+        return TableInfo(table, t.key, estimate)
+
+    def _table(self, table: str, refresh: bool = False) -> _Table:
+        t = self._tables.get(table)
+        if t is not None and not refresh:
+            return t
+        conn = self._conn()
+        schema_name, _, table_name = table.partition(".")
+        row = conn.execute(
+            "SELECT c.oid, c.relkind, c.relreplident, current_database(), "
+            "has_table_privilege(c.oid, 'SELECT') FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (schema_name, table_name),
+        ).fetchone()
+        if row is None:
+            raise FatalError(
+                f"cannot snapshot {table}: the table does not exist", kind="snapshot_refused", table=table
+            )
+        relid, relkind, replident, database, can_select = row
+        if not can_select:
+            raise FatalError(
+                f"cannot snapshot {table}: the role has no SELECT privilege on it (GRANT SELECT "
+                f"ON {table} TO <role>)",
+                kind="snapshot_refused",
+                table=table,
+            )
+        self._database = database
+        attrs = conn.execute(
+            "SELECT attname, atttypid, atttypmod, format_type(atttypid, atttypmod) FROM pg_attribute "
+            "WHERE attrelid = %s AND attnum > 0 AND NOT attisdropped AND attgenerated = '' "
+            "ORDER BY attnum",
+            (relid,),
+        ).fetchall()
+        from . import catalog
+
+        key = catalog.key_columns(conn, relid, replident) or []
+        msg = Relation(
+            relid,
+            schema_name,
+            table_name,
+            replident,
+            [RelationColumn(1 if a[0] in key else 0, a[0], a[1], a[2]) for a in attrs],
+        )
+        schema, columns, key_names, _ = self.helper.describe_relation(conn, msg, table)
+        types = {a[0]: a[3] for a in attrs}
+        names = [a[0] for a in attrs]
+        ident = sql.Identifier
+        select = sql.SQL("SELECT {} FROM {}{}").format(
+            sql.SQL(", ").join(ident(n) for n in names),
+            sql.SQL("ONLY ") if relkind == "r" else sql.SQL(""),
+            sql.SQL("{}.{}").format(ident(schema_name), ident(table_name)),
+        )
+        fetch = _compile(
+            "fetch", ["get", "i"], ["return [" + ", ".join(f"get(i, {j})" for j in range(len(names))) + "]"], {}
+        )
+        t = _Table(
+            name=table,
+            schema=schema,
+            key=tuple(key_names),
+            key_types=[types[k] for k in key_names],
+            select=select,
+            fetch=fetch,
+            row=_compile_row(columns),
+            keyof=_compile_key(tuple(key_names)),
+            block={
+                "connector": "postgres",
+                "pipeline": self.helper.ctx.name,
+                "db": database,
+                "schema": schema_name,
+                "table": table_name,
+                "tx": None,
+                "snapshot": True,
+            },
+            key_index=[names.index(k) for k in key_names],
+        )
+        self._tables[table] = t
+        return t
+
+    def _estimate(self, table: str) -> int:
+        conn = self._conn()
+        row = conn.execute(
+            "SELECT sum(greatest(c.reltuples, 0))::bigint, bool_or(c.reltuples < 0), "
+            "sum(pg_table_size(c.oid))::bigint FROM pg_partition_tree(%s::regclass) AS t "
+            "JOIN pg_class c ON c.oid = t.relid WHERE t.isleaf",
+            (self._qualified(table),),
+        ).fetchone()
+        estimate, unknown, size = row if row is not None else (0, True, 0)
+        if unknown and (size or 0) < 256 * 1024 * 1024:
+            counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident(table))).fetchone()
+            return int(counted[0]) if counted else 0
+        return int(estimate or 0)
+
+    @staticmethod
+    def _ident(table: str) -> sql.Composable:
+        schema_name, _, table_name = table.partition(".")
+        return sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
+
+    def _qualified(self, table: str) -> str:
+        return self._ident(table).as_string(self._conn())
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def read_chunk(self, table: str, cursor: Any, limit: int | None) -> Chunk:
+        try:
+            return self._read(table, cursor, limit)
+        except psycopg.OperationalError as exc:
+            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+        except psycopg.Error as exc:
+            raise FatalError(f"cannot read {table}: {str(exc).strip()}", kind="snapshot_refused", table=table) from exc
+
+    def _read(self, table: str, cursor: Any, limit: int | None) -> Chunk:
+        t = self._table(table)
+        conn = self._conn()
+        query: sql.Composable = t.select
+        params: list[Any] = []
+        if t.key:
+            key_sql = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
+            if cursor is not None:
+                casts = sql.SQL(", ").join(
+                    sql.SQL(f"${i}::{ty}") for i, ty in enumerate(t.key_types, 1)
+                )
+                query = sql.SQL("{} WHERE ({}) > ({})").format(query, key_sql, casts)
+                params = list(cursor)
+            query = sql.SQL("{} ORDER BY {}").format(query, key_sql)
+            if limit is not None:
+                query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(limit))
+        text = query.as_string(conn)
+        for _ in range(RACE_RETRIES):
+            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+            try:
+                first = conn.execute(_FIRST).fetchone()
+                assert first is not None
+                snap_text, insert_lsn, committed_running = first
+                if committed_running:
+                    conn.execute("ROLLBACK")
+                    time.sleep(0.01)
+                    continue
+                read_at = time.time()
+                res = conn.pgconn.exec_params(
+                    text.encode(), [str(p).encode() for p in params] or None, result_format=0
+                )
+                if res.status != pq.ExecStatus.TUPLES_OK:
+                    state = (res.error_field(pq.DiagnosticField.SQLSTATE) or b"").decode()
+                    message = res.get_error_message().strip()
+                    conn.execute("ROLLBACK")
+                    if state in ("42703", "42P01"):  # a column or the table went away meanwhile
+                        self._tables.pop(table, None)
+                        raise RetriableError(f"{table} changed while it was read: {message}", kind="source_schema")
+                    raise FatalError(f"cannot read {table}: {message}", kind="snapshot_refused", table=table)
+                conn.execute("COMMIT")
+            except psycopg.Error:
+                if not conn.closed and not conn.broken:
+                    try:
+                        conn.execute("ROLLBACK")
+                    except psycopg.Error:
+                        pass
+                raise
+            return self._chunk(t, res, snap_text, Lsn.parse(insert_lsn), read_at, limit)
+        raise RetriableError(
+            f"snapshot of {table}: a committed transaction stayed invisible to {RACE_RETRIES} "
+            "reads in a row (a synchronous standby not answering?)",
+            kind="source_busy",
+        )
+
+    def _chunk(self, t: _Table, res: Any, snap_text: str, high: Lsn, read_at: float, limit: int | None) -> Chunk:
+        n = res.ntuples
+        get = res.get_value
+        fetch = t.fetch
+        row = t.row
+        keyof = t.keyof
+        rows: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
+        append = rows.append
+        for i in range(n):
+            after = row(fetch(get, i))
+            append((keyof(after), after))
+        cursor = None
+        if n and t.key:
+            cursor = [get(n - 1, j).decode() for j in t.key_index]
+        res.clear()
+        snapshot = _Snapshot(snap_text)
+        token = f"{high}.{zlib.crc32(snap_text.encode()):08x}"
+        block = {**t.block, "ts_ms": int(read_at * 1000)}
+        done = limit is None or not t.key or n < limit
+        return PgChunk(t.name, t.schema, rows, cursor, done, high, token, snapshot=snapshot, block=block)
+
+    def close(self) -> None:
+        self.helper.close()
