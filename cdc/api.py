@@ -83,6 +83,15 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
         def _error(self, status: int, message: str) -> None:
             self._json(status, {"error": message})
 
+        def _body(self) -> Any:
+            length = int(self.headers.get("Content-Length") or 0)
+            if length <= 0 or length > 1024 * 1024:
+                return None
+            try:
+                return orjson.loads(self.rfile.read(length))
+            except orjson.JSONDecodeError:
+                return None
+
         def _guard(self, public: bool = False) -> bool:
             if public or api.authorized(self.headers.get("Authorization")):
                 return True
@@ -117,18 +126,16 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
             if m:
                 if not self._guard():
                     return
-                name = m.group(1)
-                if service.pipeline(name) is None:
-                    self._error(404, f"no pipeline named {name!r} in this service")
-                    return
-                if method not in ("GET", "POST", "DELETE"):
-                    self._error(405, "method not allowed")
-                    return
-                self._error(
-                    501,
-                    "snapshots are not available yet in this build of cdc; the stream of "
-                    "changes runs without them",
-                )
+                name, snapshot_id = m.group(1), m.group(2)
+                if snapshot_id is None and method == "POST":
+                    status, doc = service.request_snapshot(name, self._body())
+                elif method == "GET":
+                    status, doc = service.snapshots(name, snapshot_id)
+                elif snapshot_id is not None and method == "DELETE":
+                    status, doc = service.cancel_snapshot(name, snapshot_id)
+                else:
+                    status, doc = 405, {"error": f"method not allowed: {method} {path}"}
+                self._json(status, doc)
                 return
             if path.startswith("/pipelines/") and method == "GET":
                 if not self._guard():

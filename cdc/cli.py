@@ -117,14 +117,59 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
         _err(str(exc))
         return EXIT_NO_SERVICE
     message = doc.get("error") if isinstance(doc, dict) else doc
-    if status in (200, 202):
-        _out(orjson.dumps(doc).decode())
+    if status not in (200, 202) or not isinstance(doc, dict):
+        if status in (400, 404):
+            _err(f"refused ({status}): {message}")
+            return EXIT_INVALID
+        _err(f"snapshot not started ({status}): {message}")
+        return EXIT_FAILED
+    _out(orjson.dumps(doc).decode())
+    if not args.wait:
         return EXIT_OK
-    if status in (400, 404):
-        _err(f"refused ({status}): {message}")
-        return EXIT_INVALID
-    _err(f"snapshot not started ({status}): {message}")
-    return EXIT_FAILED
+    return _wait_snapshots(cfg, p.name, list(doc.get("ids") or [doc["id"]]))
+
+
+#: seconds ``cdc snapshot --wait`` keeps asking while no service answers (a restart)
+WAIT_NO_SERVICE_S = 60.0
+
+
+def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
+    """Poll each snapshot until it ends: 0 when all are done, 1 when one failed or was
+    cancelled, 3 when no service answered for a minute."""
+    last_state: dict[str, str] = {}
+    unanswered_since: float | None = None
+    pending = list(ids)
+    failed = False
+    while pending:
+        sid = pending[0]
+        try:
+            status, doc = api_call(cfg, "GET", f"/pipelines/{pipeline}/snapshots/{sid}")
+        except NoService as exc:
+            now = time.monotonic()
+            unanswered_since = unanswered_since or now
+            if now - unanswered_since > WAIT_NO_SERVICE_S:
+                _err(f"gave up waiting for snapshot {sid}: {exc}")
+                return EXIT_NO_SERVICE
+            time.sleep(0.5)
+            continue
+        unanswered_since = None
+        if status != 200 or not isinstance(doc, dict):
+            message = doc.get("error") if isinstance(doc, dict) else doc
+            _err(f"cannot follow snapshot {sid} ({status}): {message}")
+            return EXIT_FAILED
+        state = doc.get("state", "")
+        if last_state.get(sid) != state:
+            last_state[sid] = state
+            _err(f"snapshot {sid}: {state} ({doc.get('rows_done')} of ~{doc.get('rows_estimated')} rows)")
+        if state in ("done", "failed", "cancelled"):
+            pending.pop(0)
+            if state != "done":
+                failed = True
+                if doc.get("error"):
+                    _err(f"snapshot {sid} {state}: {doc['error']}")
+            continue
+        time.sleep(0.3)
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
@@ -150,12 +195,41 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                     },
                     "lag_s": None,
                     "events_per_s": 0.0,
-                    "snapshot": None,
+                    "snapshot": _last_snapshot(store.snapshots(p.name)),
                 }
             )
         return out
     finally:
         store.close()
+
+
+def _last_snapshot(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The running snapshot, else the newest, as ``/pipelines`` shows it."""
+    if not records:
+        return None
+    open_ = [r for r in records if r["state"] in ("pending", "running")]
+    r = open_[0] if open_ else records[-1]
+    return {
+        "id": r["id"],
+        "state": r["state"],
+        "rows_done": r.get("rows_done", 0),
+        "rows_estimated": r.get("rows_estimated", 0),
+        "tables": {
+            t: {"state": q["state"], "rows_done": q.get("rows_done", 0), "rows_estimated": q.get("rows_estimated")}
+            for t, q in r.get("progress", {}).items()
+        },
+    }
+
+
+def _snapshot_line(snap: dict[str, Any]) -> str:
+    tables = ", ".join(
+        f"{t} {q['state']} {q.get('rows_done', 0)}/~{q.get('rows_estimated') or '?'}"
+        for t, q in (snap.get("tables") or {}).items()
+    )
+    return (
+        f"{snap['id']} {snap['state']}: {snap.get('rows_done', 0)} of ~{snap.get('rows_estimated', 0)} rows"
+        + (f" ({tables})" if tables else "")
+    )
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -186,7 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         if src.get("retained_wal_bytes") is not None:
             lines.append(f"  retained WAL:    {src['retained_wal_bytes']} bytes (slot {src.get('slot')})")
         if p.get("snapshot"):
-            lines.append(f"  snapshot:        {p['snapshot']}")
+            lines.append(f"  snapshot:        {_snapshot_line(p['snapshot'])}")
         if p.get("last_error"):
             lines.append(f"  last error:      {p['last_error'].get('kind')}: {p['last_error'].get('message')}")
         _out("\n".join(lines))

@@ -51,8 +51,8 @@ class _StatusCollector(Collector):
         unused = GaugeMetricFamily("cdc_pg_unused_slot_retained_wal_bytes", "WAL held by cdc_* slots that no pipeline of this file uses", labels=["slot", "database"])
         sink_errors = CounterMetricFamily("cdc_sink_errors", "sink failures that made the pipeline retry", labels=["pipeline"])
         retries = CounterMetricFamily("cdc_pipeline_retries", "times the pipeline restarted from its checkpoint after an error", labels=["pipeline"])
-        snap_done = GaugeMetricFamily("cdc_snapshot_rows_done", "rows read by running snapshots", labels=["pipeline"])
-        snap_total = GaugeMetricFamily("cdc_snapshot_rows_total", "rows estimated for running snapshots", labels=["pipeline"])
+        snap_done = GaugeMetricFamily("cdc_snapshot_rows_done", "rows the pipeline's current (or last) snapshot has emitted, per table", labels=["pipeline", "table", "snapshot"])
+        snap_total = GaugeMetricFamily("cdc_snapshot_rows_total", "rows estimated for the pipeline's current (or last) snapshot, per table", labels=["pipeline", "table", "snapshot"])
         seen_unused: set[str] = set()
         for p in self._pipelines():
             s = p.status
@@ -75,8 +75,11 @@ class _StatusCollector(Collector):
                     unused.add_metric([u["slot"], str(u.get("database") or "")], float(u.get("retained_wal_bytes") or 0))
             sink_errors.add_metric([s.name], float(s.sink_errors))
             retries.add_metric([s.name], float(s.retries))
-            snap_done.add_metric([s.name], 0.0)
-            snap_total.add_metric([s.name], 0.0)
+            snap = s.snapshot
+            if snap:
+                for table, t in snap.get("tables", {}).items():
+                    snap_done.add_metric([s.name, table, snap["id"]], float(t.get("rows_done") or 0))
+                    snap_total.add_metric([s.name, table, snap["id"]], float(t.get("rows_estimated") or 0))
         return [state, lag, ckpt_age, ckpt_pos, retained, unused, sink_errors, retries, snap_done, snap_total]
 
 

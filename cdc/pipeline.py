@@ -347,7 +347,7 @@ class Pipeline:
         source: Source = source_cls(source_cfg, ctx)
         sink: Sink = sink_cls(sink_cfg, ctx)
         self._source = source
-        self._wake_buffer: BoundedBuffer | None = None
+        self._wake_buffer = None
         driver = SnapshotDriver(
             self.config,
             self.store,

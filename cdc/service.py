@@ -14,6 +14,7 @@ import threading
 import time
 from typing import Any
 
+from cdc import snapshot
 from cdc.api import AdminAPI
 from cdc.config import ServiceConfig, is_loopback
 from cdc.errors import CDCError
@@ -59,6 +60,7 @@ class Service:
         self.store: CheckpointStore | None = None
         self.leases: LeaseCoordinator | None = None
         self._tick = time.monotonic()
+        self._snapshot_lock = threading.Lock()
 
     # -- queries for the API ----------------------------------------------------------------------
 
@@ -70,6 +72,70 @@ class Service:
 
     def pipelines_status(self) -> list[dict[str, Any]]:
         return [p.status.as_dict() for p in self._pipelines]
+
+    # -- snapshots (the API's side; the pipelines run them) ------------------------------------
+
+    def request_snapshot(self, name: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """``POST /pipelines/{name}/snapshots``: 202 with a new snapshot's id, 200 with the
+        running one's when it already covers every table asked for, 400 for a bad request."""
+        p = self.pipeline(name)
+        if p is None or self.store is None:
+            return 404, {"error": f"no pipeline named {name!r} in this service"}
+        tables = body.get("tables") if isinstance(body, dict) else None
+        if not isinstance(tables, list) or not tables or not all(isinstance(t, str) for t in tables):
+            return 400, {"error": 'the body must be {"tables": ["schema.table", ...]} with at least one table'}
+        listed = list(getattr(p.config.source, "tables", []) or [])
+        missing = [t for t in tables if t not in listed]
+        if missing:
+            return 400, {
+                "error": f"not in pipeline {name}'s tables: {', '.join(missing)} "
+                f"(it lists {', '.join(listed)})"
+            }
+        if p.config.snapshot.mode == "initial_only":
+            return 400, {"error": f"pipeline {name} has snapshot.mode initial_only: it does not stream, "
+                         "so it takes no snapshots on demand"}
+        if p.status.state == "failed":
+            kind = p.status.last_error["kind"] if p.status.last_error else "error"
+            return 400, {"error": f"pipeline {name} has failed ({kind}); fix it and restart the service, "
+                         "then ask again"}
+        tables = list(dict.fromkeys(tables))
+        with self._snapshot_lock:
+            records = self.store.snapshots(name)
+            running = snapshot.running_tables(records)
+            todo = [t for t in tables if t not in running]
+            if not todo:
+                ids = list(dict.fromkeys(running[t] for t in tables))
+                return 200, {"id": ids[0], "ids": ids, "tables": tables, "state": "running"}
+            record = snapshot.new_record(name, todo, "request")
+            self.store.add_snapshot(name, record)
+        p.log.info("snapshot_requested", snapshot=record["id"], tables=todo, reason="request")
+        p.notify_snapshots()
+        doc: dict[str, Any] = {"id": record["id"], "tables": todo, "state": record["state"]}
+        if len(todo) < len(tables):
+            doc["running"] = {t: running[t] for t in tables if t in running}
+        return 202, doc
+
+    def snapshots(self, name: str, snapshot_id: str | None = None) -> tuple[int, Any]:
+        if self.pipeline(name) is None or self.store is None:
+            return 404, {"error": f"no pipeline named {name!r} in this service"}
+        records = [snapshot.summary(r) for r in self.store.snapshots(name)]
+        if snapshot_id is None:
+            return 200, {"snapshots": records}
+        for r in records:
+            if r["id"] == snapshot_id:
+                return 200, r
+        return 404, {"error": f"pipeline {name} has no snapshot {snapshot_id!r}"}
+
+    def cancel_snapshot(self, name: str, snapshot_id: str) -> tuple[int, Any]:
+        p = self.pipeline(name)
+        if p is None or self.store is None:
+            return 404, {"error": f"no pipeline named {name!r} in this service"}
+        record = self.store.cancel_snapshot(name, snapshot_id)
+        if record is None:
+            return 404, {"error": f"pipeline {name} has no snapshot {snapshot_id!r}"}
+        p.log.info("snapshot_cancel", snapshot=snapshot_id, state=record["state"])
+        p.notify_snapshots()
+        return 200, snapshot.summary(record)
 
     def alive(self) -> bool:
         """The service's main loop ticked recently (for the liveness probe)."""

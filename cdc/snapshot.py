@@ -41,11 +41,12 @@ checkpoints, and never overwrites an ended (cancelled) one.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -67,6 +68,8 @@ if TYPE_CHECKING:
 READ_AHEAD = 2
 #: seconds between asking an idle source for its position while a chunk waits
 POSITION_REQUEST_S = 0.1
+#: tests only: a pause before each chunk read, so a test can stop the service mid-snapshot
+CHUNK_DELAY_ENV = "CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"
 
 OPEN = ("pending", "running")
 
@@ -132,14 +135,17 @@ def _key_id(key: dict[str, Any] | None) -> bytes:
 class _Pending:
     """A chunk that arrived and waits for the stream to reach its high watermark."""
 
-    __slots__ = ("chunk", "number", "dropped", "truncated", "invalid")
+    __slots__ = ("chunk", "number", "dropped", "truncated", "invalid", "delta", "images")
 
     def __init__(self, chunk: Chunk, number: int) -> None:
         self.chunk = chunk
         self.number = number
-        self.dropped: set[bytes] = set()
+        self.dropped: set[bytes] = set()  # keys changed by transactions the read did not see
         self.truncated = False
-        self.invalid = False  # keyless: an unseen change arrived, read again
+        # keyless tables: the unseen changes, as a multiset of whole rows (+ added, - removed)
+        self.delta: Counter[bytes] = Counter()
+        self.images: dict[bytes, dict[str, Any]] = {}
+        self.invalid = False  # keyless: a change that cannot be applied to the read; read again
 
     def apply(self, event: ChangeEvent) -> None:
         """A streamed event of the chunk's table, delivered before the chunk's rows."""
@@ -147,10 +153,59 @@ class _Pending:
             return
         if event.op == "t":
             self.truncated = True
-        elif event.key is None:
-            self.invalid = True
-        else:
+            self.delta.clear()
+        elif event.key is not None:
             self.dropped.add(_key_id(event.key))
+        else:
+            self._apply_keyless(event)
+
+    def _apply_keyless(self, event: ChangeEvent) -> None:
+        """A keyless table's rows are whole-row images: an unseen change is applied to the
+        read, so the rows emitted are the table as of the point where they are emitted."""
+        if event.op in ("u", "d"):
+            if event.before is None or event.unchanged:
+                self.invalid = True  # no full old image (REPLICA IDENTITY is not FULL)
+                return
+            self.delta[_row_id(event.before)] -= 1
+        if event.op in ("c", "u"):
+            if event.after is None or event.unchanged:
+                self.invalid = True
+                return
+            sig = _row_id(event.after)
+            self.delta[sig] += 1
+            self.images[sig] = event.after
+
+    def rows(self) -> list[tuple[int, dict[str, Any] | None, dict[str, Any]]]:
+        """``(number in the read, key, after)`` of the rows to emit."""
+        rows = self.chunk.rows
+        if self.truncated:
+            rows = []
+        if self.dropped:
+            dropped = self.dropped
+            return [(i, k, a) for i, (k, a) in enumerate(rows) if _key_id(k) not in dropped]
+        if not self.delta:
+            return [(i, k, a) for i, (k, a) in enumerate(rows)]
+        delta = Counter(self.delta)
+        out: list[tuple[int, dict[str, Any] | None, dict[str, Any]]] = []
+        for i, (k, a) in enumerate(rows):
+            sig = _row_id(a)
+            if delta[sig] < 0:
+                delta[sig] += 1
+                continue
+            out.append((i, k, a))
+        n = len(rows)
+        for sig, count in delta.items():
+            if count < 0:
+                self.invalid = True  # removed a row the read did not hold
+                return []
+            for _ in range(count):
+                out.append((n, None, self.images[sig]))
+                n += 1
+        return out
+
+
+def _row_id(row: dict[str, Any]) -> bytes:
+    return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
 
 class _Worker:
@@ -257,7 +312,7 @@ class SnapshotDriver:
         records = self.store.snapshots(self.name)
         done = completed_tables(records)
         running = running_tables(records)
-        todo = [t for t in self.config.source.tables if t not in done and t not in running]  # type: ignore[attr-defined]
+        todo = [t for t in self.config.source.tables if t not in done and t not in running]
         if not todo:
             return None
         record = new_record(self.name, todo, "initial")
@@ -389,7 +444,7 @@ class SnapshotDriver:
         self._log = []
         self._tag += 1
         self._reading = True
-        self._submit(lambda reader, t=table: reader.describe(t))
+        self._submit(lambda reader: reader.describe(table))
         self._publish()
 
     def _stop_table(self) -> None:
@@ -412,7 +467,14 @@ class SnapshotDriver:
         self._reading = True
         self._log = []
         table, cursor = self.table, self._cursor
-        self._submit(lambda reader: reader.read_chunk(table, cursor, limit))
+        delay = float(os.environ.get(CHUNK_DELAY_ENV) or 0)
+
+        def read(reader: SnapshotReader) -> Chunk:
+            if delay:
+                time.sleep(delay)
+            return reader.read_chunk(table, cursor, limit)
+
+        self._submit(read)
 
     def _reread_keyless(self) -> None:
         self.log.info("snapshot_reread", snapshot=self.record["id"] if self.record else None, table=self.table,
@@ -482,25 +544,20 @@ class SnapshotDriver:
         record = self.record
         assert record is not None and self.table is not None
         sid = record["id"]
-        rows = chunk.rows
         events: list[ChangeEvent] = []
-        if rows and not pending.truncated:
+        rows = pending.rows()
+        if pending.invalid:
+            self._reread_keyless()
+            return []
+        if rows:
             version = self.registry.resolve(chunk.schema, chunk.at(position))
             block = chunk.source_block(position, sid)
             ts = int(time.time() * 1000)
             prefix = f"{sid}:{pending.number}:{chunk.read_token}:"
-            dropped = pending.dropped
-            if dropped:
-                events = [
-                    ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
-                    for i, (key, after) in enumerate(rows)
-                    if _key_id(key) not in dropped
-                ]
-            else:
-                events = [
-                    ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
-                    for i, (key, after) in enumerate(rows)
-                ]
+            events = [
+                ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
+                for i, key, after in rows
+            ]
         p = record["progress"][self.table]
         p["chunks"] = pending.number + 1
         p["rows_done"] = int(p.get("rows_done") or 0) + len(events)

@@ -227,7 +227,7 @@ class PostgresSnapshotReader(SnapshotReader):
             (self._qualified(table),),
         ).fetchone()
         estimate, unknown, size = row if row is not None else (0, True, 0)
-        if unknown and (size or 0) < 256 * 1024 * 1024:
+        if (unknown or not estimate) and (size or 0) < 256 * 1024 * 1024:
             counted = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(self._ident(table))).fetchone()
             return int(counted[0]) if counted else 0
         return int(estimate or 0)

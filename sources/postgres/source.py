@@ -288,7 +288,7 @@ class PostgresSource(Source):
         slot = catalog.slot_facts(conn, self.slot)
         way_back = (
             f"to recover, run `cdc drop CONFIG {self.ctx.name} --yes` and start again with "
-            "snapshot.mode: initial to re-read the tables (once snapshots are available in your build)"
+            "snapshot.mode: initial to re-read the tables"
         )
         if slot is not None and (slot.slot_type != "logical" or slot.plugin != "pgoutput"):
             raise FatalError(
@@ -477,7 +477,7 @@ class PostgresSource(Source):
         if "replication slot" in detail and ("does not exist" in detail or "invalidated" in detail):
             return FatalError(  # type: ignore[return-value]
                 f"the replication stream ended: {detail}; to recover, run `cdc drop CONFIG "
-                f"{self.ctx.name} --yes` and start again (snapshot.mode: initial re-reads the tables once snapshots are available in your build)",
+                f"{self.ctx.name} --yes` and start again (snapshot.mode: initial re-reads the tables)",
                 kind="slot_lost",
             )
         return RetriableError(

@@ -364,30 +364,18 @@ def test_snapshot_command(pgdb: str, tmp_path: Path, free_port: int) -> None:
     assert proc.returncode not in (0, 1) and "nope" in proc.stderr
     with CdcService(cfg) as svc:
         svc.wait_state("p", "running")
-        proc = run_cli("snapshot", str(cfg), "p", "public.t")
-        assert proc.returncode != 0
-        assert "not available yet" in proc.stderr, proc.stderr
+        execute(pgdb, "INSERT INTO t SELECT generate_series(1, 100)")
+        proc = run_cli("snapshot", str(cfg), "p", "public.t", "--wait")
+        assert proc.returncode == 0, proc.stderr
         assert "Traceback" not in proc.stderr
+        sid = orjson.loads(proc.stdout.splitlines()[0])["id"]
+        status, doc = svc.get(f"/pipelines/p/snapshots/{sid}")
+        assert status == 200 and doc["state"] == "done" and doc["rows_done"] == 100, doc
         assert svc.pipeline("p")["state"] == "running"
+        # cdc status shows the snapshot, from the service and from the state store
+        proc = run_cli("status", str(cfg))
+        assert proc.returncode == 0 and f"snapshot:        {sid} done" in proc.stdout, proc.stdout
         assert svc.stop() == 0
-
-
-# -- contract features not built yet --------------------------------------------------------------
-
-
-@PG15
-@pytest.mark.parametrize("feature", ["snapshot_initial"])
-def test_not_available_yet_validates_but_is_refused_at_run(
-    pgdb: str, tmp_path: Path, free_port: int, feature: str
-) -> None:
-    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
-    p = pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")
-    p["snapshot"] = {"mode": "initial"}
-    cfg = write_config(tmp_path, [p], api_port=free_port)
-    proc = run_cli("validate", str(cfg))
-    assert proc.returncode == 0, proc.stderr
-    code, records, stderr = run_until_exit(cfg, timeout=30)
-    assert code == 1, stderr
-    assert "not available yet" in stderr, stderr
-    assert "Traceback" not in stderr
-    assert "s3cret" not in stderr
+    proc = run_cli("status", str(cfg), "--json")
+    doc = orjson.loads(proc.stdout)
+    assert doc["from"] == "state" and doc["pipelines"][0]["snapshot"]["id"] == sid

@@ -127,7 +127,7 @@ class FakeSink(Sink):
 
 
 class RecordingStore(SQLiteStore):
-    def save_checkpoint(self, pipeline: str, position: str, sink: str | None) -> None:
+    def save_checkpoint(self, pipeline: str, position: str, sink: str | None, snapshots: Any = ()) -> None:
         # the checkpoint only covers what the sink made durable
         # (recorded, not asserted here: the pipeline would take an AssertionError for a
         # failure to retry from)
@@ -137,7 +137,7 @@ class RecordingStore(SQLiteStore):
         if beyond or undelivered:
             WORLD.violations.append((position, beyond[:3], undelivered[:3]))
         WORLD.calls.append(("checkpoint", position))
-        super().save_checkpoint(pipeline, position, sink)
+        super().save_checkpoint(pipeline, position, sink, snapshots)
 
 
 @pytest.fixture(autouse=True)
