@@ -60,7 +60,7 @@ pipelines:
       tables: [public.customers, public.orders]
       heartbeat_s: 2
     snapshot:
-      mode: never
+      mode: initial
     sink:
       type: file
       path: ./out
