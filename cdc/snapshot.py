@@ -244,8 +244,10 @@ class _Worker:
             self._reader.close()
 
     def close(self) -> None:
+        """Stop after the job in flight (not waited for long: a stop must end in seconds; the
+        thread closes its reader when that job returns)."""
         self._jobs.put(None)
-        self._thread.join(5)
+        self._thread.join(1)
 
 
 class SnapshotDriver:

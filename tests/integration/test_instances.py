@@ -208,6 +208,33 @@ def test_three_instances_share_pipelines_and_fail_over_after_kill(dbs: tuple[str
             i.kill()
 
 
+def test_snapshot_requested_through_a_standby_runs_in_the_active_instance(
+    dbs: tuple[str, str, str], tmp_path: Path
+) -> None:
+    state_dsn, dsn_a, _ = dbs
+    execute(dsn_a, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)",
+            "INSERT INTO t SELECT g, g FROM generate_series(1, 3000) g")
+    cfg = _config(tmp_path, state_dsn, {"a": dsn_a})
+    instances = [Instance(cfg) for _ in range(2)]
+    try:
+        active = wait_for(lambda: _settled(instances, ["a"]), 30, 0.2, "one active instance")["a"]
+        standby = next(i for i in instances if i is not active)
+        status, doc = standby.get("/pipelines/a/snapshots", method="POST", body={"tables": ["public.t"]})
+        assert status == 202, doc
+        sid = doc["id"]
+        # the record is in the shared state database: both instances see it, the active one runs it
+        wait_for(lambda: standby.get(f"/pipelines/a/snapshots/{sid}")[1]["state"] == "done", 30, 0.2, "snapshot done")
+        assert active.get(f"/pipelines/a/snapshots/{sid}")[1]["rows_done"] == 3000
+        with Writer(dsn_a, start=10_000):
+            wait_for(lambda: len(read_events(tmp_path / "out_a")) > 3100, 30, what="the stream after the snapshot")
+        wait_for(lambda: _converged(tmp_path / "out_a", dsn_a), 30, 0.2, "fold == table")
+        reads = [e for e in read_events(tmp_path / "out_a") if e["op"] == "r"]
+        assert len(reads) == 3000 and {e["source"]["snapshot_id"] for e in reads} == {sid}
+    finally:
+        for i in instances:
+            i.stop()
+
+
 def test_paused_instance_is_fenced_and_goes_standby(dbs: tuple[str, str, str], tmp_path: Path) -> None:
     state_dsn, dsn_a, _ = dbs
     execute(dsn_a, "CREATE TABLE t (id int PRIMARY KEY, v int NOT NULL)")
