@@ -121,6 +121,41 @@ def encode_event(e: ChangeEvent) -> bytes:
 
 #: events encoded per join in :func:`encode_lines`
 _JOIN_CHUNK = 256
+_dumps = orjson.dumps
+
+
+def _encode_run(events: Sequence[ChangeEvent]) -> list[bytes]:
+    """Encodings of events, with runs of snapshot reads that share their envelope (same
+    ``op``, ``ts_ms``, ``source`` and ``schema``, no transaction) encoded by splicing: the shared
+    middle is encoded once per run and each row adds only its id, key and after. The bytes are
+    the same as :func:`encode_event`'s."""
+    out: list[bytes] = []
+    append = out.append
+    shared: tuple[Any, ...] | None = None
+    middle = b""
+    for e in events:
+        if e.transaction is not None or e.before is not None or e.unchanged or e.key_change is not None:
+            append(encode_event(e))
+            continue
+        env = (e.op, e.ts_ms, e.source, e.schema)
+        if shared is None or env[0] != shared[0] or env[1] != shared[1] or env[2] is not shared[2] or env[3] is not shared[3]:
+            shared = env
+            head = _dumps(
+                {"op": e.op, "ts_ms": e.ts_ms, "source": e.source, "transaction": None, "schema": e.schema.ref}
+            )
+            middle = b"," + head[1:-1] + b',"key":'
+        append(
+            b"".join(
+                (b'{"id":', _dumps(e.id), middle, _dumps(e.key), b',"before":null,"after":', _dumps(e.after), b"}")
+            )
+        )
+    return out
+
+
+def _encode_chunk(events: Sequence[ChangeEvent]) -> list[bytes]:
+    if events and events[0].transaction is None:
+        return _encode_run(events)
+    return list(map(encode_event, events))
 
 
 def encode_lines(events: Sequence[ChangeEvent], sep: bytes = b"\n") -> bytes:
@@ -130,9 +165,16 @@ def encode_lines(events: Sequence[ChangeEvent], sep: bytes = b"\n") -> bytes:
     so holding thousands of them at once costs page faults and cache misses (measured here:
     3.7 µs per event for one join of 100,000, 1.3 µs in chunks of 256)."""
     if len(events) <= _JOIN_CHUNK:
-        return sep.join(map(encode_event, events))
+        return sep.join(_encode_chunk(events))
     return sep.join(
-        sep.join(map(encode_event, events[i : i + _JOIN_CHUNK]))
-        for i in range(0, len(events), _JOIN_CHUNK)
+        sep.join(_encode_chunk(events[i : i + _JOIN_CHUNK])) for i in range(0, len(events), _JOIN_CHUNK)
     )
 
+
+def encode_line_chunks(events: Sequence[ChangeEvent]) -> list[bytes]:
+    """The events as JSON lines (each ending with a newline), in pieces of a few hundred
+    events: for a writer that takes several buffers, without one big copy."""
+    return [
+        b"\n".join(_encode_chunk(events[i : i + _JOIN_CHUNK])) + b"\n"
+        for i in range(0, len(events), _JOIN_CHUNK)
+    ]

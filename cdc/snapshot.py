@@ -547,19 +547,26 @@ class SnapshotDriver:
         assert record is not None and self.table is not None
         sid = record["id"]
         events: list[ChangeEvent] = []
-        rows = pending.rows()
+        plain = not (pending.dropped or pending.delta or pending.truncated)
+        rows = None if plain else pending.rows()
         if pending.invalid:
             self._reread_keyless()
             return []
-        if rows:
+        if chunk.rows and (plain or rows):
             version = self.registry.resolve(chunk.schema, chunk.at(position))
             block = chunk.source_block(position, sid)
             ts = int(time.time() * 1000)
             prefix = f"{sid}:{pending.number}:{chunk.read_token}:"
-            events = [
-                ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
-                for i, key, after in rows
-            ]
+            if rows is None:  # nothing changed under the read: every row, as read
+                events = [
+                    ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
+                    for i, (key, after) in enumerate(chunk.rows)
+                ]
+            else:
+                events = [
+                    ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)
+                    for i, key, after in rows
+                ]
         p = record["progress"][self.table]
         p["chunks"] = pending.number + 1
         p["rows_done"] = int(p.get("rows_done") or 0) + len(events)

@@ -50,7 +50,7 @@ from typing import IO, TYPE_CHECKING, Any
 import orjson
 
 from cdc.errors import FatalError, RetriableError
-from cdc.events import encode_lines
+from cdc.events import encode_line_chunks
 from cdc.plugin import PluginContext, Sink
 from sinks.file.config import FileConfig
 
@@ -337,13 +337,14 @@ class FileSink(Sink):
         if not events:
             return
         fh = self._require(self._events)
-        data = encode_lines(events) + b"\n"
+        chunks = encode_line_chunks(events)
+        size = sum(map(len, chunks))
         try:
-            if self._size + len(data) <= self._limit:
-                fh.write(data)
-                self._size += len(data)
-            else:
-                self._write_rotating(data.split(b"\n")[:-1])  # JSON lines hold no raw newline
+            if self._size + size <= self._limit:
+                fh.writelines(chunks)
+                self._size += size
+            else:  # JSON lines hold no raw newline
+                self._write_rotating([line for c in chunks for line in c.split(b"\n")[:-1]])
         except OSError as e:
             raise self._io_error("write", os.path.join(self.folder, self._name), e) from e
 

@@ -43,7 +43,7 @@ from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
 
 from .lsn import Lsn
 from .pgoutput import Relation, RelationColumn
-from .source import PostgresSource, _compile, _compile_key, _compile_row
+from .source import PostgresSource, _compile
 
 #: attempts at a read whose snapshot lists a committed transaction as running
 RACE_RETRIES = 200
@@ -105,10 +105,32 @@ class PgChunk(Chunk):
         return (int(position), 0)
 
 
+def _compile_rows(names: list[str], columns: list[tuple[int, str, Any]], key: list[str]) -> Any:
+    """``convert(get, n) -> [(key, after), ...]`` for a result of ``n`` rows in text format
+    (``get(row, column)`` is libpq's value, ``None`` for NULL): one generated loop per table,
+    with the same converters as the stream's rows."""
+    env = {f"_c{j}": conv for j, (_, _, conv) in enumerate(columns)}
+    by_name = {name: j for j, (_, name, _) in enumerate(columns)}
+    lines = ["out = []", "append = out.append", "for i in range(n):"]
+    for j, (index, _, _) in enumerate(columns):
+        lines.append(f"    v{j} = get(i, {index})")
+    items = ", ".join(
+        f"{name!r}: None if v{j} is None else _c{j}(v{j})" for j, (_, name, _) in enumerate(columns)
+    )
+    lines.append(f"    after = {{{items}}}")
+    if key:
+        key_items = ", ".join(f"{k!r}: after[{k!r}]" for k in key if k in by_name)
+        lines.append(f"    append(({{{key_items}}}, after))")
+    else:
+        lines.append("    append((None, after))")
+    lines.append("return out")
+    return _compile("convert", ["get", "n"], lines, env)
+
+
 class _Table:
     """What the reader compiled for one table."""
 
-    __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "fetch", "row", "keyof", "block")
+    __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "convert", "block")
 
     def __init__(self, **kw: Any) -> None:
         for k, v in kw.items():
@@ -192,18 +214,14 @@ class PostgresSnapshotReader(SnapshotReader):
             sql.SQL("ONLY ") if relkind == "r" else sql.SQL(""),
             sql.SQL("{}.{}").format(ident(schema_name), ident(table_name)),
         )
-        fetch = _compile(
-            "fetch", ["get", "i"], ["return [" + ", ".join(f"get(i, {j})" for j in range(len(names))) + "]"], {}
-        )
+        convert = _compile_rows(names, columns, key_names)
         t = _Table(
             name=table,
             schema=schema,
             key=tuple(key_names),
             key_types=[types[k] for k in key_names],
             select=select,
-            fetch=fetch,
-            row=_compile_row(columns),
-            keyof=_compile_key(tuple(key_names)),
+            convert=convert,
             block={
                 "connector": "postgres",
                 "pipeline": self.helper.ctx.name,
@@ -307,14 +325,7 @@ class PostgresSnapshotReader(SnapshotReader):
     def _chunk(self, t: _Table, res: Any, snap_text: str, high: Lsn, read_at: float, limit: int | None) -> Chunk:
         n = res.ntuples
         get = res.get_value
-        fetch = t.fetch
-        row = t.row
-        keyof = t.keyof
-        rows: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []
-        append = rows.append
-        for i in range(n):
-            after = row(fetch(get, i))
-            append((keyof(after), after))
+        rows = t.convert(get, n)
         cursor = None
         if n and t.key:
             cursor = [get(n - 1, j).decode() for j in t.key_index]

@@ -226,6 +226,8 @@ def _timestamp(text: bytes) -> str:
 def _timestamptz(text: bytes) -> str:
     """``2026-11-28 12:45:01.5+00`` -> ``2026-11-28T12:45:01.500000Z``; infinity and BC as text."""
     s = text.decode()
+    if len(s) == 29 and s[10] == " " and s[-3:] == "+00":  # the common case: µs, 4-digit year
+        return f"{s[:10]}T{s[11:26]}Z"
     if s[-3:] == "+00":  # always so with TimeZone=UTC
         s = s[:-3].replace(" ", "T", 1)
         n = len(s) - s.rfind(":")
