@@ -422,6 +422,17 @@ class Pipeline:
         adopting = False
         if checkpoint is None:
             if sink.holds_events():
+                if not self.adopt and self.store.snapshots(self.name):
+                    raise FatalError(
+                        f"pipeline {self.name!r} has snapshots but has never streamed (it ran "
+                        "with snapshot.mode: initial_only), and its sink holds their rows: "
+                        "starting the stream now would miss every change made since. Give the "
+                        "pipeline a new sink location with snapshot.mode: initial (a fresh "
+                        f"snapshot, then the stream), or run `cdc drop CONFIG {self.name} --yes` "
+                        "first",
+                        pipeline=self.name,
+                        kind="state_lost",
+                    )
                 if not self.adopt:
                     raise FatalError(
                         f"pipeline {self.name!r} has no saved state, but its sink already holds "

@@ -65,6 +65,7 @@ from cdc.events import ChangeEvent
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 from cdc.schema import Column, SchemaVersion, TableSchema
+from cdc.snapshot_api import SnapshotReader
 
 from . import catalog
 from .config import MySQLConfig
@@ -1084,6 +1085,22 @@ class MySQLSource(Source):
         schema = TableSchema(latest.name, latest.columns, latest.key)
         codec = RowCodec([], [])
         return _Table(schema_name, table_name, codec, schema, latest)
+
+    # -- snapshots --------------------------------------------------------------------------------
+
+    def snapshot_reader(self) -> SnapshotReader:
+        """A :class:`.snapshot.MySQLSnapshotReader` on a connection of its own (works whether
+        or not :meth:`open` ran)."""
+        from .snapshot import MySQLSnapshotReader
+
+        return MySQLSnapshotReader(self)
+
+    def position_reached(self, position: Any, high: Any) -> bool:
+        """Positions of both kinds (file, GTID) and a chunk's high watermark (a binlog
+        position) compare by where they stand in the binlog: (file index, offset)."""
+        if position is None or high is None:
+            return False
+        return bool(position.order >= high.order)
 
     # -- acknowledgement, status ------------------------------------------------------------------
 
