@@ -827,8 +827,10 @@ class MySQLChunk(Chunk):
         }
 
     def at(self, position: Any) -> tuple[int, ...]:
+        # just before a transaction starting at ``position``: rows read before an ALTER that
+        # such a transaction is the first to use keep the version in effect before it
         where = _binlog_position(position)
-        return (_file_index(where.file), where.pos, 0)
+        return (_file_index(where.file), where.pos, -1)
 
 
 def _binlog_position(position: Any) -> Any:

@@ -102,7 +102,8 @@ class PgChunk(Chunk):
         return {**self.block, "lsn": str(Lsn(int(position))), "snapshot_id": snapshot_id}
 
     def at(self, position: Any) -> tuple[int, ...]:
-        return (int(position), 0)
+        # just before a transaction whose commit starts at ``position`` (see the MySQL reader)
+        return (int(position), -1)
 
 
 def _compile_rows(names: list[str], columns: list[tuple[int, str, Any]], key: list[str]) -> Any:

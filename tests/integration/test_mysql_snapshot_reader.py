@@ -561,7 +561,7 @@ def test_visibility_and_high_watermark(mydb_any: MyDB, harness: Harness) -> None
     assert type(reached).__name__ == ("GtidPosition" if db.gtid else "BinlogPosition")
 
     # where rows emitted at a stream position stand, and their source block
-    assert chunk.at(reached) == (file_index(reached.file), reached.pos, 0)
+    assert chunk.at(reached) == (file_index(reached.file), reached.pos, -1)
     block = chunk.source_block(reached, "snap-1")
     assert block == {
         "connector": "mysql", "pipeline": "snap", "db": db.name, "schema": db.name, "table": "vis",
