@@ -193,12 +193,14 @@ class Service:
             self.store.close()
             return 1
         self.api.start()
-        # The hot paths allocate many short-lived containers (rows, events) and almost no
-        # cycles: collect the young generation far less often, and keep the start-up objects
-        # (modules, config) out of every collection (measured: ~15% of a snapshot's CPU).
+        # The hot paths allocate many short-lived containers (rows, events) and few cycles:
+        # collect the young generation less often, and keep the start-up objects (modules,
+        # config) out of every collection. Measured: a snapshot's CPU -13%; a much higher
+        # threshold lets the webhook client's request cycles (and their bodies) pile up
+        # (peak RSS 65 MB at the default, 89 MB at 10,000, 275 MB at 50,000).
         gc.collect()
         gc.freeze()
-        gc.set_threshold(100_000, 50, 1000)
+        gc.set_threshold(10_000, 10, 10)
         selected = [p for p in cfg.pipelines if not self.only or p.name in self.only]
         slots_in_use = {
             getattr(p.source, "slot", None) or f"cdc_{p.name}" for p in cfg.pipelines if p.source_type == "postgres"
