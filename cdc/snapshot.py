@@ -399,6 +399,12 @@ class SnapshotDriver:
         self._queue = [r for r in records if r["state"] in OPEN]
         if self.record is not None and self.record["state"] not in OPEN:
             self._publish()
+        elif self.status is None and records:
+            # after a restart: show the newest snapshot until another one starts
+            newest = records[-1]
+            self.record = newest
+            self._publish()
+            self.record = None
 
     def _start_next(self) -> None:
         """Continue the current snapshot's next table, else start the oldest open snapshot."""
