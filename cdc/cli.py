@@ -183,7 +183,12 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
         out = []
         now = time.time()
         for p in cfg.pipelines:
-            ck = store.get_checkpoint(p.name)
+            try:
+                ck = store.get_checkpoint(p.name)
+                snapshots = store.snapshots(p.name)
+            except CDCError as exc:
+                out.append({"name": p.name, "state": "not running", "note": str(exc)})
+                continue
             out.append(
                 {
                     "name": p.name,
@@ -195,7 +200,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                     },
                     "lag_s": None,
                     "events_per_s": 0.0,
-                    "snapshot": _last_snapshot(store.snapshots(p.name)),
+                    "snapshot": _last_snapshot(snapshots),
                 }
             )
         return out
@@ -248,6 +253,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         return EXIT_OK
     _out(f"(from the {'running service' if source == 'service' else 'state store; no service answers'})")
     for p in pipelines:
+        if p.get("note"):
+            _out(f"{p['name']}: {p['state']}\n  state store:     {p['note']}")
+            continue
         ck = p.get("checkpoint") or {}
         src = p.get("source") or {}
         lines = [

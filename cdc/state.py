@@ -200,9 +200,19 @@ class SQLiteStore(CheckpointStore):
             try:
                 return self._db.execute(sql, args).fetchall()
             except sqlite3.DatabaseError as exc:
-                raise FatalError(
-                    f"the state file {self.path} failed: {exc}", kind="state_error"
-                ) from exc
+                raise self._failed(exc) from exc
+
+    def _failed(self, exc: sqlite3.DatabaseError) -> FatalError:
+        """A state-file error: a damaged file says so and the way on; anything else as is."""
+        text = str(exc)
+        if "malformed" in text or "not a database" in text or isinstance(exc, sqlite3.DataError):
+            return FatalError(
+                f"the state file {self.path} is damaged ({text}); restore it from a backup, or "
+                "move it away and recover the pipelines as the docs describe (cdc drop, or cdc "
+                "run --adopt)",
+                kind="state_corrupt",
+            )
+        return FatalError(f"the state file {self.path} failed: {text}", kind="state_error")
 
     def get_checkpoint(self, pipeline: str) -> Checkpoint | None:
         rows = self._run(
@@ -233,7 +243,7 @@ class SQLiteStore(CheckpointStore):
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as exc:
-                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
+                raise self._failed(exc) from exc
 
     def _update_snapshots(self, pipeline: str, records: Sequence[dict[str, Any]]) -> None:
         placeholders = ", ".join("?" for _ in OPEN_SNAPSHOT_STATES)
@@ -272,7 +282,7 @@ class SQLiteStore(CheckpointStore):
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as exc:
-                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
+                raise self._failed(exc) from exc
 
     def cancel_snapshot(self, pipeline: str, snapshot_id: str) -> dict[str, Any] | None:
         with self._lock:
@@ -300,7 +310,7 @@ class SQLiteStore(CheckpointStore):
                     self._db.execute("ROLLBACK")
                     raise
             except sqlite3.DatabaseError as exc:
-                raise FatalError(f"the state file {self.path} failed: {exc}", kind="state_error") from exc
+                raise self._failed(exc) from exc
 
     def schema_versions(self, pipeline: str) -> list[StoredSchemaVersion]:
         rows = self._run(

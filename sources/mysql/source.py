@@ -89,6 +89,8 @@ from .rows import (
 
 #: events per batch handed to the pipeline
 BATCH_EVENTS = 2000
+#: a batch is also handed over once its rows hold about this many bytes (big values)
+BATCH_BYTES = 4 * 1024 * 1024
 #: seconds the server waits before sending a heartbeat while it has nothing to send
 SERVER_HEARTBEAT_S = 1.0
 #: seconds without any packet from the server before the connection counts as lost
@@ -624,6 +626,12 @@ class MySQLSource(Source):
                 kind="source_unreachable",
             )
         self._last_recv = time.monotonic()
+        # The library's packet wrapper and its event refer to each other: a cycle that only the
+        # cyclic GC frees, so big row images (the whole packet) would pile up between
+        # collections. Cut it: the event keeps its packet, the packet forgets the event.
+        wrapper = getattr(ev, "packet", None)
+        if wrapper is not None and getattr(wrapper, "event", None) is ev:
+            wrapper.event = None
         return ev
 
     def _stream_error(self, exc: Exception) -> Exception:
@@ -741,7 +749,11 @@ class MySQLSource(Source):
         self._commit_unix = self._tx_unix
         self._dirty = True
         if out:
-            if len(out) >= BATCH_EVENTS or time.monotonic() - self._out_since >= MAX_HOLD_S:
+            if (
+                len(out) >= BATCH_EVENTS
+                or self._out_cost >= BATCH_BYTES
+                or time.monotonic() - self._out_since >= MAX_HOLD_S
+            ):
                 return self._flush_out()
         elif time.monotonic() - self._handed_at >= HANDOVER_S:
             return self._idle_batch()
@@ -1008,7 +1020,7 @@ class MySQLSource(Source):
         )
 
     def _after_rows(self) -> Batch | None:
-        if len(self._out) >= BATCH_EVENTS:
+        if len(self._out) >= BATCH_EVENTS or (self._out_cost >= BATCH_BYTES and len(self._out) > 1):
             return self._flush_out()
         return None
 

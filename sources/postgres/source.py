@@ -69,6 +69,8 @@ from .values import array_converter, converter_for
 
 #: events per batch handed to the pipeline
 BATCH_EVENTS = 500
+#: a batch is also handed over once its events hold about this many bytes (big values)
+BATCH_BYTES = 4 * 1024 * 1024
 #: seconds between standby status updates even when nothing changed
 STATUS_INTERVAL_S = 10.0
 _W = ord("w")
@@ -526,7 +528,7 @@ class PostgresSource(Source):
                 self._on_update(rel, msg)
             else:
                 self._on_delete(rel, msg)
-            if len(self._out) >= BATCH_EVENTS:
+            if len(self._out) >= BATCH_EVENTS or (self._out_cost >= BATCH_BYTES and len(self._out) > 1):
                 return self._flush_out()
             return None
         if cls is Begin:
@@ -551,7 +553,7 @@ class PostgresSource(Source):
             self._boundary = len(out)
             if end > self._received:
                 self._received = end
-            if len(out) >= BATCH_EVENTS:
+            if len(out) >= BATCH_EVENTS or self._out_cost >= BATCH_BYTES:
                 return self._flush_out()
             return None
         if cls is Relation:
