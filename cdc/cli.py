@@ -180,7 +180,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
     except CDCError as exc:
         return [{"name": p.name, "state": "not running", "note": str(exc)} for p in cfg.pipelines]
     try:
-        out = []
+        out: list[dict[str, Any]] = []
         now = time.time()
         for p in cfg.pipelines:
             try:

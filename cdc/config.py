@@ -22,8 +22,9 @@ def _check_listen(value: str) -> str | None:
     host, sep, port = value.rpartition(":")
     if not sep or not host:
         return "expected HOST:PORT, e.g. 127.0.0.1:8080"
-    if not port.isdigit() or not 0 <= int(port) <= 65535:
-        return f"port {port!r} is not a number from 0 to 65535"
+    if not port.isdigit() or len(port) > 5 or not 0 <= int(port) <= 65535:
+        shown = port if len(port) <= 12 else port[:12] + "..."
+        return f"port {shown!r} is not a number from 0 to 65535"
     return None
 
 

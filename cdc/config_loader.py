@@ -304,12 +304,14 @@ def _decode(data: bytes) -> str | ConfigProblem:
     try:
         return data.decode(encoding)
     except UnicodeDecodeError as exc:
-        line = data[: exc.start].count(b"\n") + 1
+        # utf-8-sig counts positions after the byte-order mark it skipped
+        start = exc.start + (3 if encoding == "utf-8-sig" and data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data[:start].count(b"\n") + 1
         return ConfigProblem(
             "",
             line,
             f"the file is not {'UTF-16' if encoding == 'utf-16' else 'UTF-8'} text "
-            f"(byte 0x{data[exc.start]:02x} cannot be decoded)",
+            f"(byte 0x{data[start]:02x} cannot be decoded)",
         )
 
 
@@ -868,8 +870,11 @@ class _Checker:
         except yaml.MarkedYAMLError as exc:
             self.problem(path, _line(node), f"cannot read the value: {exc.problem or exc}")
         except Exception as exc:
+            reason = str(exc)
+            if "integer string conversion" in reason:  # Python's limit on digits (4,300)
+                reason = "the number has too many digits"
             self.problem(
-                path, _line(node), f"cannot read the value {_shorten(repr(node.value))}: {exc}"
+                path, _line(node), f"cannot read the value {_shorten(repr(node.value))}: {_shorten(reason)}"
             )
         return _BAD
 

@@ -364,8 +364,11 @@ class Pipeline:
             self._open(source, sink)
             if self.config.snapshot.mode == "initial":
                 driver.ensure_initial()
-            self.status.state = "running"
-            self.status.last_error = None
+            if self.status.state != "retrying":
+                self.status.state = "running"
+                self.status.last_error = None
+            # after a failure the pipeline shows `retrying` until its first commit succeeds:
+            # reopening a sink proves little (a full disk fails only at the next flush)
             self._stream(source, sink, driver)
             return None
         finally:
@@ -547,6 +550,7 @@ class Pipeline:
                         unflushed = 0
                     elif pending is not None and (
                         self.status.checkpoint_at is None
+                        or self.status.state == "retrying"
                         or time.time() - self.status.checkpoint_at >= heartbeat_s
                     ):
                         self._commit(source, sink, pending)
@@ -598,7 +602,11 @@ class Pipeline:
             if unflushed == 0:
                 # only heartbeats since the last checkpoint: save one at most every heartbeat_s
                 self.status.caught_up = True
-                if self.status.checkpoint_at is not None and time.time() - self.status.checkpoint_at < heartbeat_s:
+                if (
+                    self.status.checkpoint_at is not None
+                    and self.status.state != "retrying"
+                    and time.time() - self.status.checkpoint_at < heartbeat_s
+                ):
                     continue
             self._commit(source, sink, pending)
             pending = None
@@ -662,3 +670,7 @@ class Pipeline:
         self.status.checkpoint = serialized
         self.status.checkpoint_at = time.time()
         source.ack(position)
+        if self.status.state == "retrying":
+            self.status.state = "running"
+            self.status.last_error = None
+            self.log.info("pipeline_recovered")
