@@ -19,6 +19,9 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
+
+# MariaDB: one server of each kind for the whole session, whatever module asks
+from mariadb_fixtures import mariadb, mariadb_any, mariadb_gtid, mydb, mydb_any  # noqa: F401, E402
 from psycopg import sql
 
 from sources.postgres.server import (

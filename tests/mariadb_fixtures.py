@@ -1,5 +1,8 @@
 """MariaDB fixtures: real servers on free loopback ports (tests/mysql_server.py), never mocks.
 
+Registered once for the whole session by tests/conftest.py (so every test module shares the
+same servers); modules import :class:`MyDB` from here for annotations.
+
 - ``mariadb``: MariaDB 10.11 (Debian's), binlog in ROW format with full images and metadata,
   GTID strict mode off, so cdc resumes by binlog file and position; one per test session.
 - ``mariadb_gtid``: the same with ``gtid_domain_id=7`` and ``gtid_strict_mode=ON``, so cdc
