@@ -314,7 +314,8 @@ class SnapshotDriver:
         records = self.store.snapshots(self.name)
         done = completed_tables(records)
         running = running_tables(records)
-        todo = [t for t in self.config.source.tables if t not in done and t not in running]
+        listed = list(getattr(self.config.source, "tables", None) or [])
+        todo = [t for t in listed if t not in done and t not in running]
         if not todo:
             return None
         record = new_record(self.name, todo, "initial")
@@ -558,7 +559,7 @@ class SnapshotDriver:
         if pending.invalid:
             self._reread_keyless()
             return []
-        if chunk.rows and (plain or rows):
+        if (plain and chunk.rows) or rows:
             version = self.registry.resolve(chunk.schema, chunk.at(position))
             block = chunk.source_block(position, sid)
             ts = int(time.time() * 1000)

@@ -289,3 +289,15 @@ def test_keyless_change_without_a_full_image_reads_again(setup: Any, world: Worl
     world.rows = {}
     events = _poll_until(driver, 10, lambda d: d.record is None)
     assert events == [] and world.reads == 2
+
+
+def test_keyless_empty_read_still_emits_rows_inserted_unseen(setup: Any, world: World) -> None:
+    driver, store, _ = setup
+    world.keyless = True
+    world.rows = {}
+    world.high = 10
+    _request(driver, store)
+    _poll_until(driver, 0, _arrived(1))
+    driver.observe([_keyless_event(7, "c", None, {"id": 9, "v": "z"})])
+    events = _poll_until(driver, 10, lambda d: d.record is None)
+    assert [e.after for e in events] == [{"id": 9, "v": "z"}]
