@@ -364,11 +364,11 @@ class Pipeline:
             self._open(source, sink)
             if self.config.snapshot.mode == "initial":
                 driver.ensure_initial()
-            if self.status.state != "retrying":
+            if not self._sink_degraded():
                 self.status.state = "running"
                 self.status.last_error = None
-            # after a failure the pipeline shows `retrying` until its first commit succeeds:
-            # reopening a sink proves little (a full disk fails only at the next flush)
+            # after a sink failure the pipeline shows `retrying` until a commit of events
+            # succeeds: reopening a sink proves little (a full disk fails only at the next flush)
             self._stream(source, sink, driver)
             return None
         finally:
@@ -548,9 +548,8 @@ class Pipeline:
                     if at_boundary and self._snapshot_step(source, sink, driver, reached, delivered):
                         pending = None
                         unflushed = 0
-                    elif pending is not None and (
+                    elif pending is not None and not self._sink_degraded() and (
                         self.status.checkpoint_at is None
-                        or self.status.state == "retrying"
                         or time.time() - self.status.checkpoint_at >= heartbeat_s
                     ):
                         self._commit(source, sink, pending)
@@ -602,12 +601,11 @@ class Pipeline:
             if unflushed == 0:
                 # only heartbeats since the last checkpoint: save one at most every heartbeat_s
                 self.status.caught_up = True
-                if (
+                if self._sink_degraded() or (
                     self.status.checkpoint_at is not None
-                    and self.status.state != "retrying"
                     and time.time() - self.status.checkpoint_at < heartbeat_s
                 ):
-                    continue
+                    continue  # (while the sink failed, only a commit of events moves it on)
             self._commit(source, sink, pending)
             pending = None
             unflushed = 0
@@ -674,3 +672,9 @@ class Pipeline:
             self.status.state = "running"
             self.status.last_error = None
             self.log.info("pipeline_recovered")
+
+    def _sink_degraded(self) -> bool:
+        """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows
+        `running` again only once events were made durable."""
+        error = self.status.last_error
+        return self.status.state == "retrying" and error is not None and str(error.get("kind", "")).startswith("sink")

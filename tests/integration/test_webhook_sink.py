@@ -312,16 +312,24 @@ def test_a_receiver_slower_than_timeout_is_retried_and_delivered(
         svc.wait_state(PIPELINE, "running")
         _write(db, 1, 5)
         wait_for(lambda: _has_item(receiver, 5), 30, what="delivery after the timeout")
-        # the receiver processed the slow request too (its answer came too late)
-        wait_for(lambda: sum(r.ok for r in receiver.snapshot()) >= 2, 10, what="the late answer")
+        # the receiver processed the slow request too (its answer came too late), and a retry
+        # of the same batch was answered in time
+        def answered_twice() -> bool:
+            requests = receiver.snapshot()
+            return bool(requests) and sum(r.ok for r in requests if r.batch_id == requests[0].batch_id) >= 2
+
+        wait_for(answered_twice, 30, what="the late answer and a successful retry of the batch")
         records = svc.log_events()
         assert svc.stop() == 0
     retried = [r for r in records if r.get("event") == "webhook batch not delivered, retrying"]
     assert retried and "timeout_s=1" in retried[0]["reason"]
-    first, second = receiver.snapshot()[:2]
-    # a duplicate, of the whole batch, with the same batch id
-    assert first.batch_id == second.batch_id and first.ok and second.ok
-    assert first.body == second.body and first.signature_ok and second.signature_ok
+    requests = receiver.snapshot()
+    first = requests[0]
+    # duplicates of the whole batch, with the same batch id: the late answer and a retry both
+    # succeeded (under load a retry may itself time out while the receiver is still busy)
+    same = [r for r in requests if r.batch_id == first.batch_id]
+    assert len(same) >= 2 and sum(r.ok for r in same) >= 2, same
+    assert all(r.body == first.body and r.signature_ok for r in same)
     _check_stream(receiver, 500)
     _assert_complete(db, receiver)
 
