@@ -1,7 +1,9 @@
 """The admin HTTP API (``api.listen``).
 
-A small threaded HTTP server from the standard library: the API answers from the pipelines'
-in-memory status, so no request ever waits on a database. With ``api.token`` set, every
+A small threaded HTTP server from the standard library. Health, metrics and ``/pipelines``
+answer from the pipelines' in-memory status, so they never wait on a database; the snapshot
+endpoints read and write snapshot records in the state store (shared by every instance), each
+request on its own thread. With ``api.token`` set, every
 endpoint but ``/livez`` and ``/healthz`` needs ``Authorization: Bearer <token>`` (compared in
 constant time); ``public_metrics`` opens ``/metrics``.
 """
