@@ -366,3 +366,31 @@ def peak_rss_kb(pid: int) -> int:
         if line.startswith("VmHWM:"):
             return int(line.split()[1])
     raise RuntimeError(f"no VmHWM for process {pid}")
+
+
+# -- snapshots --------------------------------------------------------------------------------------
+
+
+def snapshot_record(svc: CdcService, pipeline: str, sid: str) -> dict[str, Any]:
+    """One snapshot as the API shows it."""
+    status, doc = svc.get(f"/pipelines/{pipeline}/snapshots/{sid}")
+    assert status == 200, doc
+    return doc  # type: ignore[no-any-return]
+
+
+def wait_snapshot_done(svc: CdcService, pipeline: str, sid: str, timeout: float = 120) -> dict[str, Any]:
+    """Wait until the snapshot is done; fail at once if it fails, is cancelled or cdc exits."""
+
+    def done() -> dict[str, Any] | None:
+        if svc.proc.poll() is not None:
+            raise AssertionError(f"cdc exited:\n{svc.logs()[-4000:]}")
+        doc = snapshot_record(svc, pipeline, sid)
+        assert doc["state"] in ("pending", "running", "done"), doc
+        return doc if doc["state"] == "done" else None
+
+    return wait_for(done, timeout, what=f"snapshot {sid} done")  # type: ignore[no-any-return]
+
+
+def snapshot_reads(events: list[dict[str, Any]], sid: str | None = None) -> list[dict[str, Any]]:
+    """The ``r`` events (of one snapshot when ``sid`` is given)."""
+    return [e for e in events if e["op"] == "r" and (sid is None or e["source"]["snapshot_id"] == sid)]

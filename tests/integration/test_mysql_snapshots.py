@@ -19,7 +19,10 @@ from helpers import (
     read_events,
     run_cli,
     run_until_exit,
+    snapshot_reads,
+    snapshot_record,
     wait_for,
+    wait_snapshot_done,
     write_config,
 )
 
@@ -39,23 +42,6 @@ def _state(db: MyDB, table: str) -> dict[bytes, dict[str, Any]]:
     return table_state(db, table, ["grp", "id"], "grp, id, v, n")
 
 
-def _snapshot(svc: CdcService, pipeline: str, sid: str) -> dict[str, Any]:
-    status, doc = svc.get(f"/pipelines/{pipeline}/snapshots/{sid}")
-    assert status == 200, doc
-    return doc  # type: ignore[no-any-return]
-
-
-def _wait_done(svc: CdcService, pipeline: str, sid: str, timeout: float = 120) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        if svc.proc.poll() is not None:
-            raise AssertionError(f"cdc exited:\n{svc.logs()[-4000:]}")
-        doc = _snapshot(svc, pipeline, sid)
-        assert doc["state"] in ("pending", "running", "done"), doc
-        return doc if doc["state"] == "done" else None
-
-    return wait_for(done, timeout, what=f"snapshot {sid} done")  # type: ignore[no-any-return]
-
-
 def _caught_up(out: Path, db: MyDB, table: str, timeout: float = 60) -> None:
     def same() -> bool:
         return fold(read_complete_events(out), table) == _state(db, table)
@@ -70,10 +56,6 @@ def _caught_up(out: Path, db: MyDB, table: str, timeout: float = 60) -> None:
         raise AssertionError(f"fold != table: missing {missing} extra {extra} wrong {wrong}") from None
 
 
-def _reads(events: list[dict[str, Any]], sid: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in events if e["op"] == "r" and (sid is None or e["source"]["snapshot_id"] == sid)]
-
-
 def test_initial_snapshot_of_50000_rows_then_stream(mydb_any: MyDB, tmp_path: Path, free_port: int) -> None:
     table = _create(mydb_any, 50_000)
     out = tmp_path / "out"
@@ -82,14 +64,14 @@ def test_initial_snapshot_of_50000_rows_then_stream(mydb_any: MyDB, tmp_path: Pa
     with CdcService(cfg) as svc:
         svc.wait_state("m", "running")
         sid = wait_for(lambda: (svc.pipeline("m").get("snapshot") or {}).get("id"), what="a snapshot")
-        doc = _wait_done(svc, "m", sid)
+        doc = wait_snapshot_done(svc, "m", sid)
         assert doc["rows_done"] == 50_000 and doc["progress"][table]["state"] == "done", doc
         mydb_any.execute("UPDATE items SET v = 'x' WHERE id % 10 = 0", "DELETE FROM items WHERE id % 7 = 3",
                          "INSERT INTO items VALUES (1, 60001, 'late', 1)")
         _caught_up(out, mydb_any, table)
         assert svc.stop() == 0
     events = read_events(out)
-    reads = _reads(events)
+    reads = snapshot_reads(events)
     assert len(reads) == 50_000 and len({e["id"] for e in reads}) == 50_000
     first = reads[0]
     assert first["transaction"] is None and first["before"] is None
@@ -152,7 +134,7 @@ def test_on_demand_snapshot_under_concurrent_writes(mydb_any: MyDB, tmp_path: Pa
         sid = doc["id"]
         status, again = svc.get("/pipelines/m/snapshots", method="POST", body={"tables": [table]})
         assert status == 200 and again["id"] == sid, again
-        _wait_done(svc, "m", sid)
+        wait_snapshot_done(svc, "m", sid)
         wait_for(lambda: writer.transactions > 400, timeout=60, what="more writes after the snapshot")
         writer.stop.set()
         writer.join(10)
@@ -160,7 +142,7 @@ def test_on_demand_snapshot_under_concurrent_writes(mydb_any: MyDB, tmp_path: Pa
         _caught_up(out, mydb_any, table)
         assert svc.stop() == 0
     events = read_events(out)
-    reads = _reads(events, sid)
+    reads = snapshot_reads(events, sid)
     assert 15_000 < len(reads) <= 30_000
     positions = [i for i, e in enumerate(events) if e["op"] == "r"]
     assert [e for e in events[positions[0]: positions[-1]] if e["op"] != "r"], "the stream stopped during the snapshot"
@@ -175,7 +157,7 @@ def test_kill_mid_snapshot_resumes_from_the_next_chunk(mydb: MyDB, tmp_path: Pat
     env["CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"] = "0.15"
     with CdcService(cfg, env=env) as svc:
         sid = wait_for(lambda: (svc.pipeline("m").get("snapshot") or {}).get("id"), what="a snapshot")
-        wait_for(lambda: _snapshot(svc, "m", sid)["rows_done"] >= 5_000, timeout=60, what="5 chunks")
+        wait_for(lambda: snapshot_record(svc, "m", sid)["rows_done"] >= 5_000, timeout=60, what="5 chunks")
         mydb.execute("UPDATE items SET v = 'during' WHERE id % 100 = 1")
         svc.kill()
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
@@ -183,10 +165,10 @@ def test_kill_mid_snapshot_resumes_from_the_next_chunk(mydb: MyDB, tmp_path: Pat
     saved = orjson.loads(record)["progress"][table]
     assert saved["state"] == "running" and 5 <= saved["chunks"] < 20, saved
     with CdcService(cfg) as svc:
-        _wait_done(svc, "m", sid)
+        wait_snapshot_done(svc, "m", sid)
         _caught_up(out, mydb, table)
         assert svc.stop() == 0
-    reads = _reads(read_events(out), sid)
+    reads = snapshot_reads(read_events(out), sid)
     assert sorted({int(e["id"].split(":")[1]) for e in reads}) == list(range(20))
     assert 20_000 <= len(reads) <= 21_000, len(reads)
 
@@ -214,6 +196,6 @@ def test_initial_only_and_bad_requests(mydb: MyDB, tmp_path: Path, free_port: in
         assert svc.get("/pipelines/x/snapshots", method="POST", body={"tables": [table]})[0] == 404
         proc = run_cli("snapshot", str(cfg), "m2", mydb.table("keyless"), "--wait")
         assert proc.returncode == 0, proc.stderr
-        reads = _reads(read_events(out2))
+        reads = snapshot_reads(read_events(out2))
         assert len(reads) == 40 and all(e["key"] is None for e in reads)
         assert svc.stop() == 0

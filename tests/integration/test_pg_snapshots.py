@@ -27,7 +27,10 @@ from helpers import (
     run_cli,
     run_until_exit,
     slot_row,
+    snapshot_reads,
+    snapshot_record,
     wait_for,
+    wait_snapshot_done,
     write_config,
 )
 
@@ -49,23 +52,6 @@ def _create(dsn: str, rows: int, table: str = TABLE) -> None:
         f"CREATE TABLE {table} (grp int NOT NULL, id int NOT NULL, v text, n int, PRIMARY KEY (grp, id))",
         f"INSERT INTO {table} SELECT g % 7, g, 'v' || g, g FROM generate_series(1, {rows}) g",
     )
-
-
-def _snapshot(svc: CdcService, pipeline: str, sid: str) -> dict[str, Any]:
-    status, doc = svc.get(f"/pipelines/{pipeline}/snapshots/{sid}")
-    assert status == 200, doc
-    return doc  # type: ignore[no-any-return]
-
-
-def _wait_done(svc: CdcService, pipeline: str, sid: str, timeout: float = 120) -> dict[str, Any]:
-    def done() -> dict[str, Any] | None:
-        if svc.proc.poll() is not None:
-            raise AssertionError(f"cdc exited:\n{svc.logs()[-4000:]}")
-        doc = _snapshot(svc, pipeline, sid)
-        assert doc["state"] in ("pending", "running", "done"), doc
-        return doc if doc["state"] == "done" else None
-
-    return wait_for(done, timeout, what=f"snapshot {sid} done")  # type: ignore[no-any-return]
 
 
 def _fold(out: Path, table: str = TABLE) -> dict[bytes, dict[str, Any]]:
@@ -122,10 +108,6 @@ class _Writer(threading.Thread):
             self.error = exc
 
 
-def _r_events(events: list[dict[str, Any]], sid: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in events if e["op"] == "r" and (sid is None or e["source"]["snapshot_id"] == sid)]
-
-
 # -- initial snapshot ---------------------------------------------------------------------------
 
 
@@ -138,7 +120,7 @@ def test_initial_snapshot_of_50000_rows_then_stream(pgdb: str, tmp_path: Path, f
     with CdcService(cfg) as svc:
         svc.wait_state("p", "running")
         sid = wait_for(lambda: (svc.pipeline("p").get("snapshot") or {}).get("id"), what="a snapshot")
-        doc = _wait_done(svc, "p", sid)
+        doc = wait_snapshot_done(svc, "p", sid)
         assert doc["rows_done"] == 50_000 and doc["reason"] == "initial", doc
         assert doc["progress"][TABLE]["chunks"] == 6 and doc["progress"][TABLE]["state"] == "done", doc
         assert doc["rows_estimated"] > 0, orjson.dumps(doc).decode()
@@ -151,7 +133,7 @@ def test_initial_snapshot_of_50000_rows_then_stream(pgdb: str, tmp_path: Path, f
         assert metric_value(metrics, "cdc_events_total", pipeline="p", table=TABLE, op="r") == 50_000
         assert svc.stop() == 0
     events = read_events(out)
-    reads = _r_events(events)
+    reads = snapshot_reads(events)
     assert len(reads) == 50_000 and len({e["id"] for e in reads}) == 50_000
     first = reads[0]
     assert first["transaction"] is None and first["before"] is None
@@ -172,10 +154,10 @@ def test_initial_snapshot_of_50000_rows_then_stream(pgdb: str, tmp_path: Path, f
         status, doc = svc.get("/pipelines/p/snapshots")
         snaps = wait_for(lambda: [s for s in svc.get("/pipelines/p/snapshots")[1]["snapshots"] if s["id"] != sid], what="second snapshot")
         assert len(snaps) == 1 and snaps[0]["tables"] == ["public.later"], snaps
-        _wait_done(svc, "p", snaps[0]["id"])
+        wait_snapshot_done(svc, "p", snaps[0]["id"])
         _caught_up(svc, out, pgdb, "public.later")
         assert svc.stop() == 0
-    assert len(_r_events(read_events(out))) == 50_300
+    assert len(snapshot_reads(read_events(out))) == 50_300
 
 
 def test_initial_only_reads_the_tables_and_finishes(pgdb: str, tmp_path: Path, free_port: int) -> None:
@@ -218,7 +200,7 @@ def test_on_demand_snapshot_under_concurrent_writes(pgdb: str, tmp_path: Path, f
         # a second request for the same table is answered with the running snapshot
         status, again = svc.get("/pipelines/p/snapshots", method="POST", body={"tables": [TABLE]})
         assert status == 200 and again["id"] == sid, again
-        _wait_done(svc, "p", sid)
+        wait_snapshot_done(svc, "p", sid)
         wait_for(lambda: writer.transactions > 400, timeout=60, what="more writes after the snapshot")
         writer.stop.set()
         writer.join(10)
@@ -226,7 +208,7 @@ def test_on_demand_snapshot_under_concurrent_writes(pgdb: str, tmp_path: Path, f
         _caught_up(svc, out, pgdb)
         assert svc.stop() == 0
     events = read_events(out)
-    reads = _r_events(events, sid)
+    reads = snapshot_reads(events, sid)
     assert 15_000 < len(reads) <= 30_000
     # the stream did not stop: changes were delivered between the snapshot's first and last rows
     positions = [i for i, e in enumerate(events) if e["op"] == "r"]
@@ -247,22 +229,22 @@ def test_kill_mid_snapshot_resumes_from_the_next_chunk(pgdb: str, tmp_path: Path
     env["CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"] = "0.15"
     with CdcService(cfg, env=env) as svc:
         sid = wait_for(lambda: (svc.pipeline("p").get("snapshot") or {}).get("id"), what="a snapshot")
-        wait_for(lambda: _snapshot(svc, "p", sid)["rows_done"] >= 5_000, timeout=60, what="5 chunks")
+        wait_for(lambda: snapshot_record(svc, "p", sid)["rows_done"] >= 5_000, timeout=60, what="5 chunks")
         execute(pgdb, f"UPDATE {TABLE} SET v = 'during' WHERE id % 100 = 1")
         svc.kill()
     with sqlite3.connect(tmp_path / "state.sqlite") as db:
         (record,) = db.execute("SELECT record FROM snapshots WHERE id = ?", (sid,)).fetchone()
     saved = orjson.loads(record)["progress"][TABLE]
     assert saved["state"] == "running" and 5 <= saved["chunks"] < 20, saved
-    before = len(_r_events(read_events(out), sid))
+    before = len(snapshot_reads(read_events(out), sid))
     assert before >= saved["chunks"] * 1000 - 1000  # what the checkpoint covers (the file may hold a little more)
 
     with CdcService(cfg) as svc:
-        doc = _wait_done(svc, "p", sid)
+        doc = wait_snapshot_done(svc, "p", sid)
         assert doc["progress"][TABLE]["chunks"] == 21  # the last read finds no more rows
         _caught_up(svc, out, pgdb)
         assert svc.stop() == 0
-    reads = _r_events(read_events(out), sid)
+    reads = snapshot_reads(read_events(out), sid)
     # continued from the next chunk: chunk numbers after the restart start where the saved
     # progress ended, and the total is one table's worth plus at most the chunk in flight
     chunk_numbers = sorted({int(e["id"].split(":")[1]) for e in reads})
@@ -295,7 +277,7 @@ def test_keyless_table_is_read_in_one_piece(pgdb: str, tmp_path: Path, free_port
         t.start()
         status, doc = svc.get("/pipelines/p/snapshots", method="POST", body={"tables": ["public.log"]})
         assert status == 202, doc
-        done = _wait_done(svc, "p", doc["id"])
+        done = wait_snapshot_done(svc, "p", doc["id"])
         stop.set()
         t.join(10)
         assert done["progress"]["public.log"]["chunks"] >= 1
@@ -354,7 +336,7 @@ def test_cancel_and_bad_requests(pgdb: str, tmp_path: Path, free_port: int) -> N
         sid = doc["id"]
         proc = run_cli("snapshot", str(cfg), "p", TABLE)
         assert proc.returncode == 0 and orjson.loads(proc.stdout)["id"] == sid, proc
-        wait_for(lambda: _snapshot(svc, "p", sid)["rows_done"] >= 2_000, what="some rows")
+        wait_for(lambda: snapshot_record(svc, "p", sid)["rows_done"] >= 2_000, what="some rows")
         waiter = subprocess.Popen(
             [sys.executable, "-m", "cdc", "snapshot", str(cfg), "p", TABLE, "--wait"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cdc_env(), text=True,
@@ -365,12 +347,12 @@ def test_cancel_and_bad_requests(pgdb: str, tmp_path: Path, free_port: int) -> N
         assert status == 200 and doc["state"] == "cancelled", doc
         _, stderr = waiter.communicate(timeout=30)
         assert waiter.returncode == 1 and "cancelled" in stderr, stderr
-        done = _snapshot(svc, "p", sid)["rows_done"]
+        done = snapshot_record(svc, "p", sid)["rows_done"]
         # the stream goes on; no more rows of the cancelled snapshot arrive
         execute(pgdb, f"INSERT INTO {TABLE} VALUES (1, 99999, 'after', 0)")
         wait_for(lambda: any(e["op"] == "c" for e in read_complete_events(out)), what="the stream after the cancel")
         assert svc.pipeline("p")["state"] == "running"
-        reads = _r_events(read_complete_events(out), sid)
+        reads = snapshot_reads(read_complete_events(out), sid)
         assert len(reads) <= done + 1_000
         status, listing = svc.get("/pipelines/p/snapshots")
         assert [s["state"] for s in listing["snapshots"]] == ["cancelled"]
