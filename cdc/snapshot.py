@@ -29,9 +29,13 @@ A table without a key (no primary key or replica-identity index) is read in one 
 consistent read held in memory) under the same watermark; any unseen change to it delivered
 before the rows makes the driver read it again.
 
-Event ids: ``<snapshot id>:<chunk number>:<read token>:<row in chunk>``; the read token names
-the data the read saw (PostgreSQL: its WAL position and snapshot; MariaDB: its binlog
-position), so a chunk delivered twice keeps its ids and a re-read of changed data gets new ones.
+Event ids: ``<snapshot id>:<table number>:<chunk number>:<read token>:<row in chunk>``. The
+table number is the table's place (from 0) in the snapshot record's ``tables``, which is saved
+with the record and never changes, so every table of a snapshot has its own ids (chunk numbers
+restart per table, and chunks read in the same database state share a read token). The read
+token names the data the read saw (PostgreSQL: its WAL position and snapshot; MariaDB: its
+binlog position), so a chunk delivered twice keeps its ids and a re-read of changed data gets
+new ones. No part is a column value.
 
 Records: each snapshot is a JSON record in the state store (``id``, ``tables``, ``state``
 pending → running → done / failed / cancelled, per-table ``progress``). Any instance may add
@@ -563,7 +567,7 @@ class SnapshotDriver:
             version = self.registry.resolve(chunk.schema, chunk.at(position))
             block = chunk.source_block(position, sid)
             ts = int(time.time() * 1000)
-            prefix = f"{sid}:{pending.number}:{chunk.read_token}:"
+            prefix = f"{sid}:{record['tables'].index(self.table)}:{pending.number}:{chunk.read_token}:"
             if rows is None:  # nothing changed under the read: every row, as read
                 events = [
                     ChangeEvent(f"{prefix}{i}", "r", ts, block, None, version, key, None, after)

@@ -169,7 +169,7 @@ def test_kill_mid_snapshot_resumes_from_the_next_chunk(mydb: MyDB, tmp_path: Pat
         _caught_up(out, mydb, table)
         assert svc.stop() == 0
     reads = snapshot_reads(read_events(out), sid)
-    assert sorted({int(e["id"].split(":")[1]) for e in reads}) == list(range(20))
+    assert sorted({int(e["id"].split(":")[2]) for e in reads}) == list(range(20))
     assert 20_000 <= len(reads) <= 21_000, len(reads)
 
 

@@ -247,7 +247,7 @@ def test_kill_mid_snapshot_resumes_from_the_next_chunk(pgdb: str, tmp_path: Path
     reads = snapshot_reads(read_events(out), sid)
     # continued from the next chunk: chunk numbers after the restart start where the saved
     # progress ended, and the total is one table's worth plus at most the chunk in flight
-    chunk_numbers = sorted({int(e["id"].split(":")[1]) for e in reads})
+    chunk_numbers = sorted({int(e["id"].split(":")[2]) for e in reads})
     assert chunk_numbers == list(range(20)), chunk_numbers
     assert 20_000 <= len(reads) <= 20_000 + 1_000, len(reads)
 
