@@ -13,6 +13,7 @@ from typing import Any
 
 import orjson
 
+from cdc import names
 from cdc.config import ServiceConfig
 from cdc.errors import CDCError, ConfigError
 
@@ -106,6 +107,7 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
         return EXIT_INVALID
+    args.tables = [names.normalize(t) for t in args.tables]
     listed = set(getattr(p.source, "tables", []) or [])
     missing = [t for t in args.tables if t not in listed]
     if missing:

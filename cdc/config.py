@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from cdc import names
 from cdc.plugin import setting
 
 NAME_RE = re.compile(r"^[a-z0-9_]{1,48}$")
@@ -92,6 +93,14 @@ class LogConfig:
     )
 
 
+def _check_exclude(value: dict[str, list[str]]) -> str | None:
+    for table in value:
+        problem = names.problem(table)
+        if problem:
+            return problem
+    return None
+
+
 @dataclass
 class SnapshotConfig:
     mode: Literal["initial", "never", "initial_only"] = setting(
@@ -106,8 +115,16 @@ class SnapshotConfig:
 class ColumnsConfig:
     exclude: dict[str, list[str]] = setting(
         default_factory=dict,
-        doc="per table (`schema.table`), columns left out of events and schema versions",
+        doc="per table (`schema.table`, quoted like in `tables`), columns left out of events and "
+        "schema versions; a column the table does not have stops the pipeline when the table's "
+        "schema arrives",
+        check=_check_exclude,
     )
+
+    def __post_init__(self) -> None:
+        self.exclude = {
+            names.normalize(t): cols for t, cols in self.exclude.items()
+        }
 
 
 @dataclass

@@ -62,6 +62,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 from cdc import registry
 from cdc.config import PipelineConfig, ServiceConfig, is_loopback
 from cdc.errors import ConfigError, ConfigProblem, FatalError
+from cdc.names import normalize as table_name
 
 __all__ = ["MISSING", "load_config", "iter_settings", "substitute"]
 
@@ -1181,8 +1182,9 @@ class _Checker:
                 and exclude is not None
                 and isinstance(exclude.value, dict)
             ):
+                listed = {table_name(t) for t in tables.value if isinstance(t, str)}
                 for table in exclude.value:
-                    if table not in tables.value:
+                    if table_name(table) not in listed:
                         key_path = _key_path(f"{base}.columns.exclude", table)
                         self.problem(
                             key_path,

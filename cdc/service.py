@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Any
 
-from cdc import snapshot
+from cdc import names, snapshot
 from cdc.api import AdminAPI
 from cdc.config import ServiceConfig, is_loopback
 from cdc.errors import CDCError
@@ -85,6 +85,7 @@ class Service:
         tables = body.get("tables") if isinstance(body, dict) else None
         if not isinstance(tables, list) or not tables or not all(isinstance(t, str) for t in tables):
             return 400, {"error": 'the body must be {"tables": ["schema.table", ...]} with at least one table'}
+        tables = [names.normalize(t) for t in tables]
         listed = list(getattr(p.config.source, "tables", []) or [])
         missing = [t for t in tables if t not in listed]
         if missing:

@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from typing import Literal
 
+from cdc import names
 from cdc.plugin import setting
-
-_TABLE_RE = re.compile(r"^[^.\s]+\.[^.\s]+$")
 
 
 def _check_tables(tables: list[str]) -> str | None:
     if not tables:
         return "list at least one table"
     for t in tables:
-        if not _TABLE_RE.match(t):
-            return f"{t!r} is not database.table"
+        problem = names.problem(t)
+        if problem:
+            return problem.replace("schema.table", "database.table")
     return None
 
 
@@ -37,7 +36,8 @@ class MySQLConfig:
         secret=True,
         example="mysql://cdc:${MYSQL_PASSWORD}@mysql:3306",
     )
-    tables: list[str] = setting(doc="tables to capture, `database.table`", check=_check_tables)
+    tables: list[str] = setting(doc="tables to capture, `database.table` (case as the server stores it; a part with a dot, "
+        "a space or a quote in backticks or double quotes, `` `my db`.`my.table` ``)", check=_check_tables)
     server_id: int | None = setting(
         None,
         doc="unique replica server id; default derived from the pipeline name and the install id",
@@ -51,3 +51,7 @@ class MySQLConfig:
         doc="how checkpoints resume: `gtid` (MariaDB GTID list / MySQL GTID set), `file` (binlog "
         "file and offset), `auto`: gtid when MySQL has gtid_mode=ON or MariaDB gtid_strict_mode=ON",
     )
+
+    def __post_init__(self) -> None:
+        # one canonical name per table, however the file quotes it (cdc.names)
+        self.tables = [names.normalize(t) for t in self.tables]

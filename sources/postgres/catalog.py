@@ -16,6 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
+from cdc import names
 from cdc.errors import FatalError, RetriableError
 
 #: marks a publication created (and therefore managed) by cdc
@@ -48,8 +49,8 @@ def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
 
 
 def split_table(name: str) -> tuple[str, str]:
-    schema, _, table = name.partition(".")
-    return schema, table
+    """The raw parts of a (canonical or quoted) table name; see :mod:`cdc.names`."""
+    return names.split(name)
 
 
 def qualified(name: str) -> sql.Composed:
@@ -118,8 +119,11 @@ class TableFacts:
     ancestors: tuple[str, ...]
 
 
-def check_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[str, TableFacts]:
-    """Existence, SELECT grants, partitions and replica identities of the listed tables."""
+def check_tables(
+    conn: psycopg.Connection[Any], tables: Sequence[str], renamed: dict[str, str] | None = None
+) -> dict[str, TableFacts]:
+    """Existence, SELECT grants, partitions and replica identities of the listed tables.
+    ``renamed``: listed tables the pipeline saw renamed (old -> new), named in the error."""
     facts: dict[str, TableFacts] = {}
     problems: list[str] = []
     for name in tables:
@@ -132,10 +136,19 @@ def check_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[s
             "WHERE n.nspname = %s AND c.relname = %s",
             (schema, table),
         ).fetchone()
+        if row is None and renamed and name in renamed:
+            raise FatalError(
+                f"table {name} does not exist: the pipeline followed it when it was renamed to "
+                f"{renamed[name]} (every change was delivered, the later ones under the new "
+                f"name); list {renamed[name]} in `tables` instead of {name} and start again",
+                kind="source_config",
+                table=name,
+            )
         if row is None:
             raise FatalError(
                 f"table {name} does not exist in this database (names are exact catalog names: "
-                "schema.table, case-sensitive); create it or remove it from `tables`",
+                "schema.table, case-sensitive; quote a name with a dot, a space or a quote); "
+                "create it or remove it from `tables`",
                 kind="source_config",
                 table=name,
             )
@@ -157,9 +170,9 @@ def check_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[s
         ancestors: tuple[str, ...] = ()
         if is_partition:
             ancestors = tuple(
-                r[0]
+                names.join(r[0], r[1])
                 for r in conn.execute(
-                    "SELECT n.nspname || '.' || c.relname FROM pg_partition_ancestors(%s) a "
+                    "SELECT n.nspname, c.relname FROM pg_partition_ancestors(%s) a "
                     "JOIN pg_class c ON c.oid = a.relid JOIN pg_namespace n ON n.oid = c.relnamespace "
                     "WHERE a.relid <> %s",
                     (oid, oid),
@@ -179,11 +192,11 @@ def check_tables(conn: psycopg.Connection[Any], tables: Sequence[str]) -> dict[s
         targets = [f]
         if f.relkind == "p":
             targets = [
-                TableFacts(r[0], r[1], "r", r[2], r[3], True, ())
+                TableFacts(names.join(r[4], r[0]), r[1], "r", r[2], r[3], True, ())
                 for r in conn.execute(
-                    "SELECT n.nspname || '.' || c.relname, c.oid, c.relreplident::text, "
-                    "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary) "
-                    "FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid "
+                    "SELECT c.relname, c.oid, c.relreplident::text, "
+                    "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
+                    "n.nspname FROM pg_partition_tree(%s) t JOIN pg_class c ON c.oid = t.relid "
                     "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.isleaf",
                     (f.oid,),
                 ).fetchall()
@@ -257,9 +270,9 @@ def ensure_publication(
         return "created"
     oid, alltables, ins, upd, dele, trunc, viaroot, comment = row
     current = sorted(
-        r[0]
+        names.join(r[0], r[1])
         for r in conn.execute(
-            "SELECT n.nspname || '.' || c.relname FROM pg_publication_rel pr "
+            "SELECT n.nspname, c.relname FROM pg_publication_rel pr "
             "JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE pr.prpubid = %s",
             (oid,),
@@ -299,9 +312,9 @@ def ensure_publication(
             kind="source_config",
         )
     published = {
-        r[0]
+        names.join(r[0], r[1])
         for r in conn.execute(
-            "SELECT schemaname || '.' || tablename FROM pg_publication_tables WHERE pubname = %s",
+            "SELECT schemaname, tablename FROM pg_publication_tables WHERE pubname = %s",
             (name,),
         ).fetchall()
     }
@@ -320,12 +333,13 @@ def ensure_publication(
                 table=t,
             )
     if version >= 150000 and not alltables:
-        for tname, has_filter, has_cols in conn.execute(
-            "SELECT n.nspname || '.' || c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL "
+        for nsp, rel, has_filter, has_cols in conn.execute(
+            "SELECT n.nspname, c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL "
             "FROM pg_publication_rel pr JOIN pg_class c ON c.oid = pr.prrelid "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE pr.prpubid = %s",
             (oid,),
         ).fetchall():
+            tname = names.join(nsp, rel)
             if tname not in tables:
                 continue
             if has_filter:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from cdc import names
 from cdc.plugin import setting
 
-_TABLE_RE = re.compile(r"^[^.\s]+\.[^.\s]+$")
 _IDENT_RE = re.compile(r"^[a-z0-9_]{1,63}$")
 
 
@@ -15,9 +15,10 @@ def _check_tables(tables: list[str]) -> str | None:
     if not tables:
         return "list at least one table"
     for t in tables:
-        if not _TABLE_RE.match(t):
-            return f"{t!r} is not schema.table"
-    if len(set(tables)) != len(tables):
+        problem = names.problem(t)
+        if problem:
+            return problem
+    if len({names.canonical(t) for t in tables}) != len(tables):
         return "a table is listed twice"
     return None
 
@@ -47,7 +48,8 @@ class PostgresConfig:
         example="postgresql://cdc:${PGPASSWORD}@db:5432/shop",
     )
     tables: list[str] = setting(
-        doc="tables to capture, `schema.table`; a partitioned table by its root",
+        doc="tables to capture, `schema.table` (case-sensitive; a part with a dot, a space or a "
+        "quote in double quotes, `\"my schema\".\"my \"\"table\"\"\"`); a partitioned table by its root",
         check=_check_tables,
         example=["public.orders", "public.customers"],
     )
@@ -63,3 +65,7 @@ class PostgresConfig:
     max_retained_wal_mb: int = setting(
         10240, doc="/healthz turns 503 when the slot retains more WAL than this", check=_check_positive
     )
+
+    def __post_init__(self) -> None:
+        # one canonical name per table, however the file quotes it (cdc.names)
+        self.tables = [names.normalize(t) for t in self.tables]

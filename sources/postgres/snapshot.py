@@ -39,6 +39,7 @@ from psycopg import pq, sql
 
 from cdc.errors import FatalError, RetriableError
 from cdc.events import ChangeEvent
+from cdc.names import split as split_table_name
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
 
 from .lsn import Lsn
@@ -170,7 +171,7 @@ class PostgresSnapshotReader(SnapshotReader):
         if t is not None and not refresh:
             return t
         conn = self._conn()
-        schema_name, _, table_name = table.partition(".")
+        schema_name, table_name = split_table_name(table)
         row = conn.execute(
             "SELECT c.oid, c.relkind, c.relreplident, current_database(), "
             "has_table_privilege(c.oid, 'SELECT') FROM pg_class c "
@@ -253,7 +254,7 @@ class PostgresSnapshotReader(SnapshotReader):
 
     @staticmethod
     def _ident(table: str) -> sql.Composable:
-        schema_name, _, table_name = table.partition(".")
+        schema_name, table_name = split_table_name(table)
         return sql.SQL("{}.{}").format(sql.Identifier(schema_name), sql.Identifier(table_name))
 
     def _qualified(self, table: str) -> str:

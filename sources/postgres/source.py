@@ -41,6 +41,7 @@ import psycopg
 from psycopg import pq
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from cdc import names
 from cdc.errors import FatalError, RetriableError
 from cdc.events import ChangeEvent
 from cdc.log import mask_dsn
@@ -140,7 +141,7 @@ class _Relation:
         self.relid = relid
         self.schema_name = schema_name
         self.table_name = table_name
-        self.name = f"{schema_name}.{table_name}"
+        self.name = names.join(schema_name, table_name)
         self.version = version
         self.columns = columns  # (index in tuple, name, converter) of kept columns
         self.key_names = key_names
@@ -199,6 +200,8 @@ class PostgresSource(Source):
         self._facts: catalog.ServerFacts | None = None
         # stream state (reader thread)
         self._relations: dict[int, _Relation | None] = {}
+        #: relation OID -> listed name: a table is followed by its OID, through renames
+        self._listed: dict[int, str] = {}
         self._types: dict[int, catalog.TypeFacts] = {}
         self._typmods: dict[tuple[int, int], str] = {}
         self._received = Lsn(0)  # newest WAL position seen
@@ -260,7 +263,8 @@ class PostgresSource(Source):
                 conn = self._catalog()
                 facts = self._facts = catalog.server_facts(conn)
                 catalog.check_server(facts)
-                catalog.check_tables(conn, self.cfg.tables)
+                listed = catalog.check_tables(conn, self.cfg.tables, self._renames())
+                self._listed = {f.oid: f.name for f in listed.values()}
                 done = catalog.ensure_publication(
                     conn, self.publication, self.cfg.tables, self.ctx.name, facts.version
                 )
@@ -669,13 +673,16 @@ class PostgresSource(Source):
     # -- relations --------------------------------------------------------------------------------
 
     def _on_relation(self, msg: Relation) -> None:
-        name = f"{msg.namespace}.{msg.name}"
-        if name not in self.tables:
+        name = names.join(msg.namespace, msg.name)
+        listed = self._listed.get(msg.relid, name if name in self.tables else None)
+        if listed is None:
             self._relations[msg.relid] = None
             return
+        if listed != name:
+            self._on_renamed(msg, listed, name)
         with self._conn_lock:
             try:
-                rel = self._compile_relation(msg, name)
+                rel = self._compile_relation(msg, name, listed)
             except psycopg.OperationalError as exc:
                 raise RetriableError(
                     f"lost the catalog connection while describing {name}: {exc}",
@@ -683,8 +690,39 @@ class PostgresSource(Source):
                 ) from exc
         self._relations[msg.relid] = rel
 
-    def _compile_relation(self, msg: Relation, name: str) -> _Relation:
-        schema, columns, key, key_indexes = self.describe_relation(self._catalog(), msg, name)
+    def _on_renamed(self, msg: Relation, listed: str, name: str) -> None:
+        """A listed table (known by its OID) is described under another name: it was renamed
+        after the pipeline started (the stream is past the rename), or before this start while
+        the stream is still behind it (the file names the new name, the stream the old one).
+        Either way its changes are delivered, under the name the stream gives them."""
+        previous = self._relations.get(msg.relid)
+        if previous is not None and previous.name == name:
+            return  # already said for this name
+        self.ctx.log.warning(
+            "table_renamed",
+            listed=listed,
+            streamed=name,
+            lsn=str(Lsn(self._tx_lsn)),
+            message=f"the listed table {listed} is called {name} at this point of the stream; "
+            f"its events, schema versions and topics use {name} from here on. If it was renamed, "
+            f"list {name} in `tables` before the next restart",
+        )
+        if name not in self.tables:
+            self.ctx.set_meta(f"renamed:{listed}", name)
+
+    def _renames(self) -> dict[str, str]:
+        """Listed tables this pipeline saw renamed (old name -> new name), for start errors."""
+        out: dict[str, str] = {}
+        for name in self.cfg.tables:
+            new = self.ctx.get_meta(f"renamed:{name}")
+            if new:
+                out[name] = new
+        return out
+
+    def _compile_relation(self, msg: Relation, name: str, listed: str | None = None) -> _Relation:
+        schema, columns, key, key_indexes = self.describe_relation(
+            self._catalog(), msg, name, listed or name
+        )
         assert self.ctx.registry is not None
         version = self.ctx.registry.resolve(schema, (self._tx_lsn, self._tx_seq))
         return _Relation(
@@ -692,18 +730,27 @@ class PostgresSource(Source):
         )
 
     def describe_relation(
-        self, conn: psycopg.Connection[Any], msg: Relation, name: str
+        self, conn: psycopg.Connection[Any], msg: Relation, name: str, listed: str | None = None
     ) -> tuple[TableSchema, list[tuple[int, str, Any]], list[str], list[tuple[int, str, Any]]]:
         """A relation's schema, its kept columns as ``(index, name, converter)``, its key and the
-        key columns' entries (the stream and the snapshot reader describe tables the same way)."""
+        key columns' entries (the stream and the snapshot reader describe tables the same way).
+        ``listed``: the name the pipeline file gives the table (its name before a rename)."""
         oids = {c.type_oid for c in msg.columns} - set(self._types)
         if oids:
             self._resolve_types(conn, oids)
-        excluded = self.exclude.get(name, set())
-        key = catalog.key_columns(conn, msg.relid, msg.replica_identity)
-        if key is None:
-            flagged = [c.name for c in msg.columns if c.flags & 1]
-            key = flagged if msg.replica_identity != "f" and flagged else []
+        excluded = self.exclude.get(listed or name) or self.exclude.get(name, set())
+        names = [c.name for c in msg.columns]
+        missing = sorted(excluded - set(names))
+        if missing:
+            raise FatalError(
+                f"columns.exclude for {listed or name} names {', '.join(map(repr, missing))}, which "
+                f"the table does not have (its columns: {', '.join(names)}); correct the name in "
+                "the pipeline file (an excluded column that does not exist would let the column "
+                "meant to be hidden through)",
+                kind="config",
+                table=listed or name,
+            )
+        key = self._key_of_relation(conn, msg, name)
         for k in key:
             if k in excluded:
                 raise FatalError(
@@ -727,6 +774,43 @@ class PostgresSource(Source):
             )
         schema = TableSchema(name, tuple(schema_columns), tuple(key))
         return schema, columns, list(key), [by_name[k] for k in key if k in by_name]
+
+    def _key_of_relation(self, conn: psycopg.Connection[Any], msg: Relation, name: str) -> list[str]:
+        """The key of the rows this Relation message describes, as it was when they were written.
+
+        Under REPLICA IDENTITY DEFAULT and USING INDEX the message itself flags the identity
+        columns, as the table was then: that set is the key (in the catalog's index order when
+        today's index has exactly those columns, else in column order). Under FULL every column
+        is flagged, so the primary key is read from the catalog as it is now; it is used only
+        when every one of its columns is in the message, else the key of that time cannot be
+        known and the rows are keyless (``key: null``), with a warning. NOTHING: no key."""
+        names = [c.name for c in msg.columns]
+        if msg.replica_identity in ("d", "i"):
+            flagged = [c.name for c in msg.columns if c.flags & 1]
+            if not flagged:
+                return []
+            now = catalog.key_columns(conn, msg.relid, msg.replica_identity)
+            if now is not None and sorted(now) == sorted(flagged):
+                return now
+            return flagged
+        if msg.replica_identity == "f":
+            now = catalog.key_columns(conn, msg.relid, "f")
+            if not now:
+                return []
+            absent = [k for k in now if k not in names]
+            if absent:
+                self.ctx.log.warning(
+                    "key_unknown",
+                    table=name,
+                    lsn=str(Lsn(self._tx_lsn)),
+                    message=f"the primary key of {name} is ({', '.join(now)}) now, but "
+                    f"{', '.join(absent)} did not exist when these rows were written "
+                    "(REPLICA IDENTITY FULL carries no key): its events until the next schema "
+                    "version have key null",
+                )
+                return []
+            return now
+        return []
 
     def _resolve_types(self, conn: psycopg.Connection[Any], oids: set[int]) -> None:
         pending = set(oids)

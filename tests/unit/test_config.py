@@ -590,7 +590,7 @@ def test_checks_run_after_the_type(tmp_path: Path) -> None:
             2,
             "must match [a-z0-9_]{1,48} (it names replication slots, which allow no '-')",
         ),
-        ("pipelines[0].source.tables", 6, "'orders' is not schema.table"),
+        ("pipelines[0].source.tables", 6, "'orders' is not schema.table: expected two parts joined by a dot"),
         ("pipelines[0].snapshot.chunk_rows", 11, "must be greater than 0"),
         ("api.listen", 13, "expected HOST:PORT, e.g. 127.0.0.1:8080"),
     ]
