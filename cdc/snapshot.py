@@ -14,8 +14,9 @@ stream in delivery order:
   events (did the read see this event's transaction?);
 * every streamed event of the table that the read did not see, and that the stream delivers
   before the chunk's rows, is newer than the read: its key is dropped from the chunk (a
-  truncate drops the whole chunk). Events delivered while the read was in flight are kept in a
-  short log and applied when the chunk arrives;
+  truncate drops the whole chunk). Events delivered before the chunk arrived (since the table's
+  snapshot began) are kept until a read sees them, and applied when a chunk arrives: a
+  transaction can be in the stream yet still running for a read taken just after it;
 * once the stream has delivered up to the high watermark, the remaining rows are emitted as
   ``op: r`` events, at that point of the stream, followed by a commit that saves the checkpoint
   and the snapshot's progress (the chunk's last key) in one transaction.
@@ -292,7 +293,9 @@ class SnapshotDriver:
         self._next_chunk = 0  # number of the next chunk read
         self._read_done = False  # the table's last chunk has been read
         self._reading = False  # a reader job is in flight
-        self._log: list[ChangeEvent] = []  # events delivered while a read was in flight
+        #: streamed events of the table that the newest read did not see (all of them until a
+        #: read arrives): applied to every chunk that arrives, see _collect
+        self._unseen: list[ChangeEvent] = []
         self._arrived: deque[_Pending] = deque()
         self._last_request = 0.0
         self._queue: list[dict[str, Any]] = []  # open records from the store, oldest first
@@ -348,8 +351,7 @@ class SnapshotDriver:
         for ev in events:
             if ev.schema.name != table:
                 continue
-            if self._reading:
-                self._log.append(ev)
+            self._unseen.append(ev)
             for p in arrived:
                 p.apply(ev)
 
@@ -454,7 +456,7 @@ class SnapshotDriver:
         self._next_chunk = int(p.get("chunks") or 0)
         self._read_done = False
         self._arrived.clear()
-        self._log = []
+        self._unseen = []
         self._tag += 1
         self._reading = True
         self._submit(lambda reader: reader.describe(table))
@@ -462,7 +464,7 @@ class SnapshotDriver:
 
     def _stop_table(self) -> None:
         self._arrived.clear()
-        self._log = []
+        self._unseen = []
         self._reading = False
         self._tag += 1  # results still in flight are ignored
 
@@ -478,7 +480,6 @@ class SnapshotDriver:
             return
         limit = self.chunk_rows if self._info.key else None
         self._reading = True
-        self._log = []
         table, cursor = self.table, self._cursor
         delay = float(os.environ.get(CHUNK_DELAY_ENV) or 0)
 
@@ -526,9 +527,18 @@ class SnapshotDriver:
             chunk: Chunk = result
             pending = _Pending(chunk, self._next_chunk)
             self._next_chunk += 1
-            for ev in self._log:
+            # Every streamed change of the table that a read did not see is applied, including
+            # those delivered BEFORE this read started: on PostgreSQL a transaction can be in the
+            # stream (its commit record is flushed) while a new snapshot still counts it as
+            # running (the backend has not updated the commit log and the process array yet).
+            # What a read sees is monotone (a later read sees all an earlier one saw), so events
+            # this read saw are never needed again and are forgotten; what stays is bounded by
+            # the changes made since the newest read began.
+            visible = chunk.visible
+            unseen = [ev for ev in self._unseen if not visible(ev)]
+            for ev in unseen:
                 pending.apply(ev)
-            self._log = []
+            self._unseen = unseen
             self._arrived.append(pending)
             self._cursor = chunk.cursor if chunk.rows else self._cursor
             if chunk.done:

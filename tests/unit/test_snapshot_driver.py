@@ -301,3 +301,26 @@ def test_keyless_empty_read_still_emits_rows_inserted_unseen(setup: Any, world: 
     driver.observe([_keyless_event(7, "c", None, {"id": 9, "v": "z"})])
     events = _poll_until(driver, 10, lambda d: d.record is None)
     assert [e.after for e in events] == [{"id": 9, "v": "z"}]
+
+
+def test_a_change_delivered_before_the_read_that_the_read_did_not_see_still_wins(
+    setup: Any, world: World
+) -> None:
+    """PostgreSQL can stream a transaction (its commit record is flushed) while a snapshot taken
+    right after still counts it as running: the read then returns the older row, although the
+    stream delivered the newer one BEFORE the read began. The snapshot row must not overwrite
+    it."""
+    driver, store, _ = setup
+    world.rows = {1: "a", 2: "old", 3: "c"}
+    world.high = 10
+    world.gate = threading.Semaphore(0)
+    _request(driver, store)
+    driver.poll(0, True)  # the table starts: its description is asked for; no read yet
+    assert driver.table == T and driver._info is None
+    # tx 7 is delivered before the first read starts ...
+    driver.observe([_event(7, "u", 2, "new")])
+    # ... and the read, taken now, does not see it (its snapshot lists 7 as running)
+    world.seen = set()
+    world.gate.release(2)
+    events = _poll_until(driver, 10, lambda d: d.record is None)
+    assert [(e.key, e.after["v"]) for e in events] == [({"id": 1}, "a"), ({"id": 3}, "c")]
