@@ -136,6 +136,63 @@ class ValuesConfig:
     )
 
 
+#: the ``debezium:`` block of a sink (contract section 9): Debezium's own property names, with
+#: the values each takes (a tuple of words) or its type
+DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
+    "topic.prefix": str,
+    "schemas.enable": bool,
+    "decimal.handling.mode": ("precise", "string", "double"),
+    "time.precision.mode": ("adaptive", "adaptive_time_microseconds", "connect"),
+    "binary.handling.mode": ("bytes", "base64", "base64-url-safe", "hex"),
+    "interval.handling.mode": ("numeric", "string"),
+    "bigint.unsigned.handling.mode": ("long", "precise"),
+    "tombstones.on.delete": bool,
+    "skipped.operations": str,
+    "provide.transaction.metadata": bool,
+    "unavailable.value.placeholder": str,
+}
+
+#: the built-in transforms (contract section 10); plugins add theirs under ``cdc.transforms``
+TRANSFORMS = ("filter", "mask", "route", "unwrap", "outbox")
+
+
+def check_debezium(value: dict[str, object]) -> str | None:
+    """Problems of a sink's ``debezium:`` block (names and values only)."""
+    for key, v in value.items():
+        want = DEBEZIUM_PROPERTIES.get(key)
+        if want is None:
+            return f"unknown Debezium property {key!r}; supported: {', '.join(DEBEZIUM_PROPERTIES)}"
+        if isinstance(want, tuple):
+            if v not in want:
+                return f"{key} must be one of {', '.join(want)}"
+        elif want is bool and not isinstance(v, bool):
+            return f"{key} must be true or false"
+        elif want is str and not isinstance(v, str):
+            return f"{key} must be a string"
+    return None
+
+
+def _check_transforms(value: list[Any]) -> str | None:
+    from cdc import registry
+
+    known = list(TRANSFORMS) + sorted(registry.available("transform"))
+    for i, item in enumerate(value):
+        if not isinstance(item, dict) or len(item) != 1:
+            return f"item {i}: each transform is a mapping with one key, its name (e.g. `- filter: {{...}}`)"
+        (name, settings), = item.items()
+        if name not in known:
+            return f"item {i}: unknown transform {name!r}; known: {', '.join(known)}"
+        if settings is not None and not isinstance(settings, dict):
+            return f"item {i}: the settings of {name} are a mapping"
+    return None
+
+
+def _check_dead_letter(value: dict[str, object] | None) -> str | None:
+    if value is not None and not isinstance(value.get("type"), str):
+        return "a dead-letter sink is a sink section with a 'type' (e.g. {type: file, path: ./dead})"
+    return None
+
+
 @dataclass
 class PipelineConfig:
     name: str = setting(doc="pipeline name, unique; names the default slot and publication", check=_check_name)
@@ -144,9 +201,25 @@ class PipelineConfig:
     snapshot: SnapshotConfig = setting(default_factory=SnapshotConfig, doc="snapshots")
     columns: ColumnsConfig = setting(default_factory=ColumnsConfig, doc="column filters")
     values: ValuesConfig = setting(default_factory=ValuesConfig, doc="value mapping options")
+    transforms: list[dict[str, object]] = setting(
+        default_factory=list,
+        doc="ordered transforms applied to every event before the sink (filter, mask, route, "
+        "unwrap, outbox, or a plugin's name); not available yet in this build: accepted here, "
+        "refused by `cdc run`",
+        check=_check_transforms,
+    )
+    dead_letter: dict[str, object] | None = setting(
+        None,
+        doc="a sink section for events that cannot be delivered; not available yet in this "
+        "build: accepted here, refused by `cdc run`",
+        check=_check_dead_letter,
+    )
     #: type names of source and sink, as written in the file (filled by the loader)
     source_type: str = field(default="", metadata={"internal": True})
     sink_type: str = field(default="", metadata={"internal": True})
+    #: the sink's ``format`` and ``debezium`` keys, common to every sink (filled by the loader)
+    sink_format: str = field(default="cdc", metadata={"internal": True})
+    debezium: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})
 
 
 @dataclass

@@ -60,7 +60,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from cdc import registry
-from cdc.config import PipelineConfig, ServiceConfig, is_loopback
+from cdc.config import PipelineConfig, ServiceConfig, check_debezium, is_loopback
 from cdc.errors import ConfigError, ConfigProblem, FatalError
 from cdc.names import normalize as table_name
 
@@ -505,6 +505,7 @@ class _Checker:
         self.values: dict[str, _V] = {}
         #: paths of source/sink sections -> their type name
         self.plugin_types: dict[str, str] = {}
+        self.sink_formats: dict[str, tuple[str, dict[str, Any]]] = {}
         self.pipeline_count = 0
         self._hints: dict[type[Any], dict[str, Any]] = {}
         self._plugins: dict[str, list[str]] = {}
@@ -736,6 +737,8 @@ class _Checker:
         if isinstance(instance, PipelineConfig):
             instance.source_type = self.plugin_types.get(_join(path, "source"), "")
             instance.sink_type = self.plugin_types.get(_join(path, "sink"), "")
+            fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
+            instance.sink_format, instance.debezium = fmt, debezium
         return _V(instance)
 
     @staticmethod
@@ -765,6 +768,11 @@ class _Checker:
         if isinstance(result, _Bad):
             return result
         value = result.value
+        if cls is PipelineConfig and f.name == "transforms" and isinstance(value, list):
+            for item in value:  # a mask's key is a secret: never logged or printed
+                mask = item.get("mask") if isinstance(item, dict) else None
+                if isinstance(mask, dict) and isinstance(mask.get("key"), str):
+                    self.add_secret(mask["key"])
         if cls is ServiceConfig and f.name == "pipelines":
             if not value:
                 self.problem(path, key_line, "list at least one pipeline")
@@ -859,7 +867,47 @@ class _Checker:
             return _BAD
         self.plugin_types[path] = name
         self.values[type_path] = _V(name)
-        return self._section(config_cls, node, path, key_line, skip=frozenset({"type"}))
+        skip = frozenset({"type"})
+        if kind == "sink":  # keys every sink takes (contract section 9), not the plugin's own
+            skip = frozenset({"type", "format", "debezium"})
+            if not self._sink_format(node, path):
+                self._section(config_cls, node, path, key_line, skip=skip)
+                return _BAD
+        return self._section(config_cls, node, path, key_line, skip=skip)
+
+    def _sink_format(self, node: MappingNode, path: str) -> bool:
+        """Validate a sink's ``format`` and ``debezium`` keys into ``self.sink_formats``."""
+        ok = True
+        fmt: Any = "cdc"
+        debezium: dict[str, Any] = {}
+        for item in self._items(node, path):
+            if item.key not in ("format", "debezium"):
+                continue
+            item_path = _join(path, item.key)
+            self.lines[item_path] = item.key_line
+            if item.key == "format":
+                result = self._value(Literal["cdc", "debezium"], item.node, item_path, False)
+                if isinstance(result, _Bad):
+                    ok = False
+                else:
+                    fmt = result.value
+                continue
+            result = self._value(dict[str, object], item.node, item_path, False)
+            if isinstance(result, _Bad):
+                ok = False
+                continue
+            problem = check_debezium(result.value)
+            if problem:
+                self.problem(item_path, item.key_line, problem)
+                ok = False
+            else:
+                debezium = dict(result.value)
+        if debezium and fmt != "debezium":
+            self.problem(_join(path, "debezium"), self.lines.get(_join(path, "debezium")),
+                         "the debezium block applies with `format: debezium` only")
+            ok = False
+        self.sink_formats[path] = (str(fmt), debezium)
+        return ok
 
     # ---- values
 
@@ -884,6 +932,13 @@ class _Checker:
         self.problem(path, _line(node), f"expected {_describe(tp)}, got {got}")
 
     def _value(self, tp: Any, node: Node, path: str, secret: bool) -> _Result:
+        if tp is object:  # any YAML value: settings a check function looks at
+            if isinstance(node, SequenceNode):
+                tp = list[object]
+            elif isinstance(node, MappingNode):
+                tp = dict[str, object]
+            else:
+                tp = Any
         if isinstance(node, ScalarNode):
             return self._scalar(tp, node, path, secret)
         if _is_union(tp):

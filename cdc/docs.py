@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from cdc import registry
 from cdc.config import (
+    DEBEZIUM_PROPERTIES,
     ApiConfig,
     ColumnsConfig,
     LogConfig,
@@ -91,11 +92,24 @@ def render() -> str:
         "| `snapshot` | section | | see `pipelines[].snapshot` |",
         "| `columns` | section | | see `pipelines[].columns` |",
         "| `values` | section | | see `pipelines[].values` |",
+        "| `transforms` | list | `[]` | ordered transforms (filter, mask, route, unwrap, outbox, a plugin's name); not available yet in this build: validated by name, refused by `cdc run` |",
+        "| `dead_letter` | section | | a sink section for undeliverable events; not available yet in this build: validated, refused by `cdc run` |",
         "",
     ]
     out += section("pipelines[].snapshot", SnapshotConfig, "snapshot.")
     out += section("pipelines[].columns", ColumnsConfig, "columns.")
     out += section("pipelines[].values", ValuesConfig, "values.")
+    out += [
+        "## Keys every sink takes",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+        "| `sink.format` | `cdc` \\| `debezium` | `cdc` | the record shape; `debezium` is not available yet in this build (validated, refused by `cdc run`) |",
+        "| `sink.debezium` | mapping | `{}` | with `format: debezium`: Debezium's own property names ("
+        + ", ".join(f"`{k}`" for k in DEBEZIUM_PROPERTIES)
+        + "); any other key is an error |",
+        "",
+    ]
     for kind in ("source", "sink"):
         for name, info in sorted(registry.available(kind).items()):
             if info.distribution not in (None, "cdc"):

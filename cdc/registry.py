@@ -15,7 +15,7 @@ from typing import Any
 
 from cdc.errors import FatalError
 
-GROUPS = {"source": "cdc.sources", "sink": "cdc.sinks"}
+GROUPS = {"source": "cdc.sources", "sink": "cdc.sinks", "transform": "cdc.transforms"}
 
 
 @dataclass(frozen=True)

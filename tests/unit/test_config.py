@@ -1200,6 +1200,8 @@ def test_iter_settings() -> None:
         "snapshot",
         "columns",
         "values",
+        "transforms",
+        "dead_letter",
     ]
     api = {name: (hint, default, meta) for name, hint, default, meta in iter_settings(ApiConfig)}
     assert api["listen"][0] is str and api["listen"][1] == "127.0.0.1:8080"
