@@ -314,6 +314,10 @@ class NatsHarness(SinkHarness):
             return list(self._frozen[1])
         return [orjson.loads(m.data) for m in self.messages() if "cdc-op" not in m.headers]
 
+    def streams(self) -> list[list[dict[str, Any]]]:
+        """The events of the JetStream stream, in stream order (one stream)."""
+        return [self.events()]
+
     def _settled(self, timeout: float = 30.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         deadline = time.monotonic() + timeout
         last: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
