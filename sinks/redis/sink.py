@@ -131,6 +131,7 @@ class RedisSink(Sink):
         self.since_flush_key = f"cdc:{name}:since_flush"
         self._client: Any = None
         self._streams: dict[SchemaVersion, str] = {}
+        self._checked: set[str] = set()  # stream keys known to be streams (or absent)
         self._schemas_sent: set[str] = set()
         self._count = 0  # events written for this pipeline, ever (field `count`)
         self._flushed = True  # no batch since the last flush: the next one empties since_flush
@@ -189,7 +190,7 @@ class RedisSink(Sink):
         if isinstance(exc, ex.NoPermissionError):
             return FatalError(
                 f"redis sink: {self._where} refused a command: {text}; grant the user XADD, "
-                "HSET, HGET, HGETALL, RPUSH, LRANGE, DEL, MULTI, EXEC and INFO on the keys "
+                "HSET, HGET, HMGET, HGETALL, RPUSH, LRANGE, DEL, EXISTS, TYPE, MULTI, EXEC and INFO on the keys "
                 f"cdc:{self.ctx.name}:* and the stream keys",
                 pipeline=self.ctx.name,
                 kind="sink_auth",
@@ -304,6 +305,7 @@ class RedisSink(Sink):
         )
         self._watchdog.start()
         self._streams.clear()
+        self._checked.clear()
         self._schemas_sent.clear()
         self._skip.clear()
         self._flushed = True
@@ -413,6 +415,9 @@ class RedisSink(Sink):
                     },
                 )
             )
+        unchecked = {stream for stream, _ in entries} - self._checked
+        if unchecked:
+            self._check_types(sorted(unchecked))
         ids = [e.id for e in events]
         start = self._count
         new_count = start + len(events)
@@ -438,6 +443,21 @@ class RedisSink(Sink):
         self._attempt(f"writing {len(events)} events", execute)
         self._count = new_count
         self._flushed = False
+
+    def _check_types(self, keys: list[str]) -> None:
+        """Refuse a stream key that holds another type before a batch touches it: inside
+        MULTI/EXEC such an XADD would fail alone while the rest of the batch is applied."""
+        types = self._attempt("checking the stream keys", lambda c: [c.type(k) for k in keys])
+        for key, kind in zip(keys, types, strict=True):
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind not in ("none", "stream"):
+                raise FatalError(
+                    f"redis sink: the key {key} holds a {kind}, not a stream; rename or delete "
+                    "it, or point sink.stream elsewhere",
+                    pipeline=self.ctx.name,
+                    kind="sink_rejected",
+                )
+            self._checked.add(key)
 
     def _skip_held(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
         """Leave out the re-delivered events Redis already holds (see the module doc)."""

@@ -226,3 +226,15 @@ def test_kill9_of_redis_and_of_the_service_adds_no_duplicates_and_loses_nothing(
     assert result.duplicates == 0, f"{result.duplicates} duplicate entries in the streams"
     assert result.changes > 100
 
+
+
+def test_a_stream_key_of_another_type_is_fatal_before_the_batch(redis_server: LocalRedis) -> None:
+    c = redis_server.client()
+    c.set("cdc:shop:public.orders", "not a stream")
+    sink = _sink(redis_server)
+    sink.open(None)
+    with pytest.raises(FatalError, match="holds a string"):
+        sink.write([event(1)])
+    sink.close()
+    assert c.hget("cdc:shop:offsets", "count") is None  # nothing of the batch was applied
+    c.close()
