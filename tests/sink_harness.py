@@ -90,4 +90,6 @@ HARNESSES: dict[str, Callable[[Path], SinkHarness]] = {
     "file": lambda tmp: FileHarness(tmp / "fs"),
     "kafka": lambda tmp: __import__("tests.kafka_harness", fromlist=["KafkaHarness"]).KafkaHarness(tmp),
     "webhook": lambda tmp: __import__("tests.webhook_harness", fromlist=["WebhookHarness"]).WebhookHarness(tmp),
+    "nats": lambda tmp: __import__("tests.nats_harness", fromlist=["NatsHarness"]).NatsHarness(tmp),
+    "redis": lambda tmp: __import__("tests.redis_harness", fromlist=["RedisHarness"]).RedisHarness(tmp),
 }

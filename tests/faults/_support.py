@@ -295,7 +295,18 @@ class ReceiverOut:
         return [self.receiver.events()]
 
 
-Out = FileOut | KafkaOut | ReceiverOut
+class StreamsOut:
+    """A harness with ``streams()`` (tests.redis_harness.RedisHarness: one stream per Redis
+    stream key; tests.nats_harness.NatsHarness: the JetStream stream), each in its order."""
+
+    def __init__(self, harness: Any) -> None:
+        self.harness = harness
+
+    def streams(self, complete_only: bool = True) -> list[list[dict[str, Any]]]:
+        return self.harness.streams() or [[]]
+
+
+Out = FileOut | KafkaOut | ReceiverOut | StreamsOut
 
 
 # -- the checks ------------------------------------------------------------------------------------

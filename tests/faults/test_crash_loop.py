@@ -1,7 +1,7 @@
 """`kill -9` of `cdc run`, again and again, while a writer keeps committing.
 
 For PostgreSQL 15 and MariaDB (binlog file positions), each with the file sink and with the
-Kafka sink: two pre-filled tables are snapshotted (``snapshot.mode: initial``, small chunks, so
+Kafka sink (and PostgreSQL 15 with the nats and redis sinks): two pre-filled tables are snapshotted (``snapshot.mode: initial``, small chunks, so
 the snapshot is in flight during the first kills) while a writer commits small transactions on
 both (inserts, updates, deletes) the whole time. The service is killed with SIGKILL
 :data:`KILLS` times, each time after a seeded random 0.3-1.5 s of running past its recovery,
@@ -11,7 +11,12 @@ sink folds into the tables; then, with the service stopped:
 - folding the sink's events (de-duplicated by id) in delivery order gives exactly both tables;
 - every change whose commit the server acknowledged is in the sink (lost == 0);
 - each stream (the file; each Kafka partition), de-duplicated, is strictly in commit order;
-- the file sink holds no duplicate at all (it cuts its files back to the checkpoint at start).
+- the file sink holds no duplicate at all (it cuts its files back to the checkpoint at start),
+  nor do the redis sink (it skips what Redis already holds) and the nats sink (JetStream drops
+  what is published again by Nats-Msg-Id).
+
+The nats and redis sinks (PostgreSQL only) run on a server of their own (tests/nats_harness.py,
+tests/redis_harness.py).
 
 Time to recover, per restart: from spawning the new process to the first checkpoint it saves
 (the sink acknowledged new events); the ledger gets the worst of the restarts, the note the
@@ -36,6 +41,7 @@ from tests.faults._support import (
     MyTables,
     Out,
     PgTables,
+    StreamsOut,
     Tables,
     alive,
     outcome,
@@ -58,10 +64,21 @@ def _crash_loop(db: Tables, sink: str, tmp_path: Path, port: int, ledger: Any, l
     rng = random.Random(f"crash-loop/{db.kind}/{sink}")
     db.create(prefill=PREFILL)
     out: Out
-    harness = None
+    harness: Any = None
     if sink == "file":
         sink_cfg: dict[str, Any] = {"type": "file", "path": str(tmp_path / "out")}
         out = FileOut(tmp_path / "out")
+    elif sink in ("nats", "redis"):
+        if sink == "nats":
+            from tests.nats_harness import NatsHarness
+
+            harness = NatsHarness(tmp_path)
+        else:
+            from tests.redis_harness import RedisHarness
+
+            harness = RedisHarness(tmp_path)
+        sink_cfg = harness.sink_config()
+        out = StreamsOut(harness)
     else:
         harness = KafkaHarness(tmp_path, shared_broker())
         sink_cfg = harness.sink_config()
@@ -129,11 +146,11 @@ def _crash_loop(db: Tables, sink: str, tmp_path: Path, port: int, ledger: Any, l
     assert result.lost == 0, f"{result.lost} acknowledged changes missing from the sink, e.g. {result.missing}"
     assert writer.errors == 0, "the database went away during the test"
     assert in_snapshot >= 1, "no kill happened while the initial snapshot was in flight"
-    if sink == "file":
-        assert result.duplicates == 0, f"{result.duplicates} duplicate events in the file sink after kill -9"
+    if sink in ("file", "nats", "redis"):
+        assert result.duplicates == 0, f"{result.duplicates} duplicate events in the {sink} sink after kill -9"
 
 
-@pytest.mark.parametrize("sink", ["file", "kafka"])
+@pytest.mark.parametrize("sink", ["file", "kafka", "nats", "redis"])
 def test_postgres_kill9_loop(sink: str, pg15db: str, tmp_path: Path, free_port: int, ledger: Any) -> None:  # noqa: F811
     _crash_loop(PgTables(pg15db), sink, tmp_path, free_port, ledger, f"PostgreSQL 15 kill -9 loop, {sink} sink")
 

@@ -1,0 +1,547 @@
+"""The Redis Streams sink: one stream entry per event, one MULTI/EXEC per batch.
+
+What goes where
+---------------
+* Each event is one ``XADD`` to the stream rendered from ``stream`` (``{pipeline}``,
+  ``{schema}`` = ``source.schema``, ``{table}`` = ``source.table``), with the fields ``id``
+  (the event id), ``op``, ``key`` (the compact JSON of the event's key, ``null`` for a keyless
+  table and for ``t``) and ``value`` (the event JSON). Entry ids are Redis's own (``*``), so
+  the entries of a stream are in delivery order. With ``maxlen`` each ``XADD`` trims its stream
+  approximately (``MAXLEN ~ N``).
+* Each schema version is ``HSET`` into the hash ``cdc:{pipeline}:schemas`` (field
+  ``name@version``, value the definition JSON) before the first event that uses it.
+
+Exactly once into Redis
+-----------------------
+Each :meth:`RedisSink.write` (one batch of the pipeline) is ONE ``MULTI``/``EXEC``: the
+``XADD`` of every event of the batch, plus, in the hash ``cdc:{pipeline}:offsets``, the fields
+``last_id`` (the batch's last event id) and ``count`` (how many events the sink has written
+for this pipeline, ever), plus the batch's event ids appended to the list
+``cdc:{pipeline}:since_flush`` (emptied by the first batch after each flush). Redis applies a
+transaction whole or not at all, so these always agree with the streams.
+
+:meth:`RedisSink.flush` returns ``count`` as the resume token that the pipeline saves with its
+checkpoint. After a crash the pipeline delivers again, in the same order and with the same ids,
+every event after its checkpoint; :meth:`RedisSink.open` compares the ``count`` in Redis with
+the token: the difference K is how many of them Redis already holds, and the last K ids of
+``since_flush`` are exactly those. The sink then skips re-delivered events while they match
+those ids one by one, in order (an event that does not match ends the skipping: it is written,
+never dropped), so a restart adds no duplicates and loses nothing.
+
+A command that fails (connection lost, timeout, a server that is loading or out of memory) is
+retried inside the sink, on a new connection, with a capped backoff, without limit and without
+skipping anything; meanwhile the pipeline shows ``retrying`` (``/healthz`` 503) through
+:meth:`~cdc.plugin.PluginContext.degraded`. Whether a transaction whose answer was lost was
+applied is read back from ``count`` before it is sent again, so a retry never duplicates
+(redis-py's own retries are turned off for that reason). A stop request ends the waiting with a
+:class:`~cdc.errors.RetriableError`. Refusals a person must fix (authentication, permissions,
+a key of another type) are :class:`~cdc.errors.FatalError`.
+
+Durability is Redis's: the guarantee needs persistence (AOF); the sink logs a warning at start
+when the server has none (``aof_enabled:0`` in ``INFO persistence``).
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+import orjson
+
+from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.log import add_secrets, redact
+from cdc.plugin import PluginContext, Sink
+from sinks.redis.config import RedisConfig, render_key
+
+if TYPE_CHECKING:
+    from cdc.events import ChangeEvent
+    from cdc.schema import SchemaVersion
+
+__all__ = ["RedisConfig", "RedisSink"]
+
+#: first retry wait in seconds (doubled per failed attempt, capped at MAX_BACKOFF_S)
+BACKOFF_BASE_S = 0.2
+MAX_BACKOFF_S = 5.0
+#: seconds a command may go unanswered before the pipeline is reported `retrying` (the command
+#: itself fails at ``timeout_s``)
+DEGRADED_AFTER_S = 3.0
+#: seconds a one-off command (reading what the sink holds, `cdc drop`) keeps retrying
+ONE_OFF_S = 15.0
+#: the JSON written in field ``key`` for an event without a key
+NULL_KEY = b"null"
+
+
+def _redis() -> Any:
+    try:
+        import redis
+        import redis.backoff
+        import redis.exceptions
+        import redis.retry
+    except ImportError as exc:
+        raise FatalError(
+            f"the redis sink needs the redis package (redis-py): pip install redis ({exc})",
+            kind="plugin_import",
+        ) from exc
+    return redis
+
+
+def display_url(url: str) -> str:
+    """``url`` fit for logs and errors: no user information, no query string."""
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        netloc = host + (f":{parts.port}" if parts.port else "")
+        return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+    except ValueError:
+        return "(invalid url)"
+
+
+class _Failed(Exception):
+    """One attempt failed in a way worth retrying; ``text`` says why."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+class RedisSink(Sink):
+    """Writes events to Redis streams (see the module doc)."""
+
+    Config = RedisConfig
+
+    def __init__(self, config: RedisConfig, ctx: PluginContext) -> None:
+        super().__init__(config, ctx)
+        self.config: RedisConfig = config
+        self._where = display_url(config.url)
+        self._log = ctx.log.bind(sink="redis", url=self._where)
+        try:
+            parts = urlsplit(config.url)
+            if parts.password:
+                add_secrets([parts.password, unquote(parts.password)])
+        except ValueError:
+            pass
+        name = ctx.name
+        self.offsets_key = f"cdc:{name}:offsets"
+        self.schemas_key = f"cdc:{name}:schemas"
+        self.since_flush_key = f"cdc:{name}:since_flush"
+        self._client: Any = None
+        self._streams: dict[SchemaVersion, str] = {}
+        self._checked: set[str] = set()  # stream keys known to be streams (or absent)
+        self._schemas_sent: set[str] = set()
+        self._count = 0  # events written for this pipeline, ever (field `count`)
+        self._flushed = True  # no batch since the last flush: the next one empties since_flush
+        self._skip: deque[str] = deque()  # ids Redis already holds, still to be re-delivered
+        self._degraded = False
+        self._held: dict[str, dict[str, Any]] | None = None
+        #: time.monotonic() when the command in progress started (None: none in progress)
+        self._busy_since: float | None = None
+        self._busy_what = ""
+        self._watchdog: threading.Thread | None = None
+        self._closing = threading.Event()
+
+    # ------------------------------------------------------------------ connection
+
+    def _connect(self) -> Any:
+        rd = _redis()
+        kwargs: dict[str, Any] = {
+            "socket_timeout": self.config.timeout_s,
+            "socket_connect_timeout": self.config.timeout_s,
+            # no retries inside redis-py: a transaction sent again after a lost answer could
+            # be applied twice; the sink retries itself, after checking what was applied
+            "retry": rd.retry.Retry(rd.backoff.NoBackoff(), 0),
+            "client_name": f"cdc-{self.ctx.name}",
+        }
+        if self.config.tls_ca_file:
+            kwargs["ssl_ca_certs"] = self.config.tls_ca_file
+        try:
+            return rd.Redis.from_url(self.config.url, **kwargs)
+        except (ValueError, TypeError) as exc:
+            raise FatalError(
+                f"redis sink: cannot use url {self._where}: {redact(str(exc))}",
+                pipeline=self.ctx.name,
+                kind="sink_config",
+            ) from exc
+
+    def _drop_client(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            try:
+                client.close()
+            except Exception:  # noqa: BLE001 - a dead connection
+                pass
+
+    def _classify(self, exc: BaseException) -> CDCError | _Failed:
+        """A Redis error as a FatalError (a person must act) or a _Failed (retry)."""
+        rd = _redis()
+        ex = rd.exceptions
+        text = redact(str(exc)) or type(exc).__name__
+        if isinstance(exc, ex.AuthenticationError | ex.AuthorizationError):
+            return FatalError(
+                f"redis sink: {self._where} refused the login: {text}; check the user and "
+                "password in sink.url",
+                pipeline=self.ctx.name,
+                kind="sink_auth",
+            )
+        if isinstance(exc, ex.NoPermissionError):
+            return FatalError(
+                f"redis sink: {self._where} refused a command: {text}; grant the user XADD, "
+                "HSET, HGET, HMGET, HGETALL, RPUSH, LRANGE, DEL, EXISTS, TYPE, MULTI, EXEC and INFO on the keys "
+                f"cdc:{self.ctx.name}:* and the stream keys",
+                pipeline=self.ctx.name,
+                kind="sink_auth",
+            )
+        if isinstance(exc, ex.ResponseError) and (
+            "WRONGTYPE" in str(exc) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc)
+        ):
+            return FatalError(
+                f"redis sink: {self._where} refused a command: {text}",
+                pipeline=self.ctx.name,
+                kind="sink_auth" if "AUTH" in str(exc) or "PASS" in str(exc) else "sink_rejected",
+            )
+        if isinstance(exc, ex.ExecAbortError):
+            inner = str(exc)
+            if "WRONGTYPE" in inner or "NOPERM" in inner:
+                return FatalError(
+                    f"redis sink: {self._where} refused the batch: {text}",
+                    pipeline=self.ctx.name,
+                    kind="sink_rejected",
+                )
+        if isinstance(exc, ex.RedisError | OSError):
+            return _Failed(f"{type(exc).__name__}: {text}")
+        raise exc
+
+    def _attempt(self, what: str, fn: Any, give_up_s: float | None = None) -> Any:
+        """Run ``fn(client)`` until it succeeds: failures are retried on a new connection
+        after a capped backoff (the pipeline shows `retrying` meanwhile); a stop request (or
+        ``give_up_s`` seconds, for one-off commands like `cdc drop`) ends the waiting with
+        RetriableError; refusals are FatalError."""
+        attempt = 0
+        started = time.monotonic()
+        while True:
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                self._busy_what = what
+                self._busy_since = time.monotonic()
+                try:
+                    result = fn(self._client)
+                finally:
+                    self._busy_since = None
+            except Exception as exc:  # noqa: BLE001 - classified below
+                verdict = self._classify(exc)
+                if isinstance(verdict, CDCError):
+                    self._drop_client()
+                    raise verdict from exc
+                self._drop_client()
+                attempt += 1
+                if give_up_s is not None and time.monotonic() - started > give_up_s:
+                    raise RetriableError(
+                        f"redis sink: {what} failed at {self._where}: {verdict.text}",
+                        pipeline=self.ctx.name,
+                        kind="sink_unavailable",
+                    ) from exc
+                delay = random.uniform(
+                    BACKOFF_BASE_S / 2, min(MAX_BACKOFF_S, BACKOFF_BASE_S * 2 ** min(attempt, 10))
+                )
+                error = RetriableError(
+                    f"redis sink: {what} failed at {self._where}: {verdict.text}; retrying "
+                    f"in {delay:.1f}s (attempt {attempt + 1}), nothing is skipped",
+                    pipeline=self.ctx.name,
+                    kind="sink_unavailable",
+                )
+                if not self._degraded:
+                    self._degraded = True
+                    self._log.warning("redis sink cannot write, retrying", reason=verdict.text)
+                self.ctx.degraded(error)
+                if self.ctx.stop.wait(delay):
+                    raise RetriableError(
+                        f"redis sink: stopping while {self._where} is unavailable "
+                        f"({verdict.text}); what is not written is delivered again after a "
+                        "restart",
+                        pipeline=self.ctx.name,
+                        kind="sink_unavailable",
+                    ) from exc
+                continue
+            if self._degraded:
+                self._degraded = False
+                self._log.info("redis sink writes again", attempts=attempt + 1)
+                self.ctx.degraded(None)
+            return result
+
+    def _watch(self) -> None:
+        """Reports a command left unanswered for DEGRADED_AFTER_S (a hung server), long
+        before the command itself times out."""
+        while not self._closing.wait(0.25):
+            since = self._busy_since
+            if since is None or self._degraded:
+                continue
+            waited = time.monotonic() - since
+            if waited >= DEGRADED_AFTER_S:
+                self._degraded = True
+                self._log.warning(
+                    "redis sink: the server does not answer", waited_s=round(waited, 1)
+                )
+                self.ctx.degraded(
+                    RetriableError(
+                        f"redis sink: {self._busy_what}: no answer from {self._where} for "
+                        f"{waited:.0f}s; waiting, nothing is skipped",
+                        pipeline=self.ctx.name,
+                        kind="sink_unavailable",
+                    )
+                )
+
+    # ------------------------------------------------------------------ open / close
+
+    def open(self, resume: str | None) -> None:
+        self.close()
+        self._closing.clear()
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"redis-watch-{self.ctx.name}", daemon=True
+        )
+        self._watchdog.start()
+        self._streams.clear()
+        self._checked.clear()
+        self._schemas_sent.clear()
+        self._skip.clear()
+        self._flushed = True
+
+        def prepare(client: Any) -> tuple[int, str | None, list[bytes], dict[str, Any]]:
+            info = client.info("persistence")
+            count_raw, last_id = client.hmget(self.offsets_key, ["count", "last_id"])
+            count = int(count_raw or 0)
+            recent: list[bytes] = []
+            if resume is not None and count > int(resume):
+                recent = client.lrange(self.since_flush_key, -(count - int(resume)), -1)
+            return count, (last_id.decode() if last_id else None), recent, info
+
+        try:
+            int(resume) if resume is not None else 0
+        except ValueError:
+            self._log.warning("redis sink ignores a resume token it did not write", token=resume)
+            resume = None
+        count, last_id, recent, info = self._attempt("reading the offsets", prepare)
+        self._count = count
+        written_after = 0 if resume is None else count - int(resume)
+        if written_after > 0:
+            self._skip.extend(r.decode() for r in recent)
+            if len(self._skip) != written_after:
+                self._log.warning(
+                    "redis sink: the list of ids written after the checkpoint is shorter than "
+                    "expected; only those are skipped",
+                    expected=written_after,
+                    found=len(self._skip),
+                )
+            self._log.info(
+                "redis sink resumes after a crash: skips the events it already holds",
+                events=len(self._skip),
+                last_id=last_id,
+            )
+        elif written_after < 0:
+            self._log.error(
+                "redis sink: Redis holds fewer events than the checkpoint covers: it lost "
+                "acknowledged writes (no persistence, a restore, or a flush). Those events are "
+                "not in Redis; enable AOF (appendonly yes)",
+                offsets_count=count,
+                checkpoint_count=resume,
+            )
+        if not int(info.get("aof_enabled", 0) or 0):
+            self._log.warning(
+                "redis sink: the server does not persist with AOF (appendonly no): a Redis "
+                "restart can lose events the checkpoint already covers. Set `appendonly yes` "
+                "(CONFIG SET appendonly yes, and in redis.conf) for the delivery guarantee",
+                url=self._where,
+            )
+        self._log.info(
+            "redis sink open",
+            offsets=self.offsets_key,
+            schemas=self.schemas_key,
+            count=count,
+            maxlen=self.config.maxlen,
+        )
+
+    def close(self) -> None:
+        self._closing.set()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.join(2)
+        self._drop_client()
+        self._degraded = False
+
+    # ------------------------------------------------------------------ writing
+
+    def _stream(self, e: ChangeEvent) -> str:
+        key = self._streams.get(e.schema)
+        if key is None:
+            src = e.source
+            key = render_key(
+                self.config.stream,
+                pipeline=self.ctx.name,
+                schema=src.get("schema", ""),
+                table=src.get("table", ""),
+            )
+            self._streams[e.schema] = key
+        return key
+
+    def write_schema(self, schema: SchemaVersion) -> None:
+        field = schema.qualified
+        if field in self._schemas_sent:
+            return
+        value = orjson.dumps(schema.definition)
+        self._attempt(f"writing schema {field}", lambda c: c.hset(self.schemas_key, field, value))
+        self._schemas_sent.add(field)
+
+    def write(self, events: Sequence[ChangeEvent]) -> None:
+        if self._skip:
+            events = self._skip_held(events)
+        if not events:
+            return
+        maxlen = self.config.maxlen
+        entries = []
+        for e in events:
+            key = e.key_json
+            entries.append(
+                (
+                    self._stream(e),
+                    {
+                        "id": e.id,
+                        "op": e.op,
+                        "key": NULL_KEY if key is None else key,
+                        "value": e.json,
+                    },
+                )
+            )
+        unchecked = {stream for stream, _ in entries} - self._checked
+        if unchecked:
+            self._check_types(sorted(unchecked))
+        ids = [e.id for e in events]
+        start = self._count
+        new_count = start + len(events)
+        reset = self._flushed
+
+        def execute(client: Any) -> None:
+            # a transaction whose answer was lost may have been applied: `count` tells
+            current = client.hget(self.offsets_key, "count")
+            if int(current or 0) == new_count:
+                return
+            pipe = client.pipeline(transaction=True)
+            for stream, fields in entries:
+                if maxlen is None:
+                    pipe.xadd(stream, fields)
+                else:
+                    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
+            pipe.hset(self.offsets_key, mapping={"last_id": ids[-1], "count": new_count})
+            if reset:
+                pipe.delete(self.since_flush_key)
+            pipe.rpush(self.since_flush_key, *ids)
+            pipe.execute()
+
+        self._attempt(f"writing {len(events)} events", execute)
+        self._count = new_count
+        self._flushed = False
+
+    def _check_types(self, keys: list[str]) -> None:
+        """Refuse a stream key that holds another type before a batch touches it: inside
+        MULTI/EXEC such an XADD would fail alone while the rest of the batch is applied."""
+        types = self._attempt("checking the stream keys", lambda c: [c.type(k) for k in keys])
+        for key, kind in zip(keys, types, strict=True):
+            kind = kind.decode() if isinstance(kind, bytes) else str(kind)
+            if kind not in ("none", "stream"):
+                raise FatalError(
+                    f"redis sink: the key {key} holds a {kind}, not a stream; rename or delete "
+                    "it, or point sink.stream elsewhere",
+                    pipeline=self.ctx.name,
+                    kind="sink_rejected",
+                )
+            self._checked.add(key)
+
+    def _skip_held(self, events: Sequence[ChangeEvent]) -> Sequence[ChangeEvent]:
+        """Leave out the re-delivered events Redis already holds (see the module doc)."""
+        skip = self._skip
+        i = 0
+        while i < len(events) and skip and events[i].id == skip[0]:
+            skip.popleft()
+            i += 1
+        if skip and i < len(events):
+            self._log.warning(
+                "redis sink: a re-delivered event differs from what Redis holds after the "
+                "checkpoint; writing from here on (duplicates are possible, nothing is lost)",
+                expected=skip[0],
+                got=events[i].id,
+            )
+            skip.clear()
+        if i and not skip:
+            self._log.info("redis sink skipped the events it already held", last=events[i - 1].id)
+        return events[i:]
+
+    def flush(self) -> str | None:
+        """Every batch is already applied by Redis (each write is one EXEC); the token is the
+        number of events written so far."""
+        self._flushed = True
+        return str(self._count)
+
+    # ------------------------------------------------------------------ no state, drop
+
+    def _read_held(self) -> dict[str, dict[str, Any]]:
+        if self._held is not None:
+            return self._held
+
+        def read(client: Any) -> tuple[dict[bytes, bytes], bool]:
+            return client.hgetall(self.schemas_key), bool(client.exists(self.offsets_key))
+
+        raw, has_offsets = self._attempt("reading the schemas", read, ONE_OFF_S)
+        held: dict[str, dict[str, Any]] = {}
+        for k, v in raw.items():
+            try:
+                definition = orjson.loads(v)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(definition, dict) and "name" in definition and "version" in definition:
+                held[k.decode("utf-8", "replace")] = definition
+        if has_offsets and not held:
+            held["?"] = {}
+        self._held = held
+        return held
+
+    def holds_events(self) -> bool:
+        return bool(self._read_held())
+
+    def held_schemas(self) -> list[dict[str, Any]]:
+        return [d for d in self._read_held().values() if d]
+
+    def _kept_line(self, verb: str) -> str:
+        return (
+            f"{verb} the event streams ({self.config.stream} for {self.ctx.name}) and their "
+            "entries: delete them with redis-cli (DEL) if they should go"
+        )
+
+    def _moved_keys(self) -> list[str]:
+        return [self.offsets_key, self.schemas_key, self.since_flush_key]
+
+    def describe_drop(self) -> list[str]:
+        return [
+            f"rename the keys {', '.join(self._moved_keys())} to <key>:dropped-<time> (kept, "
+            "not deleted), so that a fresh start is allowed",
+            self._kept_line("keep"),
+        ]
+
+    def drop(self) -> list[str]:
+        suffix = time.strftime("dropped-%Y%m%dT%H%M%SZ", time.gmtime())
+
+        def move(client: Any) -> list[str]:
+            moved = []
+            for key in self._moved_keys():
+                if client.exists(key):
+                    client.rename(key, f"{key}:{suffix}")
+                    moved.append(f"{key} -> {key}:{suffix}")
+            return moved
+
+        moved = self._attempt("moving the offsets and schemas aside", move, ONE_OFF_S)
+        self.close()
+        self._held = None
+        lines = [f"renamed {m}" for m in moved] or [f"no keys of {self.ctx.name} to move"]
+        return [*lines, self._kept_line("kept")]
