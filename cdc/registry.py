@@ -15,7 +15,12 @@ from typing import Any
 
 from cdc.errors import FatalError
 
-GROUPS = {"source": "cdc.sources", "sink": "cdc.sinks", "transform": "cdc.transforms"}
+GROUPS = {
+    "source": "cdc.sources",
+    "sink": "cdc.sinks",
+    "transform": "cdc.transforms",
+    "command": "cdc.commands",
+}
 
 
 @dataclass(frozen=True)
@@ -71,7 +76,7 @@ def load(kind: str, name: str) -> Any:
             f"the {kind} plugin {name!r} points at {info.target}, which does not exist: {exc}",
             kind="plugin_invalid",
         ) from exc
-    if not hasattr(cls, "Config"):
+    if kind in ("source", "sink") and not hasattr(cls, "Config"):
         raise FatalError(
             f"the {kind} plugin {name!r} ({info.target}) has no Config dataclass",
             kind="plugin_invalid",
