@@ -17,15 +17,95 @@ can show them without parsing messages.
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
+
+
+class Kind(StrEnum):
+    """The machine-readable class of an error, as ``/healthz``, ``/pipelines`` and the log show
+    it (the values are that text). Each kind belongs to one side of the pipeline, which decides
+    how the pipeline reports it (a sink kind makes it "degraded": heartbeat checkpoints wait
+    until events are durable again). Plugins may use their own strings: those count as the
+    side their prefix names (``sink_...``, ``source_...``, ``state_...``), else the source's."""
+
+    ERROR = "error"
+    RETRYING = "retrying"
+    FATAL = "fatal"
+    CONFIG = "config"
+    INTERNAL = "internal"
+    PROTOCOL = "protocol"
+    NOT_AVAILABLE_YET = "not_available_yet"
+    LEASE_LOST = "lease_lost"
+    PLUGIN_MISSING = "plugin_missing"
+    PLUGIN_IMPORT = "plugin_import"
+    PLUGIN_INVALID = "plugin_invalid"
+    # the source
+    SOURCE_CONFIG = "source_config"
+    SOURCE_UNREACHABLE = "source_unreachable"
+    SOURCE_ERROR = "source_error"
+    SOURCE_AUTH = "source_auth"
+    SOURCE_PERMISSION = "source_permission"
+    SOURCE_GRANTS = "source_grants"
+    SOURCE_SCHEMA = "source_schema"
+    SOURCE_BUSY = "source_busy"
+    SLOT_LOST = "slot_lost"
+    SLOT_MISSING = "slot_missing"
+    SLOT_IN_USE = "slot_in_use"
+    STATE_BEHIND_SLOT = "state_behind_slot"
+    BINLOG_PURGED = "binlog_purged"
+    SERVER_ID_COLLISION = "server_id_collision"
+    SNAPSHOT_REFUSED = "snapshot_refused"
+    # the sink
+    SINK_UNAVAILABLE = "sink_unavailable"
+    SINK_CONFIG = "sink_config"
+    SINK_AUTH = "sink_auth"
+    SINK_REJECTED = "sink_rejected"
+    SINK_DELIVERY = "sink_delivery"
+    SINK_IO = "sink_io"
+    SINK_EVENT_TOO_LARGE = "sink_event_too_large"
+    EVENT_TOO_LARGE = "event_too_large"  # the Kafka sink's name for it, kept as shown
+    # the state store
+    STATE_LOST = "state_lost"
+    STATE_ERROR = "state_error"
+    STATE_CORRUPT = "state_corrupt"
+    STATE_MISSING = "state_missing"
+    STATE_UNREACHABLE = "state_unreachable"
+    STATE_VERSION = "state_version"
+    STATE_INVALID = "state_invalid"
+
+    @property
+    def side(self) -> str:
+        """``source``, ``sink``, ``state`` or ``service`` (see :func:`side_of`)."""
+        return side_of(self.value)
+
+
+_SINK_KINDS = frozenset({Kind.EVENT_TOO_LARGE.value})
+_SERVICE_KINDS = frozenset(
+    k.value
+    for k in (Kind.ERROR, Kind.RETRYING, Kind.FATAL, Kind.CONFIG, Kind.INTERNAL,
+              Kind.NOT_AVAILABLE_YET, Kind.LEASE_LOST, Kind.PLUGIN_MISSING, Kind.PLUGIN_IMPORT,
+              Kind.PLUGIN_INVALID)
+)
+
+
+def side_of(kind: str) -> str:
+    """Which side of the pipeline an error kind belongs to: ``sink``, ``state``, ``service``
+    (the service itself, config, plugins) or ``source``."""
+    if kind.startswith("sink_") or kind in _SINK_KINDS:
+        return "sink"
+    if kind.startswith("state_") and kind != Kind.STATE_BEHIND_SLOT:
+        return "state"
+    if kind in _SERVICE_KINDS:
+        return "service"
+    return "source"
 
 
 class CDCError(Exception):
     """Root of every error raised by cdc on purpose."""
 
     retriable: bool = False
-    #: short machine-readable class shown by /healthz (e.g. "source_unreachable")
-    kind: str = "error"
+    #: short machine-readable class shown by /healthz (a :class:`Kind`, or a plugin's string)
+    kind: str = Kind.ERROR
 
     def __init__(
         self,
@@ -42,7 +122,10 @@ class CDCError(Exception):
         self.table = table
         self.position = position
         if kind is not None:
-            self.kind = kind
+            try:
+                self.kind = Kind(kind)
+            except ValueError:  # a plugin's own kind
+                self.kind = kind
 
     def __str__(self) -> str:
         return self.message
@@ -52,19 +135,19 @@ class RetriableError(CDCError):
     """A passing fault: retry with backoff, resume from the checkpoint."""
 
     retriable = True
-    kind = "retrying"
+    kind = Kind.RETRYING
 
 
 class FatalError(CDCError):
     """The pipeline cannot continue; a person must act. Stops only its own pipeline."""
 
-    kind = "fatal"
+    kind = Kind.FATAL
 
 
 class NotAvailableYet(FatalError):
     """A feature the contract describes but this build does not have yet."""
 
-    kind = "not_available_yet"
+    kind = Kind.NOT_AVAILABLE_YET
 
 
 class ConfigProblem:
@@ -88,7 +171,7 @@ class ConfigProblem:
 class ConfigError(CDCError):
     """The pipeline file is invalid. ``problems`` lists every problem found."""
 
-    kind = "config"
+    kind = Kind.CONFIG
 
     def __init__(self, file: str, problems: list[ConfigProblem]) -> None:
         self.file = file
@@ -96,9 +179,17 @@ class ConfigError(CDCError):
         super().__init__("\n".join(p.render(file) for p in problems))
 
 
+class ProtocolError(FatalError):
+    """A source sent bytes that do not decode: a bug or a protocol this build does not know.
+    Fatal (retrying from the checkpoint would read the same bytes again), with the position and
+    table where it happened."""
+
+    kind = Kind.PROTOCOL
+
+
 class LeaseLost(RetriableError):
     """This instance no longer holds the pipeline's lease (several instances, ``state.dsn``):
     another instance took it over, or it could not be renewed before it expired. Nothing was
     written; the pipeline stops being active and goes back to ``standby``."""
 
-    kind = "lease_lost"
+    kind = Kind.LEASE_LOST

@@ -28,11 +28,20 @@ import time
 import traceback
 from collections import Counter, deque
 from collections.abc import Callable
+from enum import StrEnum
 from typing import Any
 
 from cdc import registry
 from cdc.config import PipelineConfig, ServiceConfig
-from cdc.errors import CDCError, FatalError, LeaseLost, NotAvailableYet, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    Kind,
+    LeaseLost,
+    NotAvailableYet,
+    RetriableError,
+    side_of,
+)
 from cdc.events import ChangeEvent
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
@@ -119,6 +128,57 @@ class _ReaderFailed:
         self.error = error
 
 
+class _Housekeeping:
+    """Every ``POLL_INTERVAL_S`` while streaming: the source's own housekeeping and status, the
+    event rate, and a look at the snapshot records (requests made through another instance)."""
+
+    def __init__(self, pipeline: Pipeline, source: Source, driver: SnapshotDriver) -> None:
+        self.pipeline, self.source, self.driver = pipeline, source, driver
+        self.last = 0.0
+        self.rate_t, self.rate_n = time.monotonic(), pipeline.status.events_total
+
+    def maybe_run(self) -> None:
+        now = time.monotonic()
+        if now - self.last < POLL_INTERVAL_S:
+            return
+        self.last = now
+        status = self.pipeline.status
+        self.source.poll()
+        status.source_info = self.source.status()
+        dt = now - self.rate_t
+        if dt > 0:
+            status.events_per_s = (status.events_total - self.rate_n) / dt
+        self.rate_t, self.rate_n = now, status.events_total
+        self.driver.notify()
+
+
+class State(StrEnum):
+    """A pipeline's state, as /pipelines, /healthz, /metrics and ``cdc status`` show it.
+
+    The transitions (all made by :meth:`Pipeline._enter`):
+
+    * ``starting`` → ``running`` once the source and sink are open (or ``standby`` while another
+      instance holds the lease; ``running`` again when it is granted);
+    * any → ``retrying`` on a :class:`RetriableError` (or a sink reporting itself degraded);
+      back to ``running`` at the next successful commit (after a sink failure only a commit of
+      events counts: a reopened sink proves little), or when a degraded sink recovers;
+    * any → ``failed`` on a :class:`FatalError` (final); ``finished`` when an ``initial_only``
+      pipeline has read everything (final); ``stopped`` after a stop request.
+    """
+
+    STARTING = "starting"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    FAILED = "failed"
+    STANDBY = "standby"
+    FINISHED = "finished"
+    STOPPED = "stopped"
+
+
+#: states a pipeline never leaves
+FINAL = (State.FAILED, State.FINISHED)
+
+
 class PipelineStatus:
     """What ``/pipelines``, ``/metrics`` and ``cdc status`` show. Written by the pipeline's
     threads, read by the API threads (plain attribute reads and writes)."""
@@ -127,7 +187,7 @@ class PipelineStatus:
         self.name = name
         self.source_type = source_type
         self.sink_type = sink_type
-        self.state = "starting"
+        self.state: State = State.STARTING
         self.last_error: dict[str, Any] | None = None
         self.source_position: str | None = None
         self.checkpoint: str | None = None
@@ -173,6 +233,60 @@ class PipelineStatus:
         }
 
 
+class Checkpointer:
+    """What the dispatcher delivered and the one commit sequence that makes it durable.
+
+    It owns the three facts the delivery guarantee rests on: ``reached`` (the newest
+    transaction boundary delivered to the sink), ``pending`` (that boundary, while no checkpoint
+    covers it) and ``unflushed`` (events handed to the sink since the last commit). The
+    dispatcher only feeds it batches (:meth:`delivered`) and asks it to commit; the commit is
+    always ``sink.flush()`` (durable) → save the checkpoint with the sink's resume token and the
+    snapshots' progress → ``source.ack(position)``, and nothing else writes a checkpoint while
+    streaming.
+    """
+
+    __slots__ = ("pipeline", "source", "sink", "reached", "pending", "unflushed", "at_boundary")
+
+    def __init__(self, pipeline: Pipeline, source: Source, sink: Sink, start: Any) -> None:
+        self.pipeline = pipeline
+        self.source = source
+        self.sink = sink
+        self.reached: Any = start
+        self.pending: Any = None
+        self.unflushed = 0
+        #: False while the last batch ended inside a transaction
+        self.at_boundary = True
+
+    def delivered(self, batch: Any) -> None:
+        """``batch`` was handed to the sink (its events, if any, already written)."""
+        self.unflushed += len(batch.events)
+        if batch.position is not None:
+            self.pending = self.reached = batch.position
+        self.at_boundary = batch.position is not None
+
+    @property
+    def dirty(self) -> bool:
+        """Something was delivered that no checkpoint covers yet."""
+        return self.pending is not None or self.unflushed > 0
+
+    def commit(self, position: Any = None, snapshots: list[dict[str, Any]] | None = None) -> None:
+        """Make everything delivered durable and checkpoint ``position`` (default: the pending
+        boundary; None: flush only, e.g. a stop in the middle of a transaction)."""
+        if position is None:
+            position = self.pending
+        self.pipeline._commit(self.source, self.sink, position, snapshots)
+        self.pending = None
+        self.unflushed = 0
+
+    def heartbeat_due(self, heartbeat_s: float) -> bool:
+        """Only positions (no events) since the last checkpoint: save one at most every
+        ``heartbeat_s``, and not while a failed sink has not yet taken events again."""
+        status = self.pipeline.status
+        if self.pipeline._sink_degraded():
+            return False
+        return status.checkpoint_at is None or time.time() - status.checkpoint_at >= heartbeat_s
+
+
 class Pipeline:
     """Runs one pipeline of the file until stopped or failed."""
 
@@ -209,7 +323,7 @@ class Pipeline:
         #: with several instances: the pipeline runs only while this instance holds the lease
         self.lease = lease
         if lease is not None:
-            self.status.state = "standby"
+            self.status.state = State.STANDBY
 
     # -- control ----------------------------------------------------------------------------
 
@@ -231,7 +345,7 @@ class Pipeline:
 
     @property
     def done(self) -> bool:
-        return self.status.state in ("failed", "finished") or (
+        return self.status.state in FINAL or (
             self._thread is not None and not self._thread.is_alive()
         )
 
@@ -242,36 +356,35 @@ class Pipeline:
         unexpected = 0
         while not self._stop.is_set():
             if self.lease is not None and not self.lease.held():
-                if self.status.state != "standby":
-                    self.status.state = "standby"
-                    self.log.info("pipeline_standby", reason="this instance does not hold the lease")
+                if self.status.state != State.STANDBY:
+                    self._enter(State.STANDBY, reason="this instance does not hold the lease")
                 self.lease.wait(0.5)
                 continue
             progress_before = self.status.checkpoint_at
             try:
-                if self._run_once() == "finished":
-                    self.status.state = "finished"
-                    self.log.info("pipeline_finished")
+                if self._run_once() == State.FINISHED:
+                    self._enter(State.FINISHED)
                     return
                 if self._stop.is_set():
                     break
             except FatalError as exc:
-                self._fail(exc)
+                self._enter(State.FAILED, exc)
                 return
             except LeaseLost as exc:
-                self.status.state = "standby"
-                self.log.warning("pipeline_standby", reason="lease lost", error=redact(str(exc)))
+                self._enter(State.STANDBY, exc, reason="lease lost")
                 backoff = 1.0
                 continue
             except RetriableError as exc:
-                self._retrying(exc)
+                self._enter(State.RETRYING, exc)
             except Exception as exc:  # a bug or an unwrapped library error
                 unexpected += 1
                 self.log.error("unexpected_error", error=redact(repr(exc)), traceback=redact(traceback.format_exc()))
                 if unexpected >= MAX_UNEXPECTED:
-                    self._fail(FatalError(f"internal error, gave up after {unexpected} attempts: {exc!r}", kind="internal"))
+                    self._enter(State.FAILED, FatalError(
+                        f"internal error, gave up after {unexpected} attempts: {exc!r}", kind=Kind.INTERNAL
+                    ))
                     return
-                self._retrying(RetriableError(f"unexpected error: {exc!r}", kind="internal"))
+                self._enter(State.RETRYING, RetriableError(f"unexpected error: {exc!r}", kind=Kind.INTERNAL))
             else:
                 backoff = 1.0
             if self.status.checkpoint_at != progress_before:
@@ -285,36 +398,47 @@ class Pipeline:
             while not self._stop.wait(min(0.25, max(0.0, until - time.monotonic()))):
                 if time.monotonic() >= until or (self.lease is not None and not self.lease.held()):
                     break
-        if self.status.state not in ("failed", "finished"):
-            self.status.state = "stopped"
+        if self.status.state not in FINAL:
+            self._enter(State.STOPPED)
 
-    def _fail(self, exc: CDCError) -> None:
-        self.status.state = "failed"
-        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
-        self.log.error("pipeline_failed", error_kind=exc.kind, error=redact(str(exc)))
-
-    def _retrying(self, exc: CDCError) -> None:
-        self.status.state = "retrying"
-        self.status.retries += 1
-        if exc.kind.startswith("sink"):
-            self.status.sink_errors += 1
-        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
-        self.log.warning("pipeline_retrying", error_kind=exc.kind, error=redact(str(exc)))
+    def _enter(self, state: State, error: CDCError | None = None, *, reason: str | None = None) -> None:
+        """The one place a pipeline changes state (see :class:`State` for the transitions):
+        sets the state and the last error, counts retries, and logs the change."""
+        status, previous = self.status, self.status.state
+        status.state = state
+        if state is State.RETRYING:
+            assert error is not None
+            if previous is not State.RETRYING or reason != "degraded":
+                status.retries += 1
+                if side_of(error.kind) == "sink":
+                    status.sink_errors += 1
+                event = "pipeline_degraded" if reason == "degraded" else "pipeline_retrying"
+                self.log.warning(event, error_kind=error.kind, error=redact(str(error)))
+            status.last_error = {"kind": error.kind, "message": redact(str(error)), "at": time.time()}
+        elif state is State.FAILED:
+            assert error is not None
+            status.last_error = {"kind": error.kind, "message": redact(str(error)), "at": time.time()}
+            self.log.error("pipeline_failed", error_kind=error.kind, error=redact(str(error)))
+        elif state is State.RUNNING:
+            status.last_error = None
+            if previous is State.RETRYING and reason == "recovered":
+                self.log.info("pipeline_recovered")
+        elif state is State.STANDBY:
+            if error is not None:
+                self.log.warning("pipeline_standby", reason=reason, error=redact(str(error)))
+            else:
+                self.log.info("pipeline_standby", reason=reason)
+        elif state is State.FINISHED:
+            self.log.info("pipeline_finished")
 
     def _degraded(self, exc: CDCError | None) -> None:
+        """A sink (or source) reports, from inside a call, that it cannot deliver now (``exc``)
+        or that it can again (None)."""
         if exc is None:
-            if self.status.state == "retrying":
-                self.status.state = "running"
-                self.status.last_error = None
-                self.log.info("pipeline_recovered")
+            if self.status.state is State.RETRYING:
+                self._enter(State.RUNNING, reason="recovered")
             return
-        if self.status.state != "retrying":
-            self.status.retries += 1
-            if exc.kind.startswith("sink"):
-                self.status.sink_errors += 1
-            self.log.warning("pipeline_degraded", error_kind=exc.kind, error=redact(str(exc)))
-        self.status.state = "retrying"
-        self.status.last_error = {"kind": exc.kind, "message": redact(str(exc)), "at": time.time()}
+        self._enter(State.RETRYING, exc, reason="degraded")
 
     def _plugin(self, kind: str) -> tuple[type, Any]:
         cls = registry.load(kind, self.config.source_type if kind == "source" else self.config.sink_type)
@@ -376,8 +500,7 @@ class Pipeline:
             if self.config.snapshot.mode == "initial":
                 driver.ensure_initial()
             if not self._sink_degraded():
-                self.status.state = "running"
-                self.status.last_error = None
+                self._enter(State.RUNNING)
             # after a sink failure the pipeline shows `retrying` until a commit of events
             # succeeds: reopening a sink proves little (a full disk fails only at the next flush)
             self._stream(source, sink, driver)
@@ -408,8 +531,7 @@ class Pipeline:
         resume = max(tokens, key=lambda r: r["sink_at"]).get("sink") if tokens else None
         sink.open(resume)
         driver.ensure_initial()
-        self.status.state = "running"
-        self.status.last_error = None
+        self._enter(State.RUNNING)
         delivered: set[SchemaVersion] = set()
         while not self._stop.is_set():
             self._check_lease()
@@ -425,7 +547,7 @@ class Pipeline:
                 self.store.update_snapshots(self.name, dirty)
                 self.status.checkpoint_at = now
             if driver.idle:
-                return "finished"
+                return State.FINISHED
             if not events:
                 self._wake_event.wait(0.25)
                 self._wake_event.clear()
@@ -520,124 +642,89 @@ class Pipeline:
             reader.join(5)
 
     def _dispatch(self, source: Source, sink: Sink, buffer: BoundedBuffer, driver: SnapshotDriver) -> None:
+        """Feed what the reader buffered to the sink and the checkpointer, until stopped."""
         delivered: set[SchemaVersion] = set()
-        pending: Any = None  # position reached but not yet checkpointed
-        reached: Any = self._start  # newest transaction boundary delivered
-        at_boundary = True  # False while the last batch ended inside a transaction
-        unflushed = 0
-        last_poll = 0.0
-        rate_t, rate_n = time.monotonic(), self.status.events_total
-        stopping = False
+        cp = Checkpointer(self, source, sink, self._start)
+        housekeeping = _Housekeeping(self, source, driver)
         heartbeat_s = float(getattr(source.config, "heartbeat_s", 10.0))
         while True:
             self._check_lease()
-            now = time.monotonic()
-            if now - last_poll >= POLL_INTERVAL_S:
-                last_poll = now
-                source.poll()
-                self.status.source_info = source.status()
-                dt = now - rate_t
-                if dt > 0:
-                    self.status.events_per_s = (self.status.events_total - rate_n) / dt
-                rate_t, rate_n = now, self.status.events_total
-                driver.notify()  # requests made through another instance's API
-            if self._stop.is_set() and not stopping:
-                stopping = True
-            if stopping:
+            housekeeping.maybe_run()
+            if self._stop.is_set():
+                # stopping: deliver what was read, within the deadline, then commit and return
                 item = buffer.get_nowait()
                 while item is _WAKE:
                     item = buffer.get_nowait()
                 if item is None or (self._stop_deadline is not None and time.monotonic() > self._stop_deadline):
-                    if pending is not None or unflushed:
-                        self._commit(source, sink, pending)
+                    if cp.dirty:
+                        cp.commit()
                     return
             else:
                 item = buffer.get(0.25)
                 if item is None or item is _WAKE:
                     # Idle: snapshot chunks may be emitted here; a heartbeat position held back
                     # earlier is checkpointed once the interval has passed, so the slot keeps up.
-                    if at_boundary and self._snapshot_step(source, sink, driver, reached, delivered):
-                        pending = None
-                        unflushed = 0
-                    elif pending is not None and not self._sink_degraded() and (
-                        self.status.checkpoint_at is None
-                        or time.time() - self.status.checkpoint_at >= heartbeat_s
-                    ):
-                        self._commit(source, sink, pending)
-                        pending = None
-                        unflushed = 0
+                    if cp.at_boundary and self._snapshot_step(cp, driver, delivered):
+                        pass
+                    elif cp.pending is not None and cp.heartbeat_due(heartbeat_s):
+                        cp.commit()
                     continue
-            if isinstance(item, _ReaderFailed):
-                raise item.error
-            # Gather what is ready, up to a bound. A batch without a position (the middle of a
-            # transaction larger than a batch) ends the gathering: what precedes it must be
-            # committed at its own position before any of its events reach the sink, so that
-            # a checkpoint and the sink's resume token always describe the same point.
-            items = [item]
-            count = len(item.events)
-            while count < MAX_DISPATCH_EVENTS and items[-1].position is not None:
-                more = buffer.get_nowait()
-                if more is None:
-                    break
-                if more is _WAKE:
-                    continue
-                if isinstance(more, _ReaderFailed):
-                    raise more.error
-                items.append(more)
-                count += len(more.events)
-            for batch in items:
-                if batch.position is None and pending is not None:
-                    self._commit(source, sink, pending)
-                    pending = None
-                    unflushed = 0
+            for batch in self._gather(item, buffer):
+                if batch.position is None and cp.pending is not None:
+                    # the middle of a transaction larger than a batch: what precedes it is
+                    # committed at its own position before any of its events reach the sink,
+                    # so a checkpoint and the sink's resume token describe the same point
+                    cp.commit()
                 if batch.events:
                     if driver.active:
                         driver.observe(batch.events)
                     self._deliver(sink, batch.events, delivered)
-                    unflushed += len(batch.events)
+                    self.status.caught_up = False
                 if batch.commit_ts is not None:
                     self.status.commit_ts = batch.commit_ts
-                if batch.events:
-                    self.status.caught_up = False
+                cp.delivered(batch)
                 if batch.position is not None:
-                    pending = reached = batch.position
-                    self.status.source_position = source.serialize_position(pending)
-                at_boundary = batch.position is not None
-            if at_boundary and not stopping and self._snapshot_step(source, sink, driver, reached, delivered):
-                pending = None
-                unflushed = 0
+                    self.status.source_position = source.serialize_position(batch.position)
+            if cp.at_boundary and not self._stop.is_set() and self._snapshot_step(cp, driver, delivered):
                 continue
-            if pending is None:
+            if cp.pending is None:
                 continue
-            if unflushed == 0:
-                # only heartbeats since the last checkpoint: save one at most every heartbeat_s
+            if cp.unflushed == 0:
                 self.status.caught_up = True
-                if self._sink_degraded() or (
-                    self.status.checkpoint_at is not None
-                    and time.time() - self.status.checkpoint_at < heartbeat_s
-                ):
+                if not cp.heartbeat_due(heartbeat_s):
                     continue  # (while the sink failed, only a commit of events moves it on)
-            self._commit(source, sink, pending)
-            pending = None
-            unflushed = 0
+            cp.commit()
 
-    def _snapshot_step(
-        self,
-        source: Source,
-        sink: Sink,
-        driver: SnapshotDriver,
-        position: Any,
-        delivered: set[SchemaVersion],
-    ) -> bool:
+    @staticmethod
+    def _gather(item: Any, buffer: BoundedBuffer) -> list[Any]:
+        """``item`` and what else is ready, up to a bound. A batch without a position (inside a
+        transaction larger than a batch) ends the gathering. A reader failure is raised here."""
+        if isinstance(item, _ReaderFailed):
+            raise item.error
+        items = [item]
+        count = len(item.events)
+        while count < MAX_DISPATCH_EVENTS and items[-1].position is not None:
+            more = buffer.get_nowait()
+            if more is None:
+                break
+            if more is _WAKE:
+                continue
+            if isinstance(more, _ReaderFailed):
+                raise more.error
+            items.append(more)
+            count += len(more.events)
+        return items
+
+    def _snapshot_step(self, cp: Checkpointer, driver: SnapshotDriver, delivered: set[SchemaVersion]) -> bool:
         """At a transaction boundary: emit the snapshot rows the stream position allows, then
         commit there with the snapshots' progress. True when it committed."""
-        events, dirty = driver.poll(position, True)
+        events, dirty = driver.poll(cp.reached, True)
         self.status.snapshot = driver.status
         if not events and not dirty:
             return False
         if events:
-            self._deliver(sink, events, delivered)
-        self._commit(source, sink, position, dirty)
+            self._deliver(cp.sink, events, delivered)
+        cp.commit(cp.reached, dirty)
         return True
 
     def _check_lease(self) -> None:
@@ -679,13 +766,15 @@ class Pipeline:
         self.status.checkpoint = serialized
         self.status.checkpoint_at = time.time()
         source.ack(position)
-        if self.status.state == "retrying":
-            self.status.state = "running"
-            self.status.last_error = None
-            self.log.info("pipeline_recovered")
+        if self.status.state is State.RETRYING:
+            self._enter(State.RUNNING, reason="recovered")
 
     def _sink_degraded(self) -> bool:
         """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows
         `running` again only once events were made durable."""
         error = self.status.last_error
-        return self.status.state == "retrying" and error is not None and str(error.get("kind", "")).startswith("sink")
+        return (
+            self.status.state is State.RETRYING
+            and error is not None
+            and side_of(str(error.get("kind", ""))) == "sink"
+        )
