@@ -382,6 +382,16 @@ def mariadb_plugin_columns(conn: Any, schema: str, table: str) -> dict[str, str]
         return {_str(name): _str(dt).lower() for name, dt in cur.fetchall()}
 
 
+def column_names(conn: Any, schema: str, table: str) -> frozenset[str]:
+    """The table's column names now."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, table),
+        )
+        return frozenset(_str(r[0]) for r in cur.fetchall())
+
+
 def _str(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
 

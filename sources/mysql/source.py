@@ -1022,12 +1022,13 @@ class MySQLSource(Source):
                 seen.setdefault(new, set()).update(seen[old])
                 self.ctx.set_meta(META_EXCLUDED_SEEN, json.dumps({t: sorted(c) for t, c in seen.items()}))
 
-    def check_excluded(self, name: str, columns: list[str]) -> None:
+    def check_excluded(self, name: str, columns: list[str], also: frozenset[str] = frozenset()) -> None:
         """Called whenever a table description arrives (a new TABLE_MAP, a snapshot read): a
         ``columns.exclude`` entry naming a column the table does not have is fatal (a typo
         would send the column meant to be hidden), unless the pipeline saw the table with that
         column before (it was dropped since: nothing to hide any more, and an older event
-        replayed still has it hidden)."""
+        replayed still has it hidden) or the table has it now (``also``: the catalog's
+        columns; the description is older than the column)."""
         excluded = self._excluded_for(name)
         if not excluded:
             return
@@ -1039,7 +1040,7 @@ class MySQLSource(Source):
             if present:
                 known.update(present)
                 self.ctx.set_meta(META_EXCLUDED_SEEN, json.dumps({t: sorted(c) for t, c in seen.items()}))
-            missing = sorted(excluded - have - known)
+            missing = sorted(excluded - have - known - also)
         if missing:
             listed = self._listed_name(name)
             raise FatalError(
@@ -1106,7 +1107,13 @@ class MySQLSource(Source):
             raise FatalError(str(exc), kind="source_config", table=name) from exc
         key = primary_key_of(ev)
         excluded = self._excluded_for(name)
-        self.check_excluded(name, [c.name for c in columns])
+        names = [c.name for c in columns]
+        if excluded - set(names):
+            # an event older than an ADD COLUMN of an excluded column lacks it: not a typo
+            now = self._describe(self._listed_name(name), catalog.column_names, "current")
+            self.check_excluded(name, names, also=now)
+        else:
+            self.check_excluded(name, names)
         for k in key:
             if columns[k].name in excluded:
                 raise FatalError(

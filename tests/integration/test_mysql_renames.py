@@ -304,3 +304,24 @@ def test_exclude_typo_in_the_snapshot_reader_and_a_dropped_excluded_column(
     )
     events = Stream(ok).wait_events(2)
     assert [e.after for e in events] == [{"id": 2, "v": 2}, {"id": 3, "v": 3}]
+
+
+def test_exclude_of_a_column_added_after_the_checkpoint_is_no_typo(
+    mydb: MyDB, harness: Harness
+) -> None:
+    """Events from before an ``ADD COLUMN`` lack the column that the file now excludes: the
+    table has it, so it is no typo, and the new rows have it hidden."""
+    mydb.execute("CREATE TABLE t (id INT PRIMARY KEY, v INT)")
+    table = mydb.table("t")
+    first = harness.source(mydb, [table], name="first")
+    start = first.open(None)
+    mydb.execute(
+        "INSERT INTO t VALUES (1, 1)",
+        "ALTER TABLE t ADD COLUMN added VARCHAR(20)",
+        "INSERT INTO t VALUES (2, 2, 'hidden')",
+    )
+    assert len(Stream(first).wait_events(2)) == 2
+    again = harness.source(mydb, [table], name="again", exclude={table: ["added"]})
+    again.open(str(start))
+    events = Stream(again).wait_events(2)
+    assert [e.after for e in events] == [{"id": 1, "v": 1}, {"id": 2, "v": 2}]
