@@ -22,8 +22,19 @@ schema it was written with even when it is read after an ALTER TABLE. A TABLE_MA
 once per distinct description into a :class:`.rows.RowCodec` (generated decoders) and a schema
 version (``ctx.registry.resolve(schema, at)``, ``at = (binlog file index, position of the
 transaction's start, seq)``); the row bytes of each row event are then decoded by that codec.
-MariaDB JSON columns (LONGTEXT with a ``json_valid`` check) are looked up with one catalog
-query per compiled description.
+MariaDB JSON columns (LONGTEXT with a ``json_valid`` check) and UUID / INET4 / INET6 columns
+(``binary(16)`` / ``binary(4)`` in the binlog) are looked up with one catalog query each per
+compiled description; ENUM/SET member names are read from the TABLE_MAP's own bytes and decoded
+with the column's charset. A ``columns.exclude`` entry naming a column that the description
+lacks, the table lacks now, and this pipeline never saw in it is fatal (a typo).
+
+*Renames*: a QUERY event that renames tables (:mod:`.ddl`) is applied in order: a listed table
+is followed (the new name replaces the old in the filter, also in the library's name filter,
+whose lists cdc owns and extends; its ``columns.exclude`` goes along), a warning says to update
+the pipeline file, and the rename is recorded in the state store's meta. At the next start a
+listed old name that no longer exists is fatal, and when the new name is listed, the old name
+is an alias for the events before the rename (a replay from an earlier checkpoint), which keep
+their old name.
 
 Transactions: a GTID event (MariaDB, MySQL with GTIDs) or a ``BEGIN`` query starts one; an XID
 event, a ``COMMIT`` query, or the statement itself for DDL ends it. Events get the id
