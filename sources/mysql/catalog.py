@@ -370,6 +370,32 @@ def mariadb_json_columns(conn: Any, schema: str, table: str) -> frozenset[str]:
     return frozenset(found)
 
 
+def mariadb_plugin_columns(conn: Any, schema: str, table: str) -> dict[str, str]:
+    """Columns of a MariaDB table whose type is a data type plugin the binlog shows as
+    ``binary(n)``: column name -> ``uuid`` / ``inet4`` / ``inet6``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s AND DATA_TYPE IN ('uuid', 'inet4', 'inet6')",
+            (schema, table),
+        )
+        return {_str(name): _str(dt).lower() for name, dt in cur.fetchall()}
+
+
+def column_names(conn: Any, schema: str, table: str) -> frozenset[str]:
+    """The table's column names now."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT COLUMN_NAME FROM information_schema.COLUMNS WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+            (schema, table),
+        )
+        return frozenset(_str(r[0]) for r in cur.fetchall())
+
+
+def _str(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes | bytearray) else str(value)
+
+
 _DISPLAY_WIDTH_RE = re.compile(r"^(tinyint|smallint|mediumint|int|bigint|year)\(\d+\)")
 
 

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import binascii
 import codecs
+import dataclasses
 import datetime as _dt
 import decimal
 import json
@@ -163,6 +164,7 @@ class ColumnMeta:
     values: tuple[str, ...] = ()  # ENUM / SET members, in order
     geometry_type: int = 0
     json: bool = False  # MariaDB JSON: LONGTEXT with a json_valid CHECK (from the catalog)
+    plugin: str | None = None  # MariaDB data type plugin on BINARY(n): uuid, inet4, inet6
 
     @property
     def binary(self) -> bool:
@@ -190,6 +192,8 @@ def type_name(col: ColumnMeta) -> str:
     the binlog metadata tells: display widths (``int(11)``, ``tinyint(1)``), ``ZEROFILL`` and
     the declared ``TEXT(n)`` length are not in it."""
     t = col.type
+    if col.plugin is not None:
+        return col.plugin
     if t in _INT_NAMES:
         return _INT_NAMES[t] + (" unsigned" if col.unsigned else "")
     if t == FLOAT:
@@ -472,6 +476,65 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+#: MariaDB data type plugins stored as BINARY(n): name -> n
+PLUGIN_SIZES: Final = {"uuid": 16, "inet6": 16, "inet4": 4}
+
+
+def uuid_text(raw: bytes) -> str:
+    """A MariaDB UUID (its 16 bytes in text order, as the binlog and ``CAST(... AS
+    BINARY(16))`` carry them) as the server prints it: ``123e4567-e89b-12d3-a456-426614174000``."""
+    h = raw.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:32]}"
+
+
+def inet4_text(raw: bytes) -> str:
+    """A MariaDB INET4 (4 bytes) as dotted decimal: ``192.0.2.1``."""
+    return f"{raw[0]}.{raw[1]}.{raw[2]}.{raw[3]}"
+
+
+def inet6_text(raw: bytes) -> str:
+    """A MariaDB INET6 (16 bytes) as the server prints it: lower-case hex words without leading
+    zeros, the first longest run of zero words (even a single one) as ``::``, and an
+    IPv4-compatible (``::1.2.3.4``) or IPv4-mapped (``::ffff:1.2.3.4``) address with its last
+    32 bits in dotted decimal. (Not quite RFC 5952, which leaves a single zero word alone, nor
+    Python's ``ipaddress``.)"""
+    words = [raw[i] << 8 | raw[i + 1] for i in range(0, 16, 2)]
+    gap_pos, gap_len = -1, 0
+    run_pos, run_len = -1, 0
+    for i, w in enumerate(words + [1]):  # a sentinel closes a trailing run
+        if w == 0:
+            if run_pos < 0:
+                run_pos, run_len = i, 0
+            run_len += 1
+        elif run_pos >= 0:
+            if run_len > gap_len:
+                gap_pos, gap_len = run_pos, run_len
+            run_pos = -1
+    if gap_pos == 0 and (gap_len == 6 or (gap_len == 5 and words[5] == 0xFFFF)):
+        return ("::ffff:" if gap_len == 5 else "::") + inet4_text(raw[12:])
+    parts: list[str] = []
+    i = 0
+    while i < 8:
+        if i == gap_pos:
+            parts.append("")
+            if i == 0:
+                parts.append("")
+            i += gap_len
+            if i == 8:
+                parts.append("")
+            continue
+        parts.append(f"{words[i]:x}")
+        i += 1
+    return ":".join(parts)
+
+
+PLUGIN_TEXT: Final[dict[str, Callable[[bytes], str]]] = {
+    "uuid": uuid_text,
+    "inet4": inet4_text,
+    "inet6": inet6_text,
+}
+
+
 def mysql_json(raw: bytes) -> Any:
     """A MySQL JSON value (binary format), decoded by python-mysql-replication's parser."""
     if not raw:
@@ -605,7 +668,10 @@ def _value_code(col: ColumnMeta, target: str, gen: _Gen, keep: bool, bigint_as_s
             if t == STRING and col.binary:
                 # BINARY(n) is stored padded with zero bytes, which the binlog leaves out
                 raw = f"b[p:p + n_].ljust({col.max_length}, b'\\0')"
-            lines.append(f"{target} = {_text_expr(col, gen, raw)}")
+            if col.plugin is not None:
+                lines.append(f"{target} = {gen.const(PLUGIN_TEXT[col.plugin])}({raw})")
+            else:
+                lines.append(f"{target} = {_text_expr(col, gen, raw)}")
         lines.append("p += n_")
         return lines
     if t in (BLOB, TINY_BLOB, MEDIUM_BLOB, LONG_BLOB, JSON, GEOMETRY):
@@ -788,11 +854,87 @@ class RowCodec:
         return out
 
 
-def columns_from_table_map(event: Any, json_columns: frozenset[str] = frozenset()) -> list[ColumnMeta]:
+def _lenenc(b: bytes, p: int) -> tuple[int, int]:
+    """A length-encoded integer at ``p``: (value, offset after it)."""
+    first = b[p]
+    if first < 0xFB:
+        return first, p + 1
+    size = {0xFC: 2, 0xFD: 3, 0xFE: 8}.get(first)
+    if size is None:
+        raise ValueError(f"bad length-encoded integer 0x{first:02x} at {p}")
+    return int.from_bytes(b[p + 1 : p + 1 + size], "little"), p + 1 + size
+
+
+#: TABLE_MAP optional metadata field types holding SET / ENUM member names
+_SET_STR_VALUE: Final = 5
+_ENUM_STR_VALUE: Final = 6
+
+
+def table_map_members(body: bytes) -> tuple[list[tuple[bytes, ...]], list[tuple[bytes, ...]]]:
+    """The ENUM and SET member names of a TABLE_MAP event as the bytes the server wrote (in the
+    column's charset), in column order: ``(enums, sets)``.
+
+    ``body`` is the event's post-header from the 2 flag bytes after the table id up to, not
+    including, the checksum. python-mysql-replication decodes these names as UTF-8 and blanks
+    the ones that are not, so they are read here again from the bytes (pure; no I/O)."""
+    p = 2  # flags
+    p += 1 + body[p] + 1  # schema name, NUL
+    p += 1 + body[p] + 1  # table name, NUL
+    count, p = _lenenc(body, p)
+    p += count  # column types
+    meta_len, p = _lenenc(body, p)
+    p += meta_len + (count + 7) // 8  # per-type metadata, null bitmap
+    enums: list[tuple[bytes, ...]] = []
+    sets: list[tuple[bytes, ...]] = []
+    end = len(body)
+    while p < end:
+        field = body[p]
+        size, p = _lenenc(body, p + 1)
+        stop = p + size
+        if field in (_SET_STR_VALUE, _ENUM_STR_VALUE):
+            target = sets if field == _SET_STR_VALUE else enums
+            q = p
+            while q < stop:
+                n, q = _lenenc(body, q)
+                members = []
+                for _ in range(n):
+                    length, q = _lenenc(body, q)
+                    members.append(bytes(body[q : q + length]))
+                    q += length
+                target.append(tuple(members))
+        p = stop
+    return enums, sets
+
+
+def _members_text(col: ColumnMeta, raw: Sequence[bytes]) -> tuple[str, ...]:
+    """ENUM / SET member names decoded with the column's charset (``CHARACTER SET binary``: as
+    UTF-8, the text the statement that defined them wrote and ``COLUMN_TYPE`` shows)."""
+    decoder = _codec_decoder(col)
+    if decoder is None:
+        return tuple(m.decode("utf-8", "replace") for m in raw)
+    return tuple(decoder(m) for m in raw)
+
+
+def columns_from_table_map(
+    event: Any,
+    json_columns: frozenset[str] = frozenset(),
+    plugins: dict[str, str] | None = None,
+    body: bytes | None = None,
+) -> list[ColumnMeta]:
     """ColumnMeta for each column of a python-mysql-replication ``TableMapEvent`` (duck-typed:
     ``columns`` with ``type``, ``name`` and the per-type metadata it parsed, ``null_bitmask``,
-    ``optional_metadata``)."""
+    ``optional_metadata``).
+
+    ``json_columns``: MariaDB JSON columns; ``plugins``: column name -> MariaDB type plugin
+    (``uuid``, ``inet4``, ``inet6``; applied only to a ``binary(n)`` of the plugin's size);
+    ``body``: the event's post-header (see :func:`table_map_members`), from which ENUM/SET
+    member names are decoded with the column's charset."""
     null_mask = event.null_bitmask
+    raw_enums: list[tuple[bytes, ...]] = []
+    raw_sets: list[tuple[bytes, ...]] = []
+    if body is not None:
+        raw_enums, raw_sets = table_map_members(body)
+    enum_pos = set_pos = 0
     om = getattr(event, "optional_metadata", None)
     geometry_types = list(getattr(om, "geometry_type_list", None) or [])
     out = []
@@ -811,32 +953,47 @@ def columns_from_table_map(event: Any, json_columns: frozenset[str] = frozenset(
         values = d.get("enum_values") if t == ENUM else d.get("set_values") if t == SET else None
         if t == ENUM and values:
             values = values[1:]  # the library puts the error value '' first
+        raw_members: tuple[bytes, ...] | None = None
+        if t == ENUM and enum_pos < len(raw_enums):
+            raw_members = raw_enums[enum_pos]
+            enum_pos += 1
+        elif t == SET and set_pos < len(raw_sets):
+            raw_members = raw_sets[set_pos]
+            set_pos += 1
         name = d.get("name")
         if not name:
             raise UnsupportedColumn(
                 f"the binlog's TABLE_MAP for {event.schema}.{event.table} has no column names: "
                 "set binlog_row_metadata=FULL on the server"
             )
-        out.append(
-            ColumnMeta(
-                name=name,
-                type=t,
-                nullable=bool(null_mask[i >> 3] & (1 << (i & 7))),
-                unsigned=bool(d.get("unsigned")),
-                charset=charset,
-                codec=d.get("character_set_name"),
-                max_length=int(d.get("max_length") or 0),
-                length_size=int(d.get("length_size") or 0),
-                precision=int(d.get("precision") or 0),
-                decimals=int(d.get("decimals") or 0),
-                fsp=int(d.get("fsp") or 0),
-                bits=int(d.get("bits") or 0),
-                size=int(d.get("size") or 0),
-                values=tuple(values or ()),
-                geometry_type=geometry_type,
-                json=name in json_columns,
-            )
+        max_length = int(d.get("max_length") or 0)
+        plugin = (plugins or {}).get(name)
+        if plugin is not None and not (
+            t == STRING and charset == "binary" and PLUGIN_SIZES.get(plugin) == max_length
+        ):
+            plugin = None  # the catalog's column of that name is not this one (an old event)
+        col = ColumnMeta(
+            name=name,
+            type=t,
+            nullable=bool(null_mask[i >> 3] & (1 << (i & 7))),
+            unsigned=bool(d.get("unsigned")),
+            charset=charset,
+            codec=d.get("character_set_name"),
+            max_length=max_length,
+            length_size=int(d.get("length_size") or 0),
+            precision=int(d.get("precision") or 0),
+            decimals=int(d.get("decimals") or 0),
+            fsp=int(d.get("fsp") or 0),
+            bits=int(d.get("bits") or 0),
+            size=int(d.get("size") or 0),
+            values=tuple(values or ()),
+            geometry_type=geometry_type,
+            json=name in json_columns,
+            plugin=plugin,
         )
+        if raw_members is not None:
+            col = dataclasses.replace(col, values=_members_text(col, raw_members))
+        out.append(col)
     return out
 
 

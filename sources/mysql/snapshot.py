@@ -21,8 +21,8 @@ is what the binlog's TABLE_MAP calls the primary key (so the stream's ``event.ke
 server promotes it); none: a keyless table, read in one piece. Column types are rebuilt as
 :class:`.rows.ColumnMeta` from ``information_schema.COLUMNS`` and named with the stream's own
 :func:`.rows.type_name`, so a chunk's :class:`~cdc.schema.TableSchema` equals the stream's for
-the same definition (MariaDB ``UUID``/``INET4``/``INET6`` are ``binary(16)``/``binary(4)``, as
-the binlog has them).
+the same definition (MariaDB ``UUID``/``INET4``/``INET6`` are named ``uuid``/``inet4``/``inet6``,
+as the stream names them).
 
 *Values, fast.* The result set is not parsed by PyMySQL: once the column definitions are read,
 the text-protocol row packets are read from the socket in large blocks and decoded by a
@@ -31,7 +31,7 @@ row, straight-line code reads each length-prefixed field and converts it into ex
 value the stream produces for it, then builds the ``key`` and ``after`` dicts. The SELECT helps
 where the server's text is not enough: FLOAT and DOUBLE as ``col * 1e0`` (a double printed in
 full, then narrowed to the shortest float32 text as the stream does), UUID/INET as their
-stored bytes. DECIMAL text is exact; DATE/TIME/DATETIME/TIMESTAMP text (UTC) is reshaped to the
+stored bytes (the keyset cursor's form), turned into the server's text form as the stream does. DECIMAL text is exact; DATE/TIME/DATETIME/TIMESTAMP text (UTC) is reshaped to the
 contract's form (zero dates stay the server's text); BIT arrives as bytes; text is decoded with
 the stream's codec for the column's charset; MariaDB JSON goes through the stream's own
 :func:`.rows.mariadb_json`. Memory is bounded by one chunk (a keyless table: by the table).
@@ -270,8 +270,6 @@ _GEOMETRY_TYPES = {
     "geometrycollection": 7,
     "geomcollection": 7,
 }
-#: MariaDB data type plugins: the binlog carries their stored bytes, BINARY(n)
-_PLUGIN_BINARY = {"uuid": 16, "inet6": 16, "inet4": 4}
 _ESCAPES = {"0": "\0", "n": "\n", "r": "\r", "t": "\t", "b": "\b", "Z": "\x1a"}
 
 
@@ -462,6 +460,8 @@ def _column(
             **base,
         )
         if t == R.ENUM:
+            if R._codec_decoder(meta) is None:  # CHARACTER SET binary: the members' UTF-8 text
+                return _Col(meta, ident, "@.decode('utf-8', 'replace')", (), "enum")
             return _Col(meta, ident, text_codec(meta), tuple(consts), "enum")
         decoder = R._codec_decoder(meta)
         found = R.CHARSETS.get(meta.charset or "")
@@ -478,11 +478,18 @@ def _column(
             type=R.GEOMETRY, length_size=4, geometry_type=_GEOMETRY_TYPES[dt], **base
         )
         return _Col(meta, ident, "_b64(@)", (), "binary")
-    if mariadb and dt in _PLUGIN_BINARY:
-        size = _PLUGIN_BINARY[dt]
-        meta = R.ColumnMeta(type=R.STRING, charset="binary", max_length=size, **base)
+    if mariadb and dt in R.PLUGIN_SIZES:
+        # read as the stored bytes (which also make the keyset cursor), shown as the text the
+        # stream writes for them
+        size = R.PLUGIN_SIZES[dt]
+        meta = R.ColumnMeta(type=R.STRING, charset="binary", max_length=size, plugin=dt, **base)
         return _Col(
-            meta, f"CAST({ident} AS BINARY({size}))", "_b64(@)", (), "plugin", plugin=dt.upper()
+            meta,
+            f"CAST({ident} AS BINARY({size}))",
+            f"_ptext(@.ljust({size}, b'\\0'))",
+            (("_ptext", R.PLUGIN_TEXT[dt]),),
+            "plugin",
+            plugin=dt.upper(),
         )
     raise FatalError(
         f"cannot snapshot {table}: column {name!r} has the type {column_type}, which the snapshot "
@@ -852,6 +859,8 @@ class MySQLSnapshotReader(SnapshotReader):
         self.pipeline = source.ctx.name
         self.log = source.ctx.log
         self.exclude: dict[str, frozenset[str]] = dict(source.exclude)
+        #: raises when columns.exclude names a column the table does not have
+        self._check_excluded: Callable[[str, list[str]], None] = source.check_excluded
         self.bigint_as_string: bool = source.bigint_as_string
         self._conn: Any = None
         self._facts: catalog.ServerFacts | None = None
@@ -1021,6 +1030,7 @@ class MySQLSnapshotReader(SnapshotReader):
     ) -> _Table:
         assert self._facts is not None
         excluded = self.exclude.get(table, frozenset())
+        self._check_excluded(table, [_text(row[0]) for row in columns])
         for k in key:
             if k in excluded:
                 raise FatalError(

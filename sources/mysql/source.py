@@ -22,8 +22,19 @@ schema it was written with even when it is read after an ALTER TABLE. A TABLE_MA
 once per distinct description into a :class:`.rows.RowCodec` (generated decoders) and a schema
 version (``ctx.registry.resolve(schema, at)``, ``at = (binlog file index, position of the
 transaction's start, seq)``); the row bytes of each row event are then decoded by that codec.
-MariaDB JSON columns (LONGTEXT with a ``json_valid`` check) are looked up with one catalog
-query per compiled description.
+MariaDB JSON columns (LONGTEXT with a ``json_valid`` check) and UUID / INET4 / INET6 columns
+(``binary(16)`` / ``binary(4)`` in the binlog) are looked up with one catalog query each per
+compiled description; ENUM/SET member names are read from the TABLE_MAP's own bytes and decoded
+with the column's charset. A ``columns.exclude`` entry naming a column that the description
+lacks, the table lacks now, and this pipeline never saw in it is fatal (a typo).
+
+*Renames*: a QUERY event that renames tables (:mod:`.ddl`) is applied in order: a listed table
+is followed (the new name replaces the old in the filter, also in the library's name filter,
+whose lists cdc owns and extends; its ``columns.exclude`` goes along), a warning says to update
+the pipeline file, and the rename is recorded in the state store's meta. At the next start a
+listed old name that no longer exists is fatal, and when the new name is listed, the old name
+is an alias for the events before the rename (a replay from an earlier checkpoint), which keep
+their old name.
 
 Transactions: a GTID event (MariaDB, MySQL with GTIDs) or a ``BEGIN`` query starts one; an XID
 event, a ``COMMIT`` query, or the statement itself for DDL ends it. Events get the id
@@ -52,6 +63,7 @@ what was checkpointed.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import re
 import select
@@ -69,6 +81,7 @@ from cdc.snapshot_api import SnapshotReader
 
 from . import catalog
 from .config import MySQLConfig
+from .ddl import parse_renames
 from .position import (
     BinlogPosition,
     GtidPosition,
@@ -80,6 +93,8 @@ from .position import (
 )
 from .rows import (
     BLOB,
+    PLUGIN_SIZES,
+    STRING,
     RowCodec,
     UnsupportedColumn,
     columns_from_table_map,
@@ -101,6 +116,9 @@ MAX_HOLD_S = 0.2
 HANDOVER_S = 1.0
 #: MariaDB GTID event flag: a standalone statement (DDL), not a transaction with a commit
 FL_STANDALONE = 1
+#: state-store meta keys (per pipeline): the renames followed, excluded columns seen
+META_RENAMES = "mysql.renames"
+META_EXCLUDED_SEEN = "mysql.excluded_seen"
 
 _TRUNCATE_RE = re.compile(
     r"^\s*(?:/\*.*?\*/\s*)*TRUNCATE\s+(?:TABLE\s+)?"
@@ -225,6 +243,14 @@ class MySQLSource(Source):
         self.dsn_display = mask_dsn(config.dsn)
         self.bigint_as_string = ctx.pipeline.values.bigint == "string"
         self.exclude = {t: frozenset(cols) for t, cols in ctx.pipeline.columns.exclude.items()}
+        #: old name -> (listed name it became, binlog order of the rename): events of the old
+        #: name before the rename, replayed after a restart, belong to the listed table
+        self._aliases: dict[str, tuple[str, tuple[int, int]]] = {}
+        #: the library's table / schema filters (the same lists it holds: a rename extends them)
+        self._lib_tables: list[str] = []
+        self._lib_schemas: list[str] = []
+        self._meta_lock = threading.Lock()
+        self._excluded_seen: dict[str, set[str]] | None = None
         self._settings: dict[str, Any] | None = None
         self._conn: Any = None
         self._conn_lock = threading.Lock()
@@ -315,10 +341,13 @@ class MySQLSource(Source):
                 conn = self._catalog()
                 facts = self._facts = catalog.server_facts(conn)
                 catalog.check_server(facts)
+                renames = self._recorded_renames()
+                self._check_renamed_away(conn, renames)
                 catalog.check_grants(conn, facts, sorted(self.tables))
                 self._check_server_id(conn, facts)
                 self._gtid_mode = self._use_gtid(facts)
                 start = self._start_position(conn, facts, checkpoint)
+                self._set_aliases(renames, start)
         except pymysql.err.OperationalError as exc:
             if catalog.error_code(exc) in catalog.CLIENT_ERRORS:
                 raise RetriableError(
@@ -494,6 +523,9 @@ class MySQLSource(Source):
         for cls in quiet:
             self._handlers[cls] = None
         assert self._settings is not None
+        names = self.tables | set(self._aliases)
+        self._lib_tables[:] = sorted({t.split(".", 1)[1] for t in names})
+        self._lib_schemas[:] = sorted({t.split(".", 1)[0] for t in names})
         settings = dict(self._settings)
         settings.pop("autocommit", None)
         settings["read_timeout"] = int(max(DEAD_AFTER_S * 2, settings.get("read_timeout") or 0))
@@ -502,8 +534,8 @@ class MySQLSource(Source):
             "server_id": self._server_id,
             "blocking": True,
             "only_events": list(self._handlers),
-            "only_tables": sorted({t.split(".", 1)[1] for t in self.tables}),
-            "only_schemas": sorted({t.split(".", 1)[0] for t in self.tables}),
+            "only_tables": self._lib_tables,
+            "only_schemas": self._lib_schemas,
             # parse a table id's TABLE_MAP once per binlog file: a table id names one table
             # definition for the life of its TABLE_SHARE (ALTER TABLE, RENAME, DROP/CREATE get
             # a new id); the map is cleared at every rotation and format description (a new
@@ -813,8 +845,13 @@ class MySQLSource(Source):
         if head.startswith("TRUNCATE"):
             schema = ev.schema.decode("utf-8", errors="replace") if isinstance(ev.schema, bytes) else str(ev.schema or "")
             name = parse_truncate(query, schema)
-            if name is not None and name in self.tables:
+            if name is not None and (name in self.tables or self._alias_active(name)):
                 self._emit_truncate(name)
+        elif head.startswith(("RENAME", "ALTER", "/*", "#", "-")):
+            schema = ev.schema.decode("utf-8", errors="replace") if isinstance(ev.schema, bytes) else str(ev.schema or "")
+            renames = parse_renames(query, schema)
+            if renames:
+                self._on_renames(renames, ev.packet.log_pos)
         if self._tx_explicit:
             return None  # a statement inside a transaction (SAVEPOINT, ...)
         return self._commit(ev.packet.log_pos)
@@ -845,11 +882,192 @@ class MySQLSource(Source):
             self._end_pos = ev.position
         return None
 
+    # -- renames ----------------------------------------------------------------------------------
+
+    def _recorded_renames(self) -> list[dict[str, Any]]:
+        """The renames of listed tables this pipeline followed, oldest first (state-store meta)."""
+        text = self.ctx.get_meta(META_RENAMES)
+        if not text:
+            return []
+        try:
+            found = json.loads(text)
+        except ValueError:
+            return []
+        return [r for r in found if isinstance(r, dict)] if isinstance(found, list) else []
+
+    def _check_renamed_away(self, conn: Any, renames: list[dict[str, Any]]) -> None:
+        """At start: a listed table that this pipeline saw renamed, and that no longer exists
+        under its old name, while the file does not list its new name, is fatal (the file was
+        not updated; streaming the old name would silently stream nothing)."""
+        for old in sorted(self.tables):
+            new = old
+            for r in renames:  # follow a chain of renames to the last name
+                if r.get("from") == new:
+                    new = str(r.get("to"))
+            if new == old or new in self.tables:
+                continue
+            schema, _, table = old.partition(".")
+            with conn.cursor() as cur:
+                cur.execute(
+                    "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
+                    (schema, table),
+                )
+                exists = cur.fetchone() is not None
+            if exists:
+                continue  # a table of the old name again: it is what the file lists
+            raise FatalError(
+                f"the listed table {old} was renamed to {new} while this pipeline was streaming it "
+                f"(it followed the rename); {old} no longer exists: list {new} instead of {old} in "
+                f"`tables` of pipeline {self.ctx.name} (and move any columns.exclude entry of it), "
+                "then start again",
+                kind="source_config",
+                table=old,
+            )
+
+    def _set_aliases(self, renames: list[dict[str, Any]], start: Position) -> None:
+        """Old names of listed tables renamed after the start position: the events replayed
+        from before the rename still call the table by its old name, and are delivered as they
+        were (under that name) instead of being dropped as unlisted."""
+        self._aliases = {}
+        wanted = set(self.tables)
+        for r in reversed(renames):
+            old, new = str(r.get("from")), str(r.get("to"))
+            try:
+                order = (file_index(str(r["file"])), int(r["pos"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+            if new in wanted and old not in self.tables and start.order < order:
+                self._aliases[old] = (self._listed_name(new), order)
+                wanted.add(old)
+        if self._aliases:
+            self.ctx.log.info(
+                "renamed_tables_replayed",
+                tables={old: new for old, (new, _) in self._aliases.items()},
+                note="events from before the rename are delivered under the old name, as they were",
+            )
+
+    def _alias_active(self, name: str) -> bool:
+        alias = self._aliases.get(name)
+        if alias is None:
+            return False
+        return self._at()[:2] < alias[1]
+
+    def _listed_name(self, name: str) -> str:
+        alias = self._aliases.get(name)
+        return alias[0] if alias is not None else name
+
+    def _excluded_for(self, name: str) -> frozenset[str]:
+        excluded = self.exclude.get(name)
+        if excluded is None:
+            excluded = self.exclude.get(self._listed_name(name), frozenset())
+        return excluded
+
+    def _on_renames(self, renames: list[tuple[str, str]], end_pos: int) -> None:
+        """A QUERY event renamed tables (applied in order, as the server does). A listed table
+        is followed: its new name replaces the old one in the filter; the change is recorded in
+        the state store for the next start."""
+        for old, new in renames:
+            if old in self._aliases:
+                # a rename replayed after a restart: the listed name already is the new one
+                del self._aliases[old]
+                continue
+            if old in self.tables:
+                self.tables.discard(old)
+                self.tables.add(new)
+                schema, _, table = new.partition(".")
+                if table not in self._lib_tables:
+                    self._lib_tables.append(table)
+                if schema not in self._lib_schemas:
+                    self._lib_schemas.append(schema)
+                if old in self.exclude and new not in self.exclude:
+                    self.exclude[new] = self.exclude[old]  # what was hidden stays hidden
+                    self._copy_seen(old, new)
+                self._current.pop(old, None)
+                self._record_rename(old, new, end_pos)
+                self.ctx.log.warning(
+                    "table_renamed",
+                    old=old,
+                    new=new,
+                    position=f"{self._file}:{end_pos}",
+                    note=f"cdc follows the table: its events now use the name {new}; update "
+                    f"`tables` (and columns.exclude) in the pipeline file to list {new} instead "
+                    f"of {old} before the next restart",
+                )
+            elif new in self.tables:
+                self.ctx.log.warning(
+                    "listed_table_replaced",
+                    table=new,
+                    renamed_from=old,
+                    position=f"{self._file}:{end_pos}",
+                    note=f"the unlisted table {old} now has the listed name {new}; its changes "
+                    f"are streamed as {new}'s",
+                )
+
+    def _record_rename(self, old: str, new: str, end_pos: int) -> None:
+        entry = {"from": old, "to": new, "file": self._file, "pos": end_pos}
+        with self._meta_lock:
+            renames = self._recorded_renames()
+            if entry not in renames:
+                renames.append(entry)
+                self.ctx.set_meta(META_RENAMES, json.dumps(renames))
+
+    # -- columns.exclude ----------------------------------------------------------------------------
+
+    def _seen(self) -> dict[str, set[str]]:
+        if self._excluded_seen is None:
+            seen: dict[str, set[str]] = {}
+            text = self.ctx.get_meta(META_EXCLUDED_SEEN)
+            if text:
+                try:
+                    loaded = json.loads(text)
+                    seen = {str(t): {str(c) for c in cols} for t, cols in loaded.items()}
+                except (ValueError, AttributeError, TypeError):
+                    seen = {}
+            self._excluded_seen = seen
+        return self._excluded_seen
+
+    def _copy_seen(self, old: str, new: str) -> None:
+        with self._meta_lock:
+            seen = self._seen()
+            if old in seen:
+                seen.setdefault(new, set()).update(seen[old])
+                self.ctx.set_meta(META_EXCLUDED_SEEN, json.dumps({t: sorted(c) for t, c in seen.items()}))
+
+    def check_excluded(self, name: str, columns: list[str], also: frozenset[str] = frozenset()) -> None:
+        """Called whenever a table description arrives (a new TABLE_MAP, a snapshot read): a
+        ``columns.exclude`` entry naming a column the table does not have is fatal (a typo
+        would send the column meant to be hidden), unless the pipeline saw the table with that
+        column before (it was dropped since: nothing to hide any more, and an older event
+        replayed still has it hidden) or the table has it now (``also``: the catalog's
+        columns; the description is older than the column)."""
+        excluded = self._excluded_for(name)
+        if not excluded:
+            return
+        have = set(columns)
+        with self._meta_lock:
+            seen = self._seen()
+            known = seen.setdefault(self._listed_name(name), set())
+            present = (excluded & have) - known
+            if present:
+                known.update(present)
+                self.ctx.set_meta(META_EXCLUDED_SEEN, json.dumps({t: sorted(c) for t, c in seen.items()}))
+            missing = sorted(excluded - have - known - also)
+        if missing:
+            listed = self._listed_name(name)
+            raise FatalError(
+                f"columns.exclude of pipeline {self.ctx.name} names "
+                f"{', '.join(repr(c) for c in missing)} for {listed}, which has no such column "
+                f"(its columns: {', '.join(columns)}); the column meant to be hidden would be "
+                f"sent: fix the name in columns.exclude.{listed} (or remove it) and start again",
+                kind="config",
+                table=listed,
+            )
+
     # -- tables -----------------------------------------------------------------------------------
 
     def _on_table_map(self, ev: Any) -> Batch | None:
         name = f"{ev.schema}.{ev.table}"
-        if name not in self.tables:
+        if name not in self.tables and not self._alias_active(name):
             self._by_id[ev.table_id] = None
             return None
         # the description itself: after the packet's OK byte, the 19-byte event header and the
@@ -857,7 +1075,7 @@ class MySQLSource(Source):
         body = ev.packet.packet._data[26 : 20 + ev.event_size]
         table = self._compiled.get(body)
         if table is None:
-            table = self._compile(ev, name)
+            table = self._compile(ev, name, body)
             if len(self._compiled) > 4096:
                 self._compiled.clear()
             self._compiled[body] = table
@@ -874,20 +1092,39 @@ class MySQLSource(Source):
             return (self._tx_file_idx, self._tx_pos, self._tx_seq)
         return (self._file_idx, self._end_pos, 0)
 
-    def _compile(self, ev: Any, name: str) -> _Table:
+    def _compile(self, ev: Any, name: str, body: bytes) -> _Table:
         assert self._facts is not None
         json_columns: frozenset[str] = frozenset()
-        if self._facts.mariadb and any(
-            c.type == BLOB and getattr(c, "length_size", 0) == 4 and getattr(c, "collation_name", None) != "binary"
-            for c in ev.columns
-        ):
-            json_columns = self._json_columns(ev.schema, ev.table)
+        plugins: dict[str, str] = {}
+        if self._facts.mariadb:
+            # one catalog look-up per new table description (never per event); an alias (an
+            # old name replayed after a rename) is looked up under the name the table has now
+            catalog_name = self._listed_name(name)
+            if any(
+                c.type == BLOB and getattr(c, "length_size", 0) == 4 and getattr(c, "collation_name", None) != "binary"
+                for c in ev.columns
+            ):
+                json_columns = self._describe(catalog_name, catalog.mariadb_json_columns, "JSON")
+            if any(
+                c.type == STRING
+                and getattr(c, "collation_name", None) == "binary"
+                and getattr(c, "max_length", 0) in PLUGIN_SIZES.values()
+                for c in ev.columns
+            ):
+                plugins = self._describe(catalog_name, catalog.mariadb_plugin_columns, "UUID/INET")
         try:
-            columns = columns_from_table_map(ev, json_columns)
+            columns = columns_from_table_map(ev, json_columns, plugins, body)
         except UnsupportedColumn as exc:
             raise FatalError(str(exc), kind="source_config", table=name) from exc
         key = primary_key_of(ev)
-        excluded = self.exclude.get(name, frozenset())
+        excluded = self._excluded_for(name)
+        names = [c.name for c in columns]
+        if excluded - set(names):
+            # an event older than an ADD COLUMN of an excluded column lacks it: not a typo
+            now = self._describe(self._listed_name(name), catalog.column_names, "current")
+            self.check_excluded(name, names, also=now)
+        else:
+            self.check_excluded(name, names)
         for k in key:
             if columns[k].name in excluded:
                 raise FatalError(
@@ -909,11 +1146,12 @@ class MySQLSource(Source):
         version = self.ctx.registry.resolve(schema, self._at())
         return _Table(ev.schema, ev.table, codec, schema, version)
 
-    def _json_columns(self, schema: str, table: str) -> frozenset[str]:
+    def _describe(self, name: str, lookup: Any, what: str) -> Any:
         pymysql, _ = _library()
+        schema, _, table = name.partition(".")
         with self._conn_lock:
             try:
-                return catalog.mariadb_json_columns(self._catalog(), schema, table)
+                return lookup(self._catalog(), schema, table)
             except pymysql.err.MySQLError as exc:
                 if catalog.error_code(exc) in catalog.CLIENT_ERRORS:
                     self._conn = None
@@ -922,7 +1160,7 @@ class MySQLSource(Source):
                         kind="source_unreachable",
                     ) from exc
                 raise FatalError(
-                    f"cannot read the JSON columns of {schema}.{table}: {catalog.error_text(exc)}",
+                    f"cannot read the {what} columns of {schema}.{table}: {catalog.error_text(exc)}",
                     kind="source_error",
                     table=f"{schema}.{table}",
                 ) from exc
@@ -1087,7 +1325,9 @@ class MySQLSource(Source):
                     columns, key = catalog.catalog_table(conn, schema_name, table_name, json_columns)
                 except pymysql.err.MySQLError as exc:
                     raise RetriableError(f"cannot describe {name} for a TRUNCATE: {exc}", kind="source_error") from exc
-            excluded = self.exclude.get(name, frozenset())
+            excluded = self._excluded_for(name)
+            if columns:
+                self.check_excluded(name, [n for n, _, _ in columns])
             schema = TableSchema(
                 name,
                 tuple(Column(n, t, nullable) for n, t, nullable in columns if n not in excluded),
