@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+from cdc import names
 from cdc.errors import FatalError, RetriableError
 
 #: server error codes
@@ -248,7 +249,7 @@ def check_grants(conn: Any, facts: ServerFacts, tables: list[str]) -> None:
         else:
             raise
     for table in tables:
-        db, _, name = table.partition(".")
+        db, name = names.split(table)
         try:
             with conn.cursor() as cur:
                 cur.execute(f"SELECT 1 FROM {quote_ident(db)}.{quote_ident(name)} LIMIT 0")

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import re
 
+from cdc import names
+
 _WORD_RE = re.compile(r"[0-9A-Za-z_$\u0080-\uffff]+")
 _EXEC_COMMENT_RE = re.compile(r"/\*M?!\d*")
 
@@ -125,10 +127,10 @@ class _Parser:
             second = self.ident()
             if second is None:
                 return None
-            return f"{first}.{second}"
+            return names.join(first, second)
         if not self.default_schema:
             return None
-        return f"{self.default_schema}.{first}"
+        return names.join(self.default_schema, first)
 
     def wait_clause(self) -> None:
         if self.word("NOWAIT"):

@@ -82,6 +82,7 @@ from typing import Any
 import orjson
 
 from cdc.errors import FatalError, RetriableError
+from cdc.names import split as split_table_name
 from cdc.schema import Column, TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
 
@@ -542,7 +543,7 @@ class _Table:
         schema: TableSchema,
     ) -> None:
         self.name = name
-        db, _, tbl = name.partition(".")
+        db, tbl = split_table_name(name)
         self.db = db
         self.tbl = tbl
         self.cols = cols
@@ -944,7 +945,7 @@ class MySQLSnapshotReader(SnapshotReader):
                 table=table,
             )
         if code in (catalog.ER_TABLEACCESS_DENIED, catalog.ER_DBACCESS_DENIED, 1143):
-            db, _, name = (table or ".").partition(".")
+            db, name = split_table_name(table) if table else ("", "")
             return FatalError(
                 f"cannot snapshot {what}: the user {self._user} lacks SELECT on it ({text}): GRANT "
                 f"SELECT ON {catalog.quote_ident(db)}.{catalog.quote_ident(name)} TO {_account(self._user)}",
@@ -973,7 +974,7 @@ class MySQLSnapshotReader(SnapshotReader):
 
     def describe(self, table: str) -> TableInfo:
         pymysql = _pymysql()
-        db, _, name = table.partition(".")
+        db, name = split_table_name(table)
         conn = self._connection()
         try:
             with conn.cursor() as cur:
@@ -996,7 +997,7 @@ class MySQLSnapshotReader(SnapshotReader):
     def _table(self, conn: Any, table: str) -> _Table:
         """The table's current definition, compiled (reused while the catalog says the same)."""
         assert self._facts is not None
-        db, _, name = table.partition(".")
+        db, name = split_table_name(table)
         with conn.cursor() as cur:
             cur.execute(_COLUMNS_SQL, (db, name))
             columns = tuple(tuple(r) for r in cur.fetchall())
@@ -1326,7 +1327,7 @@ def _ensure(rfile: Any, buf: bytes, p: int, n: int) -> tuple[bytes, int]:
 
 
 def _probe_sql(table: str) -> str:
-    db, _, name = table.partition(".")
+    db, name = split_table_name(table)
     return f"SELECT 1 FROM {catalog.quote_ident(db)}.{catalog.quote_ident(name)} LIMIT 0"
 
 

@@ -72,6 +72,7 @@ import time
 import uuid
 from typing import Any
 
+from cdc import names
 from cdc.errors import FatalError, RetriableError
 from cdc.events import ChangeEvent
 from cdc.log import mask_dsn
@@ -135,8 +136,8 @@ def parse_truncate(query: str, default_schema: str) -> str | None:
         return None
     parts = [(a.replace("``", "`") if a else b) for a, b in _IDENT_RE.findall(m.group(1))]
     if len(parts) == 1:
-        return f"{default_schema}.{parts[0]}" if default_schema else None
-    return f"{parts[0]}.{parts[1]}"
+        return names.join(default_schema, parts[0]) if default_schema else None
+    return names.join(parts[0], parts[1])
 
 
 class _Reconnect(Exception):
@@ -226,7 +227,7 @@ class _Table:
     def __init__(self, schema_name: str, table_name: str, codec: RowCodec, schema: TableSchema, version: SchemaVersion) -> None:
         self.schema_name = schema_name
         self.table_name = table_name
-        self.name = f"{schema_name}.{table_name}"
+        self.name = names.join(schema_name, table_name)
         self.codec = codec
         self.schema = schema
         self.version = version
@@ -523,9 +524,9 @@ class MySQLSource(Source):
         for cls in quiet:
             self._handlers[cls] = None
         assert self._settings is not None
-        names = self.tables | set(self._aliases)
-        self._lib_tables[:] = sorted({t.split(".", 1)[1] for t in names})
-        self._lib_schemas[:] = sorted({t.split(".", 1)[0] for t in names})
+        captured = [names.split(t) for t in self.tables | set(self._aliases)]
+        self._lib_tables[:] = sorted({table for _, table in captured})
+        self._lib_schemas[:] = sorted({schema for schema, _ in captured})
         settings = dict(self._settings)
         settings.pop("autocommit", None)
         settings["read_timeout"] = int(max(DEAD_AFTER_S * 2, settings.get("read_timeout") or 0))
@@ -906,7 +907,7 @@ class MySQLSource(Source):
                     new = str(r.get("to"))
             if new == old or new in self.tables:
                 continue
-            schema, _, table = old.partition(".")
+            schema, table = names.split(old)
             with conn.cursor() as cur:
                 cur.execute(
                     "SELECT 1 FROM information_schema.TABLES WHERE TABLE_SCHEMA = %s AND TABLE_NAME = %s",
@@ -974,7 +975,7 @@ class MySQLSource(Source):
             if old in self.tables:
                 self.tables.discard(old)
                 self.tables.add(new)
-                schema, _, table = new.partition(".")
+                schema, table = names.split(new)
                 if table not in self._lib_tables:
                     self._lib_tables.append(table)
                 if schema not in self._lib_schemas:
@@ -1066,7 +1067,7 @@ class MySQLSource(Source):
     # -- tables -----------------------------------------------------------------------------------
 
     def _on_table_map(self, ev: Any) -> Batch | None:
-        name = f"{ev.schema}.{ev.table}"
+        name = names.join(ev.schema, ev.table)
         if name not in self.tables and not self._alias_active(name):
             self._by_id[ev.table_id] = None
             return None
@@ -1148,7 +1149,7 @@ class MySQLSource(Source):
 
     def _describe(self, name: str, lookup: Any, what: str) -> Any:
         pymysql, _ = _library()
-        schema, _, table = name.partition(".")
+        schema, table = names.split(name)
         with self._conn_lock:
             try:
                 return lookup(self._catalog(), schema, table)
@@ -1312,7 +1313,7 @@ class MySQLSource(Source):
         """The current version of a table the stream has not described in this session (a
         TRUNCATE before any row change): the newest recorded, else one from the catalog."""
         assert self.ctx.registry is not None and self._facts is not None
-        schema_name, _, table_name = name.partition(".")
+        schema_name, table_name = names.split(name)
         latest = self.ctx.registry.latest(name)
         if latest is None:
             pymysql, _ = _library()
