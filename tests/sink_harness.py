@@ -90,4 +90,5 @@ HARNESSES: dict[str, Callable[[Path], SinkHarness]] = {
     "file": lambda tmp: FileHarness(tmp / "fs"),
     "kafka": lambda tmp: __import__("tests.kafka_harness", fromlist=["KafkaHarness"]).KafkaHarness(tmp),
     "webhook": lambda tmp: __import__("tests.webhook_harness", fromlist=["WebhookHarness"]).WebhookHarness(tmp),
+    "rabbitmq": lambda tmp: __import__("tests.rabbitmq_harness", fromlist=["RabbitHarness"]).RabbitHarness(tmp),
 }
