@@ -21,8 +21,12 @@ def _check_url(value: str) -> str | None:
     try:
         parts = urlsplit(value)
         parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        return f"not a valid URL: {exc}"
+    except ValueError:
+        # the library's message may quote a piece of the password: never shown
+        return (
+            "not a valid URL: the port must be a number, and @ : / ? # in the user name or "
+            "password must be percent-encoded (%40 %3A %2F %3F %23)"
+        )
     if parts.scheme not in ("amqp", "amqps"):
         return "expected an amqp:// or amqps:// URL (amqp://user:password@host:5672/vhost)"
     if not parts.hostname:
@@ -98,8 +102,7 @@ def vhost_of(url: str) -> str:
 @dataclass
 class RabbitMQConfig:
     url: str = setting(
-        doc="broker URL, amqp://user:password@host:5672/vhost (amqps:// for TLS); the "
-        "password is a secret, never logged",
+        doc="broker URL, amqp://user:password@host:5672/vhost (amqps:// for TLS)",
         check=_check_url,
         secret=True,
         example="amqp://cdc:${RABBITMQ_PASSWORD}@rabbitmq:5672/shop",
