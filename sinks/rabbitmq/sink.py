@@ -499,16 +499,61 @@ class RabbitMQSink(Sink):
             headers={"cdc-pipeline": self.ctx.name},
         )
         body = orjson.dumps(schema.definition)
-        entries = [_Entry(self.config.exchange, body, self._schema_key, props, False, key)]
         known = self._ledger_known
         if known is not None and key not in known:
-            # the ledger's copy, straight to its queue through the default exchange
-            entries.append(_Entry("", body, self.ledger, props, False, key))
-        self._publish(entries)
+            self._record_in_ledger(key, body, props)
+        self._publish([_Entry(self.config.exchange, body, self._schema_key, props, False, key)])
         self._drain(0)
-        if known is not None:
-            known.add(key)
         self._schemas_sent.add(key)
+
+    def _record_in_ledger(self, key: str, body: bytes, props: Any) -> None:
+        """Put the definition's copy into the ledger queue and wait for its confirmation,
+        before any event using it is published. Best effort: the ledger serves the no-state
+        checks, not the delivery guarantee, so a failure is a warning."""
+        known = self._ledger_known
+        assert known is not None
+        refused, error = self._call(self._ledger_publish(body, props), CONNECT_TIMEOUT_S + 5)
+        if error is None:
+            known.add(key)
+            return
+        if refused:
+            self._ledger_known = None
+            self._log.warning(
+                "rabbitmq sink: the broker refused writing to the ledger queue; the sink works "
+                "without it from now on. Grant the user write permission on amq.default (the "
+                "default exchange) to keep it",
+                queue=self.ledger,
+                error=error,
+            )
+        else:
+            self._log.warning(
+                "rabbitmq sink could not record a schema version in the ledger queue",
+                queue=self.ledger,
+                schema=key,
+                error=error,
+            )
+
+    async def _ledger_publish(self, body: bytes, props: Any) -> tuple[bool, str | None]:
+        """(refused, error) of publishing ``body`` to the ledger queue through the default
+        exchange, on a confirming channel of its own (a refusal closes only that one)."""
+        exc_mod = _aiormq().exceptions
+        conn = self._conn
+        if conn is None or conn.is_closed:
+            return False, "not connected"
+        try:
+            channel = await conn.channel(publisher_confirms=True)
+            try:
+                async with asyncio.timeout(CONNECT_TIMEOUT_S):
+                    await channel.basic_publish(
+                        body, exchange="", routing_key=self.ledger, properties=props
+                    )
+            finally:
+                await _close_quietly(channel)
+        except exc_mod.ChannelAccessRefused as exc:
+            return True, _text(exc)
+        except (exc_mod.AMQPError, OSError, TimeoutError, RuntimeError) as exc:
+            return False, _text(exc)
+        return False, None
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
         """Start publishing the events, in order; wait only when too many are unconfirmed."""
@@ -748,10 +793,9 @@ class RabbitMQSink(Sink):
         channel = await self._conn.channel()
         try:
             await channel.queue_declare(self.ledger, durable=True)
+            return await self._read_ledger(channel)
         except exc_mod.ChannelAccessRefused:
             return None
-        try:
-            return await self._read_ledger(channel)
         finally:
             await _close_quietly(channel)
 
@@ -775,9 +819,11 @@ class RabbitMQSink(Sink):
             if isinstance(definition, dict) and "name" in definition and "version" in definition:
                 held[f"{definition['name']}@{definition['version']}"] = definition
 
-    async def _ledger_session(self, delete: bool) -> tuple[dict[str, dict[str, Any]], bool]:
+    async def _ledger_session(
+        self, delete: bool
+    ) -> tuple[dict[str, dict[str, Any]], bool, str | None]:
         """On a connection of its own: what the ledger holds, and (``delete``) delete it.
-        Returns (definitions, whether the queue existed)."""
+        Returns (definitions, whether the queue exists, the broker's refusal if any)."""
         aiormq = _aiormq()
         conn = aiormq.Connection(
             self.config.url,
@@ -787,30 +833,33 @@ class RabbitMQSink(Sink):
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT_S):
                 await conn.connect()
+            try:
                 channel = await conn.channel()
                 try:
                     await channel.queue_declare(self.ledger, passive=True)
                 except aiormq.exceptions.ChannelNotFoundEntity:
-                    return {}, False
-            held = await self._read_ledger(channel)
-            await _close_quietly(channel)
-            if delete:
-                channel = await conn.channel()
-                await channel.queue_delete(self.ledger)
-            return held, True
+                    return {}, False, None
+                held = await self._read_ledger(channel)
+                await _close_quietly(channel)
+                if delete:
+                    channel = await conn.channel()
+                    await channel.queue_delete(self.ledger)
+            except aiormq.exceptions.ChannelAccessRefused as exc:
+                return {}, True, _text(exc)
+            return held, True, None
         finally:
             try:
                 await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
             except BaseException:  # noqa: BLE001
                 pass
 
-    def _ledger(self, delete: bool = False) -> tuple[dict[str, dict[str, Any]], bool]:
+    def _ledger(self, delete: bool = False) -> tuple[dict[str, dict[str, Any]], bool, str | None]:
         """Run a ledger session from outside an open sink (no state checks, ``cdc drop``)."""
         self._prepare_client()
         started = self._loop is None
         self._start_loop()
         try:
-            result: tuple[dict[str, dict[str, Any]], bool] = self._amqp(
+            result: tuple[dict[str, dict[str, Any]], bool, str | None] = self._amqp(
                 self._ledger_session(delete), CONNECT_TIMEOUT_S + 30
             )
             return result
@@ -822,7 +871,15 @@ class RabbitMQSink(Sink):
 
     def _read_held(self) -> dict[str, dict[str, Any]]:
         if self._held is None:
-            self._held = self._ledger()[0]
+            held, _, refused = self._ledger()
+            if refused:
+                self._log.warning(
+                    "rabbitmq sink may not read its ledger queue, so it cannot tell whether "
+                    "this pipeline already published events",
+                    queue=self.ledger,
+                    error=refused,
+                )
+            self._held = held
         return self._held
 
     def holds_events(self) -> bool:
@@ -842,14 +899,16 @@ class RabbitMQSink(Sink):
 
     def describe_drop(self) -> list[str]:
         try:
-            held, exists = self._ledger()
+            held, exists, refused = self._ledger()
         except CDCError as exc:
             return [
                 f"delete the ledger queue {self.ledger} (cannot look at it now: {exc})",
                 self._kept_line("keep"),
             ]
         lines = []
-        if exists:
+        if refused:
+            lines.append(f"delete the ledger queue {self.ledger} (the broker refused: {refused})")
+        elif exists:
             lines.append(
                 f"delete the ledger queue {self.ledger} ({len(held)} schema definition(s) of "
                 f"{self.ctx.name}, copies of what was published), so that a fresh start is "
@@ -859,7 +918,15 @@ class RabbitMQSink(Sink):
         return lines
 
     def drop(self) -> list[str]:
-        held, existed = self._ledger(delete=True)
+        held, existed, refused = self._ledger(delete=True)
+        if refused:
+            raise FatalError(
+                f"rabbitmq sink: the broker refused deleting the ledger queue {self.ledger} "
+                f"({refused}); grant the user configure permission on it, or delete it with "
+                "rabbitmqctl, then run cdc drop again",
+                pipeline=self.ctx.name,
+                kind="sink_auth",
+            )
         self._held = {}
         lines = []
         if existed:

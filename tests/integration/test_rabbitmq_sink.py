@@ -364,3 +364,34 @@ def test_lost_state_is_seen_through_the_ledger_adopt_continues_versions_and_drop
             assert svc.stop() == 0
     finally:
         h.close()
+
+
+def test_a_user_allowed_only_the_exchange_publishes_without_the_ledger(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    user, password = f"lim{tag}", uuid.uuid4().hex
+    exchange, queue = f"xlim-{tag}", f"q-{tag}"
+    node.ctl("add_user", user, password)
+    node.ctl("set_permissions", "-p", "/", user, "^xlim-.*", "^xlim-.*", "^$")
+    declare_queue(node.url(), exchange, queue, "#")  # by the admin user
+    url = f"amqp://{user}:{password}@127.0.0.1:{node.port}/"
+    sink = {"type": "rabbitmq", "url": url, "exchange": exchange}
+    try:
+        with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(db, "INSERT INTO items VALUES (5, 'five')")
+            got: list[Any] = []
+            wait_for(
+                lambda: got.extend(take(node.url(), queue)) or any(m.type != "schema" for m in got),
+                30,
+                what="the event",
+            )
+            assert svc.stop() == 0
+            logs = svc.logs()
+    finally:
+        node.ctl("delete_user", user, check=False)
+    assert "does not allow declaring the ledger queue" in logs
+    assert password not in logs
+    events = [orjson.loads(m.body) for m in got if m.type != "schema"]
+    assert [e["after"]["id"] for e in events] == [5]
