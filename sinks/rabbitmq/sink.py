@@ -961,6 +961,8 @@ def _describe(exc: BaseException) -> str:
     name = type(exc).__name__
     if name == "DeliveryError":
         return "the broker refused a message (basic.nack)"
+    if name == "ChannelInvalidStateError":
+        return "connection lost (the channel was closed)"
     return f"connection lost ({name}: {_text(exc)})"
 
 
