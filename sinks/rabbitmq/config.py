@@ -7,6 +7,7 @@ a machine without aiormq.
 from __future__ import annotations
 
 import string
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -56,7 +57,7 @@ def template_fields(template: str) -> list[str]:
     return fields
 
 
-def _template_check(allowed: tuple[str, ...]) -> object:
+def _template_check(allowed: tuple[str, ...]) -> Callable[[str], str | None]:
     def check(value: str) -> str | None:
         try:
             fields = template_fields(value)
