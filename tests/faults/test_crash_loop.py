@@ -1,7 +1,7 @@
 """`kill -9` of `cdc run`, again and again, while a writer keeps committing.
 
 For PostgreSQL 15 and MariaDB (binlog file positions), each with the file sink and with the
-Kafka sink (and PostgreSQL 15 with the nats and redis sinks): two pre-filled tables are snapshotted (``snapshot.mode: initial``, small chunks, so
+Kafka sink (and PostgreSQL 15 with the nats, redis and rabbitmq sinks): two pre-filled tables are snapshotted (``snapshot.mode: initial``, small chunks, so
 the snapshot is in flight during the first kills) while a writer commits small transactions on
 both (inserts, updates, deletes) the whole time. The service is killed with SIGKILL
 :data:`KILLS` times, each time after a seeded random 0.3-1.5 s of running past its recovery,
@@ -10,7 +10,8 @@ sink folds into the tables; then, with the service stopped:
 
 - folding the sink's events (de-duplicated by id) in delivery order gives exactly both tables;
 - every change whose commit the server acknowledged is in the sink (lost == 0);
-- each stream (the file; each Kafka partition), de-duplicated, is strictly in commit order;
+- each stream (the file; each Kafka partition; the RabbitMQ queue bound with ``#``),
+  de-duplicated, is strictly in commit order;
 - the file sink holds no duplicate at all (it cuts its files back to the checkpoint at start),
   nor do the redis sink (it skips what Redis already holds) and the nats sink (JetStream drops
   what is published again by Nats-Msg-Id).
@@ -41,6 +42,7 @@ from tests.faults._support import (
     MyTables,
     Out,
     PgTables,
+    RabbitOut,
     StreamsOut,
     Tables,
     alive,
@@ -53,6 +55,7 @@ from tests.faults._support import (
 )
 from tests.helpers import CdcService, write_config
 from tests.kafka_harness import KafkaHarness, shared_broker
+from tests.rabbitmq_harness import RabbitHarness
 
 KILLS = 10
 PREFILL = 5000  # rows per table before the first start
@@ -79,6 +82,10 @@ def _crash_loop(db: Tables, sink: str, tmp_path: Path, port: int, ledger: Any, l
             harness = RedisHarness(tmp_path)
         sink_cfg = harness.sink_config()
         out = StreamsOut(harness)
+    elif sink == "rabbitmq":
+        harness = RabbitHarness(tmp_path)
+        sink_cfg = harness.sink_config()
+        out = RabbitOut(harness)
     else:
         harness = KafkaHarness(tmp_path, shared_broker())
         sink_cfg = harness.sink_config()
@@ -150,7 +157,7 @@ def _crash_loop(db: Tables, sink: str, tmp_path: Path, port: int, ledger: Any, l
         assert result.duplicates == 0, f"{result.duplicates} duplicate events in the {sink} sink after kill -9"
 
 
-@pytest.mark.parametrize("sink", ["file", "kafka", "nats", "redis"])
+@pytest.mark.parametrize("sink", ["file", "kafka", "nats", "redis", "rabbitmq"])
 def test_postgres_kill9_loop(sink: str, pg15db: str, tmp_path: Path, free_port: int, ledger: Any) -> None:  # noqa: F811
     _crash_loop(PgTables(pg15db), sink, tmp_path, free_port, ledger, f"PostgreSQL 15 kill -9 loop, {sink} sink")
 

@@ -1,0 +1,397 @@
+"""The RabbitMQ sink against a real RabbitMQ node (tests/rabbitmq_harness.py; one node per
+session, an exchange and queues of each test's own) and a real PostgreSQL 15: what a message
+carries, the exchange declared before any event, unroutable events with and without
+``mandatory``, a paused broker, a wrong password, and ``kill -9`` of the service."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import psycopg
+import pytest
+
+from sources.postgres.server import LocalPostgres
+from tests.helpers import (
+    CdcService,
+    dedupe,
+    fold,
+    table_rows,
+    wait_for,
+    write_config,
+)
+from tests.rabbitmq_harness import (
+    RabbitHarness,
+    RabbitNode,
+    declare_queue,
+    exchange_exists,
+    shared_node,
+    take,
+)
+
+NAME = "rmq"
+
+
+@pytest.fixture
+def db(pg15: LocalPostgres) -> Any:
+    from tests.helpers import create_database, drop_database
+
+    name, dsn = create_database(pg15)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, name text)")
+        conn.execute("CREATE TABLE logs (line text)")  # keyless
+        conn.execute("ALTER TABLE logs REPLICA IDENTITY FULL")
+    try:
+        yield dsn
+    finally:
+        drop_database(pg15, name)
+
+
+@pytest.fixture
+def node() -> RabbitNode:
+    return shared_node()
+
+
+def _config(tmp_path: Path, dsn: str, port: int, sink: dict[str, Any]) -> Path:
+    return write_config(
+        tmp_path,
+        [
+            {
+                "name": NAME,
+                "source": {
+                    "type": "postgres",
+                    "dsn": dsn,
+                    "tables": ["public.items", "public.logs"],
+                    "heartbeat_s": 1,
+                },
+                "snapshot": {"mode": "never"},
+                "sink": sink,
+            }
+        ],
+        api_port=port,
+    )
+
+
+def _execute(dsn: str, *statements: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for s in statements:
+            conn.execute(s)
+
+
+def _ids(harness: RabbitHarness) -> set[int]:
+    return {e["after"]["id"] for e in harness.events() if e["op"] == "c" and "id" in e["after"]}
+
+
+def test_messages_carry_event_id_headers_and_are_persistent(
+    tmp_path: Path, db: str, free_port: int
+) -> None:
+    h = RabbitHarness(tmp_path)
+    try:
+        with CdcService(_config(tmp_path, db, free_port, h.sink_config())) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(
+                db,
+                "INSERT INTO items VALUES (1, 'one'), (2, 'two')",
+                "UPDATE items SET name = 'uno' WHERE id = 1",
+                "INSERT INTO logs VALUES ('hello')",
+                "DELETE FROM items WHERE id = 2",
+                "TRUNCATE logs",
+            )
+            wait_for(
+                lambda: any(e["op"] == "t" for e in h.events()), 30, what="the truncate event"
+            )
+            assert svc.stop() == 0
+        messages = h.messages()
+    finally:
+        h.close()
+    schema_msgs = [m for m in messages if m.type == "schema"]
+    event_msgs = [m for m in messages if m.type != "schema"]
+    assert [e["op"] for e in map(lambda m: orjson.loads(m.body), event_msgs)] == [
+        "c", "c", "u", "c", "d", "t"
+    ]
+    seen_schemas: set[str] = set()
+    for m in messages:
+        assert m.exchange == h.exchange
+        assert m.content_type == "application/json"
+        assert m.delivery_mode == 2, "messages must be persistent"
+        if m.type == "schema":
+            d = orjson.loads(m.body)
+            assert m.message_id == f"{d['name']}@{d['version']}"
+            assert m.routing_key == f"{NAME}.schemas"
+            seen_schemas.add(m.message_id)
+            continue
+        e = orjson.loads(m.body)
+        version = f"{e['schema']['name']}@{e['schema']['version']}"
+        assert version in seen_schemas, f"{version} published after its first event"
+        assert m.message_id == e["id"]
+        assert m.routing_key == f"{NAME}.public.{e['source']['table']}"
+        assert m.headers["cdc-op"] == e["op"]
+        assert m.headers["cdc-schema-version"] == version
+        key = m.headers["cdc-key"]
+        key = key.decode() if isinstance(key, bytes) else key
+        if e["schema"]["name"] == "public.items":
+            assert key == orjson.dumps(e["key"]).decode()
+        else:  # keyless table, and the truncate
+            assert key == "null"
+    assert {m.message_id for m in schema_msgs} == {"public.items@1", "public.logs@1"}
+
+
+def test_exchange_is_declared_before_the_first_event(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    exchange = f"fresh-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    assert not exchange_exists(node.url(), exchange)
+    sink = {"type": "rabbitmq", "url": node.url(), "exchange": exchange}
+    with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+        svc.wait_state(NAME, "running")
+        # no event has flowed yet, and the exchange is there to bind a queue to
+        assert exchange_exists(node.url(), exchange)
+        declare_queue(node.url(), exchange, queue, f"{NAME}.public.items")
+        _execute(db, "INSERT INTO items VALUES (7, 'seven')")
+        got: list[Any] = []
+        wait_for(lambda: got.extend(take(node.url(), queue)) or got, 30, what="the event")
+        assert svc.stop() == 0
+    assert [orjson.loads(m.body)["after"]["id"] for m in got] == [7]
+
+
+def test_unroutable_event_with_mandatory_is_retried_naming_exchange_and_key(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    exchange = f"nobody-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    sink = {"type": "rabbitmq", "url": node.url(), "exchange": exchange}
+    with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+        svc.wait_state(NAME, "running")
+        before = svc.pipeline(NAME)["checkpoint"]["position"]
+        t0 = time.monotonic()
+        _execute(db, "INSERT INTO items VALUES (1, 'lost?')")
+        doc = svc.wait_state(NAME, "retrying", timeout=10)
+        assert time.monotonic() - t0 < 6
+        status, health = svc.get("/healthz")
+        assert status == 503 and health["failing"][0]["pipeline"] == NAME
+        error = doc["last_error"]
+        assert error["kind"] == "sink_unroutable"
+        assert exchange in error["message"] and f"{NAME}.public.items" in error["message"]
+        # the event is held back, not skipped: the checkpoint stays behind it
+        time.sleep(1.5)  # two heartbeat intervals in which a checkpoint could wrongly move
+        assert svc.pipeline(NAME)["checkpoint"]["position"] == before
+        # a queue bound now gets the event, and the pipeline runs again
+        declare_queue(node.url(), exchange, queue, "#")
+        got: list[Any] = []
+        wait_for(lambda: got.extend(take(node.url(), queue)) or got, 30, what="the held event")
+        svc.wait_state(NAME, "running", timeout=30)
+        wait_for(lambda: svc.pipeline(NAME)["checkpoint"]["position"] != before, 30)
+        assert svc.stop() == 0
+    events = [orjson.loads(m.body) for m in got if m.type != "schema"]
+    assert [e["after"]["id"] for e in events] == [1]
+
+
+def test_mandatory_false_lets_unroutable_events_go_and_the_pipeline_runs(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    exchange = f"drop-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    sink = {"type": "rabbitmq", "url": node.url(), "exchange": exchange, "mandatory": False}
+    with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+        svc.wait_state(NAME, "running")
+        before = svc.pipeline(NAME)["checkpoint"]["position"]
+        _execute(db, "INSERT INTO items VALUES (1, 'nowhere')")
+        wait_for(
+            lambda: svc.pipeline(NAME)["checkpoint"]["position"] != before,
+            30,
+            what="a checkpoint past the unroutable event",
+        )
+        assert svc.pipeline(NAME)["state"] == "running"
+        declare_queue(node.url(), exchange, queue, "#")
+        _execute(db, "INSERT INTO items VALUES (2, 'somewhere')")
+        got: list[Any] = []
+        wait_for(lambda: got.extend(take(node.url(), queue)) or got, 30, what="the second event")
+        assert svc.stop() == 0
+    ids = [orjson.loads(m.body)["after"]["id"] for m in got if m.type != "schema"]
+    assert ids == [2]
+
+
+def test_paused_broker_shows_retrying_within_5s_and_recovers(
+    tmp_path: Path, db: str, free_port: int
+) -> None:
+    h = RabbitHarness(tmp_path)
+    try:
+        with CdcService(_config(tmp_path, db, free_port, h.sink_config())) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(db, "INSERT INTO items VALUES (1, 'before')")
+            wait_for(lambda: _ids(h) == {1}, 30, what="the first event")
+            h.node.pause()
+            try:
+                t0 = time.monotonic()
+                _execute(db, "INSERT INTO items VALUES (2, 'during')")
+                wait_for(lambda: svc.get("/healthz")[0] == 503, 10, what="/healthz 503")
+                assert time.monotonic() - t0 < 5.5, "503 later than 5 s after the first attempt"
+                assert svc.pipeline(NAME)["last_error"]["kind"] == "sink_unavailable"
+            finally:
+                h.node.resume()
+            wait_for(lambda: _ids(h) == {1, 2}, 60, what="the event held during the pause")
+            svc.wait_state(NAME, "running", timeout=30)
+            assert svc.stop() == 0
+    finally:
+        h.close()
+
+
+def test_wrong_password_is_a_clear_fatal_error_without_the_password(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    secret = f"Wr0ng-{uuid.uuid4().hex}"
+    sink = {"type": "rabbitmq", "url": node.url(password=secret)}
+    with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+        doc = svc.wait_state(NAME, "failed", timeout=30)
+        status, health = svc.get("/healthz")
+        _, pipelines = svc.get("/pipelines")
+        svc.stop()
+        logs = svc.logs()
+    error = doc["last_error"]
+    assert error["kind"] == "sink_auth"
+    assert "refused the login" in error["message"] and "password" in error["message"]
+    assert f"amqp://cdc@127.0.0.1:{node.port}" in error["message"]
+    assert status == 503
+    for text in (logs, orjson.dumps(pipelines).decode(), orjson.dumps(health).decode()):
+        assert secret not in text
+
+
+def test_kill9_of_the_service_loses_nothing_and_duplicates_keep_their_ids(
+    tmp_path: Path, db: str, free_port: int
+) -> None:
+    h = RabbitHarness(tmp_path)
+    total = 400
+
+    def writer() -> None:
+        with psycopg.connect(db, autocommit=True) as conn:
+            for i in range(1, total + 1):
+                conn.execute("INSERT INTO items VALUES (%s, %s)", (i, f"item {i}"))
+                if i % 4 == 0:
+                    conn.execute("UPDATE items SET name = 'changed' WHERE id = %s", (i - 1,))
+                time.sleep(0.005)
+
+    try:
+        config = _config(tmp_path, db, free_port, h.sink_config())
+        thread = threading.Thread(target=writer)
+        svc = CdcService(config)
+        try:
+            svc.wait_state(NAME, "running")
+            thread.start()
+            for _ in range(3):
+                count = len(h.events())
+                wait_for(
+                    lambda c=count: len(h.events()) > c + 30 or not thread.is_alive(),
+                    30,
+                    what="more events",
+                )
+                svc.kill()
+                svc = CdcService(config)
+                svc.wait_state(NAME, "running", timeout=30)
+            thread.join()
+            wait_for(
+                lambda: fold(dedupe(h.events()), "public.items")
+                == table_rows(db, "public.items", ["id"]),
+                60,
+                what="every change delivered",
+            )
+            assert svc.stop() == 0
+        finally:
+            svc.kill()
+        events = h.events()
+    finally:
+        h.close()
+    unique = dedupe(events)
+    print(f"{len(events)} events, {len(unique)} unique, {len(events) - len(unique)} duplicates")
+    # a duplicate is the same event again: same id, same content (ts_ms is when cdc
+    # processed it, so a replay after the restart has its own)
+    by_id: dict[str, dict[str, Any]] = {}
+    for e in events:
+        same = {k: v for k, v in e.items() if k != "ts_ms"}
+        assert by_id.setdefault(e["id"], same) == same, (by_id[e["id"]], e)
+    assert sum(1 for e in unique if e["op"] == "c") == total
+
+
+def test_lost_state_is_seen_through_the_ledger_adopt_continues_versions_and_drop_clears_it(
+    tmp_path: Path, db: str, free_port: int
+) -> None:
+    from sinks.rabbitmq.sink import ledger_queue
+    from tests.helpers import run_cli
+
+    h = RabbitHarness(tmp_path)
+    config = _config(tmp_path, db, free_port, h.sink_config())
+    state = tmp_path / "state.sqlite"
+    try:
+        with CdcService(config) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(
+                db,
+                "INSERT INTO items VALUES (1, 'one')",
+                "ALTER TABLE items ADD COLUMN note text",
+                "INSERT INTO items VALUES (2, 'two', 'v2')",
+            )
+            wait_for(lambda: _ids(h) == {1, 2}, 30, what="the first events")
+            assert svc.stop() == 0
+        state.unlink()
+        # the state is gone, the ledger queue says this pipeline published: no silent restart
+        with CdcService(config) as svc:
+            doc = svc.wait_state(NAME, "failed")
+            svc.stop()
+        assert doc["last_error"]["kind"] == "state_lost"
+        # --adopt continues with the schema versions the ledger holds
+        with CdcService(config, "--adopt", NAME) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(db, "INSERT INTO items VALUES (3, 'three', 'after')")
+            wait_for(lambda: 3 in _ids(h), 30, what="the event after adopting")
+            assert svc.stop() == 0
+        third = next(e for e in h.events() if e["op"] == "c" and e["after"]["id"] == 3)
+        assert third["schema"] == {"name": "public.items", "version": 2}
+        # cdc drop deletes the ledger queue (and says so); then a fresh start is allowed
+        ledger = ledger_queue(h.exchange, NAME)
+        shown = run_cli("drop", str(config), NAME)
+        assert shown.returncode == 0 and ledger in shown.stdout, shown.stdout + shown.stderr
+        assert h.exchange in shown.stdout
+        done = run_cli("drop", str(config), NAME, "--yes")
+        assert done.returncode == 0 and f"deleted the ledger queue {ledger}" in done.stdout, (
+            done.stdout + done.stderr
+        )
+        with CdcService(config) as svc:
+            svc.wait_state(NAME, "running")
+            assert svc.stop() == 0
+    finally:
+        h.close()
+
+
+def test_a_user_allowed_only_the_exchange_publishes_without_the_ledger(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    tag = uuid.uuid4().hex[:8]
+    user, password = f"lim{tag}", uuid.uuid4().hex
+    exchange, queue = f"xlim-{tag}", f"q-{tag}"
+    node.ctl("add_user", user, password)
+    node.ctl("set_permissions", "-p", "/", user, "^xlim-.*", "^xlim-.*", "^$")
+    declare_queue(node.url(), exchange, queue, "#")  # by the admin user
+    url = f"amqp://{user}:{password}@127.0.0.1:{node.port}/"
+    sink = {"type": "rabbitmq", "url": url, "exchange": exchange}
+    try:
+        with CdcService(_config(tmp_path, db, free_port, sink)) as svc:
+            svc.wait_state(NAME, "running")
+            _execute(db, "INSERT INTO items VALUES (5, 'five')")
+            got: list[Any] = []
+            wait_for(
+                lambda: got.extend(take(node.url(), queue)) or any(m.type != "schema" for m in got),
+                30,
+                what="the event",
+            )
+            assert svc.stop() == 0
+            logs = svc.logs()
+    finally:
+        node.ctl("delete_user", user, check=False)
+    assert "does not allow declaring the ledger queue" in logs
+    assert password not in logs
+    events = [orjson.loads(m.body) for m in got if m.type != "schema"]
+    assert [e["after"]["id"] for e in events] == [5]
