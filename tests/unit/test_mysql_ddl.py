@@ -16,7 +16,7 @@ from sources.mysql.rows import ENUM, SET, inet4_text, inet6_text, table_map_memb
         ("RENAME TABLE a TO b", [("shop.a", "shop.b")]),
         (
             "rename tables shop.a to other.b, `x``y` TO z",
-            [("shop.a", "other.b"), ("shop.x`y", "shop.z")],
+            [("shop.a", "other.b"), ('shop."x`y"', "shop.z")],
         ),
         (
             "RENAME TABLE a TO tmp, b TO a, tmp TO b",

@@ -86,7 +86,7 @@ def test_mysql_gtid_set_adds_and_merges() -> None:
     [
         ("TRUNCATE TABLE t", "shop", "shop.t"),
         ("truncate t", "shop", "shop.t"),
-        ("TRUNCATE TABLE `shop`.`my``t`", "", "shop.my`t"),
+        ("TRUNCATE TABLE `shop`.`my``t`", "", 'shop."my`t"'),
         ("TRUNCATE other.t;", "shop", "other.t"),
         ("/* app */ TRUNCATE TABLE `t`", "shop", "shop.t"),
         ("TRUNCATE TABLE t", "", None),
