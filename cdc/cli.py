@@ -49,8 +49,8 @@ def _err(text: str) -> None:
 # -- talking to a running service ---------------------------------------------------------------
 
 
-class NoService(Exception):
-    pass
+class NoService(CDCError):
+    """No service answers at the address CONFIG names (the command says so, exit 3)."""
 
 
 def api_call(config: ServiceConfig, method: str, path: str, body: Any = None, timeout: float = 5.0) -> tuple[int, Any]:

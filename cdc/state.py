@@ -37,6 +37,11 @@ SCHEMA_VERSION = 2
 OPEN_SNAPSHOT_STATES = ("pending", "running")
 
 
+#: SQLite primary result codes that mean the file is damaged or not a database
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
+
+
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
     """A saved position: ``position`` is the source's serialised position; ``sink`` the sink's
@@ -205,7 +210,9 @@ class SQLiteStore(CheckpointStore):
     def _failed(self, exc: sqlite3.DatabaseError) -> FatalError:
         """A state-file error: a damaged file says so and the way on; anything else as is."""
         text = str(exc)
-        if "malformed" in text or "not a database" in text or isinstance(exc, sqlite3.DataError):
+        # SQLite's primary result codes (the low byte of the extended one): CORRUPT, NOTADB
+        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
+        if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or isinstance(exc, sqlite3.DataError):
             return FatalError(
                 f"the state file {self.path} is damaged ({text}); restore it from a backup, or "
                 "move it away and recover the pipelines as the docs describe (cdc drop, or cdc "
