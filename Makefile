@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make test    install the test environment (Debian packages, .venv) and run all tests"
-	@echo "make lint    ruff + mypy on cdc/"
+	@echo "make lint    ruff on everything, mypy --strict on cdc/ and sinks/"
 	@echo "make demo    run 'cdc demo' (embedded PostgreSQL, no setup needed)"
 	@echo "make bench   run every benchmark and print one table (bench/run_all.py)"
 
@@ -22,11 +22,11 @@ setup:
 test: setup
 	$(PY) -m pytest -q tests $(PYTEST_ARGS)
 
-lint: $(PY)
+lint: setup
 	@$(VENV)/bin/ruff --version >/dev/null 2>&1 && $(VENV)/bin/mypy --version >/dev/null 2>&1 \
 		|| $(PY) -m pip install -q -e '.[test]'
-	$(VENV)/bin/ruff check cdc
-	$(VENV)/bin/mypy cdc
+	$(VENV)/bin/ruff check cdc sources sinks tests bench
+	$(VENV)/bin/mypy
 
 demo: $(PY)
 	$(PY) -m pip install -q -e '.[demo]'
