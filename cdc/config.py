@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from cdc import names
-from cdc.plugin import setting
+from cdc.settings import setting
 
 NAME_RE = re.compile(r"^[a-z0-9_]{1,48}$")
 

@@ -20,11 +20,12 @@ stops the pipeline.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from cdc.settings import setting as setting  # re-exported: plugins declare settings with it
 
 if TYPE_CHECKING:
     import structlog
@@ -35,33 +36,6 @@ if TYPE_CHECKING:
     from cdc.schema import SchemaRegistry, SchemaVersion
     from cdc.snapshot_api import SnapshotReader
     from cdc.state import CheckpointStore
-
-_MISSING: Any = dataclasses.MISSING
-
-
-def setting(
-    default: Any = _MISSING,
-    *,
-    doc: str,
-    default_factory: Callable[[], Any] | Any = _MISSING,
-    check: Callable[[Any], str | None] | None = None,
-    secret: bool = False,
-    path: bool = False,
-    example: Any = _MISSING,
-) -> Any:
-    """Declare one setting of a config section.
-
-    ``doc`` is the one-line meaning shown by the generated docs. ``check`` returns an error
-    message for a bad value (or ``None``). ``secret`` marks a value that must never be logged or
-    shown (it is masked in ``cdc status`` and logs). ``path`` marks a filesystem path, which
-    the loader resolves against the config file's folder. A setting without a default is
-    required.
-    """
-    metadata = {"doc": doc, "check": check, "secret": secret, "path": path, "example": example}
-    if default_factory is not _MISSING:
-        return dataclasses.field(default_factory=default_factory, metadata=metadata)
-    return dataclasses.field(default=default, metadata=metadata)
-
 
 class Batch:
     """What a source's reader hands to the pipeline.
