@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from cdc.errors import Refused, UnknownName
 from cdc.log import redact
 
 if TYPE_CHECKING:
@@ -113,8 +114,8 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                 self._json(200 if alive else 503, {"status": "ok" if alive else "stalled"})
                 return
             if path == "/healthz" and method == "GET":
-                status, doc = service.health()
-                self._json(status, doc)
+                healthy, health = service.health()
+                self._json(200 if healthy else 503, health)
                 return
             if path == "/metrics" and method == "GET":
                 if self._guard(public=api.public_metrics):
@@ -129,14 +130,22 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                 if not self._guard():
                     return
                 name, snapshot_id = m.group(1), m.group(2)
-                if snapshot_id is None and method == "POST":
-                    status, doc = service.request_snapshot(name, self._body())
-                elif method == "GET":
-                    status, doc = service.snapshots(name, snapshot_id)
-                elif snapshot_id is not None and method == "DELETE":
-                    status, doc = service.cancel_snapshot(name, snapshot_id)
-                else:
-                    status, doc = 405, {"error": f"method not allowed: {method} {path}"}
+                status: int
+                doc: Any
+                try:
+                    if snapshot_id is None and method == "POST":
+                        created, doc = service.request_snapshot(name, self._body())
+                        status = 202 if created else 200
+                    elif method == "GET":
+                        status, doc = 200, service.snapshots(name, snapshot_id)
+                    elif snapshot_id is not None and method == "DELETE":
+                        status, doc = 200, service.cancel_snapshot(name, snapshot_id)
+                    else:
+                        status, doc = 405, {"error": f"method not allowed: {method} {path}"}
+                except UnknownName as exc:
+                    status, doc = 404, {"error": str(exc)}
+                except Refused as exc:
+                    status, doc = 400, {"error": str(exc)}
                 self._json(status, doc)
                 return
             if path.startswith("/pipelines/") and method == "GET":

@@ -193,3 +193,13 @@ class LeaseLost(RetriableError):
     written; the pipeline stops being active and goes back to ``standby``."""
 
     kind = Kind.LEASE_LOST
+
+
+class UnknownName(CDCError):
+    """A request to the running service names a pipeline or snapshot it does not have (the
+    admin API answers 404)."""
+
+
+class Refused(CDCError):
+    """A request the running service will not carry out, with the reason (the admin API
+    answers 400)."""

@@ -18,7 +18,7 @@ from typing import Any
 from cdc import names, snapshot
 from cdc.api import AdminAPI
 from cdc.config import ServiceConfig, is_loopback
-from cdc.errors import CDCError
+from cdc.errors import CDCError, Refused, UnknownName
 from cdc.lease import LeaseCoordinator
 from cdc.log import add_secrets, configure, get_logger, redact
 from cdc.metrics import Metrics
@@ -76,30 +76,32 @@ class Service:
 
     # -- snapshots (the API's side; the pipelines run them) ------------------------------------
 
-    def request_snapshot(self, name: str, body: Any) -> tuple[int, dict[str, Any]]:
-        """``POST /pipelines/{name}/snapshots``: 202 with a new snapshot's id, 200 with the
-        running one's when it already covers every table asked for, 400 for a bad request."""
+    def _pipeline_or_raise(self, name: str) -> Pipeline:
         p = self.pipeline(name)
         if p is None or self.store is None:
-            return 404, {"error": f"no pipeline named {name!r} in this service"}
+            raise UnknownName(f"no pipeline named {name!r} in this service")
+        return p
+
+    def request_snapshot(self, name: str, body: Any) -> tuple[bool, dict[str, Any]]:
+        """``POST /pipelines/{name}/snapshots``: ``(True, doc)`` for a new snapshot, ``(False,
+        doc)`` with the running one's id when it already covers every table asked for. Raises
+        :class:`UnknownName` or :class:`Refused`."""
+        p = self._pipeline_or_raise(name)
+        assert self.store is not None
         tables = body.get("tables") if isinstance(body, dict) else None
         if not isinstance(tables, list) or not tables or not all(isinstance(t, str) for t in tables):
-            return 400, {"error": 'the body must be {"tables": ["schema.table", ...]} with at least one table'}
+            raise Refused('the body must be {"tables": ["schema.table", ...]} with at least one table')
         tables = [names.normalize(t) for t in tables]
         listed = list(getattr(p.config.source, "tables", []) or [])
         missing = [t for t in tables if t not in listed]
         if missing:
-            return 400, {
-                "error": f"not in pipeline {name}'s tables: {', '.join(missing)} "
-                f"(it lists {', '.join(listed)})"
-            }
+            raise Refused(f"not in pipeline {name}'s tables: {', '.join(missing)} (it lists {', '.join(listed)})")
         if p.config.snapshot.mode == "initial_only":
-            return 400, {"error": f"pipeline {name} has snapshot.mode initial_only: it does not stream, "
-                         "so it takes no snapshots on demand"}
+            raise Refused(f"pipeline {name} has snapshot.mode initial_only: it does not stream, "
+                          "so it takes no snapshots on demand")
         if p.status.state == "failed":
             kind = p.status.last_error["kind"] if p.status.last_error else "error"
-            return 400, {"error": f"pipeline {name} has failed ({kind}); fix it and restart the service, "
-                         "then ask again"}
+            raise Refused(f"pipeline {name} has failed ({kind}); fix it and restart the service, then ask again")
         tables = list(dict.fromkeys(tables))
         with self._snapshot_lock:
             records = self.store.snapshots(name)
@@ -107,7 +109,7 @@ class Service:
             todo = [t for t in tables if t not in running]
             if not todo:
                 ids = list(dict.fromkeys(running[t] for t in tables))
-                return 200, {"id": ids[0], "ids": ids, "tables": tables, "state": "running"}
+                return False, {"id": ids[0], "ids": ids, "tables": tables, "state": "running"}
             record = snapshot.new_record(name, todo, "request")
             self.store.add_snapshot(name, record)
         p.log.info("snapshot_requested", snapshot=record["id"], tables=todo, reason="request")
@@ -115,35 +117,37 @@ class Service:
         doc: dict[str, Any] = {"id": record["id"], "tables": todo, "state": record["state"]}
         if len(todo) < len(tables):
             doc["running"] = {t: running[t] for t in tables if t in running}
-        return 202, doc
+        return True, doc
 
-    def snapshots(self, name: str, snapshot_id: str | None = None) -> tuple[int, Any]:
-        if self.pipeline(name) is None or self.store is None:
-            return 404, {"error": f"no pipeline named {name!r} in this service"}
+    def snapshots(self, name: str, snapshot_id: str | None = None) -> dict[str, Any]:
+        """The pipeline's snapshot records (or one). Raises :class:`UnknownName`."""
+        self._pipeline_or_raise(name)
+        assert self.store is not None
         records = [snapshot.summary(r) for r in self.store.snapshots(name)]
         if snapshot_id is None:
-            return 200, {"snapshots": records}
+            return {"snapshots": records}
         for r in records:
             if r["id"] == snapshot_id:
-                return 200, r
-        return 404, {"error": f"pipeline {name} has no snapshot {snapshot_id!r}"}
+                return r
+        raise UnknownName(f"pipeline {name} has no snapshot {snapshot_id!r}")
 
-    def cancel_snapshot(self, name: str, snapshot_id: str) -> tuple[int, Any]:
-        p = self.pipeline(name)
-        if p is None or self.store is None:
-            return 404, {"error": f"no pipeline named {name!r} in this service"}
+    def cancel_snapshot(self, name: str, snapshot_id: str) -> dict[str, Any]:
+        """Cancel one snapshot. Raises :class:`UnknownName`."""
+        p = self._pipeline_or_raise(name)
+        assert self.store is not None
         record = self.store.cancel_snapshot(name, snapshot_id)
         if record is None:
-            return 404, {"error": f"pipeline {name} has no snapshot {snapshot_id!r}"}
+            raise UnknownName(f"pipeline {name} has no snapshot {snapshot_id!r}")
         p.log.info("snapshot_cancel", snapshot=snapshot_id, state=record["state"])
         p.notify_snapshots()
-        return 200, snapshot.summary(record)
+        return snapshot.summary(record)
 
     def alive(self) -> bool:
         """The service's main loop ticked recently (for the liveness probe)."""
         return time.monotonic() - self._tick < 10.0
 
-    def health(self) -> tuple[int, dict[str, Any]]:
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """``(healthy, doc)``: healthy when every pipeline runs (or stands by, or finished)."""
         failing = []
         # a standby that cannot reach the state database could not take a pipeline over
         unreachable = self.leases is not None and self.leases.unreachable
@@ -159,8 +163,8 @@ class Service:
             kind = s.last_error["kind"] if s.last_error else s.state
             failing.append({"pipeline": p.name, "state": s.state, "error": kind})
         if failing:
-            return 503, {"status": "unhealthy", "failing": failing}
-        return 200, {"status": "ok"}
+            return False, {"status": "unhealthy", "failing": failing}
+        return True, {"status": "ok"}
 
     # -- running ----------------------------------------------------------------------------------
 
