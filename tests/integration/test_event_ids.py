@@ -37,11 +37,15 @@ def _assert_unique_ids(events: list[dict[str, Any]]) -> None:
     assert not shared, f"{len(shared)} ids shared by several events, e.g. {list(shared.items())[:3]}"
 
 
-def _settle(out: Path, want: int) -> list[dict[str, Any]]:
-    return wait_for(
-        lambda: (ev := read_complete_events(out)) and len(ev) >= want and ev, 120, interval=0.2,
-        what=f"{want} events",
-    )
+def _settle(out: Path, want: int, svc: CdcService) -> list[dict[str, Any]]:
+    try:
+        return wait_for(
+            lambda: (ev := read_complete_events(out)) and len(ev) >= want and ev, 120, interval=0.2,
+            what=f"{want} events",
+        )
+    except AssertionError as exc:
+        have = len(read_complete_events(out))
+        raise AssertionError(f"{exc}: the sink holds {have}; the service said:\n{svc.logs()[-6000:]}") from None
 
 
 def test_initial_snapshot_of_idle_tables_gives_every_row_its_own_id_pg(
@@ -57,11 +61,11 @@ def test_initial_snapshot_of_idle_tables_gives_every_row_its_own_id_pg(
     p = pg_pipeline("ids", pgdb, [f"public.{t}" for t in TABLES], out)
     p["snapshot"] = {"mode": "initial", "chunk_rows": CHUNK}
     cfg = write_config(tmp_path, [p], api_port=free_port)
-    with CdcService(cfg):
-        events = _settle(out, len(TABLES) * ROWS)
+    with CdcService(cfg) as svc:
+        events = _settle(out, len(TABLES) * ROWS, svc)
         # then the stream, in the same pipeline: one id set for the whole pipeline
         execute(pgdb, "UPDATE public.orders SET v = 'x' WHERE id <= 5", "DELETE FROM public.items WHERE id = 7")
-        events = _settle(out, len(TABLES) * ROWS + 6)
+        events = _settle(out, len(TABLES) * ROWS + 6, svc)
     assert len(snapshot_reads(events)) == len(TABLES) * ROWS
     _assert_unique_ids(events)
     for t in TABLES:
@@ -81,10 +85,10 @@ def test_initial_snapshot_of_idle_tables_gives_every_row_its_own_id_mariadb(
     p = my_pipeline("ids", mydb_any.dsn(), names, out)
     p["snapshot"] = {"mode": "initial", "chunk_rows": CHUNK}
     cfg = write_config(tmp_path, [p], api_port=free_port)
-    with CdcService(cfg):
-        events = _settle(out, len(TABLES) * ROWS)
+    with CdcService(cfg) as svc:
+        events = _settle(out, len(TABLES) * ROWS, svc)
         mydb_any.execute(f"UPDATE {names[0]} SET v = 'x' WHERE id <= 5", f"DELETE FROM {names[2]} WHERE id = 7")
-        events = _settle(out, len(TABLES) * ROWS + 6)
+        events = _settle(out, len(TABLES) * ROWS + 6, svc)
     assert len(snapshot_reads(events)) == len(TABLES) * ROWS
     _assert_unique_ids(events)
     for name in names:
