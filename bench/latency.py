@@ -33,7 +33,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,14 +42,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import psycopg
+from _harness import ROOT, Service, free_port, peak_rss_kb, service_config
 
-import pg_file  # noqa: E402
-import psycopg  # noqa: E402
-
-from sources.postgres.server import LocalPostgres, find_debian_bindir, free_port  # noqa: E402
+from sources.postgres.server import LocalPostgres, find_debian_bindir
 
 TABLE = "public.lat"
 PIPELINE = "latency"
@@ -229,24 +224,13 @@ def latencies(lines: list[tuple[float, bytes]]) -> dict[int, list[float]]:
 
 
 def write_config(work: Path, dsn: str, port: int) -> Path:
-    import yaml
-
-    doc = {
-        "state": {"path": str(work / "state.sqlite")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "log": {"level": "info", "format": "json"},
-        "pipelines": [
-            {
-                "name": PIPELINE,
-                "source": {"type": "postgres", "dsn": dsn, "tables": [TABLE], "heartbeat_s": 1},
-                "snapshot": {"mode": "never"},
-                "sink": {"type": "file", "path": str(work / "out"), "rotate_mb": 512},
-            }
-        ],
+    pipeline = {
+        "name": PIPELINE,
+        "source": {"type": "postgres", "dsn": dsn, "tables": [TABLE], "heartbeat_s": 1},
+        "snapshot": {"mode": "never"},
+        "sink": {"type": "file", "path": str(work / "out"), "rotate_mb": 512},
     }
-    path = work / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return service_config(work, port, [pipeline])
 
 
 def measure(
@@ -266,25 +250,9 @@ def measure(
     config = write_config(work, dsn, port)
     tail = Tail(work / "out")
     results: list[RateResult] = []
-    with open(work / "cdc.log", "wb") as logfh:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "cdc", "run", str(config)],
-            stdout=logfh,
-            stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
-        )
+    with Service(config, work / "cdc.log", port, PIPELINE) as svc:
         try:
-
-            def running() -> bool:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"cdc exited with {proc.returncode}; see {work / 'cdc.log'}")
-                try:
-                    return pg_file.api_get(port, f"/pipelines/{PIPELINE}")["state"] == "running"  # type: ignore[no-any-return]
-                except (OSError, ValueError):
-                    return False
-
-            pg_file.wait_until(running, 60, "the service to run")
+            svc.wait_running(what="the service to run")
             total = 0
             # warm-up: the first change makes the service describe the table and write its schema
             stats = run_writer(dsn, WARMUP_RATE, 1.0, WARMUP_PHASE, tail)
@@ -318,16 +286,9 @@ def measure(
                     f"(writer: {result.achieved_rate:,.0f} rows/s, round trip p99 "
                     f"{result.writer_rtt_p99_ms:.1f} ms, {result.writer_late_ticks} late ticks)"
                 )
-            rss_mb = pg_file.peak_rss_kb(proc.pid) / 1024
+            rss_mb = peak_rss_kb(svc.pid) / 1024
         finally:
             tail.close()
-            if proc.poll() is None:
-                proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(15)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(10)
     return results, rss_mb
 
 

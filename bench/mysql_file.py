@@ -2,8 +2,9 @@
 """Benchmark: MariaDB binlog -> file sink, against python-mysql-replication's own parsing ceiling.
 
 Workload: 300,000 inserts then 150,000 updates in one table (``--rows-per-tx`` rows per
-statement and transaction), written to a fresh throwaway MariaDB 10.11 (tests/mysql_server.py)
-after the service has saved its start position, so both consumers read the same binlog backlog:
+statement and transaction), written to a fresh throwaway MariaDB 10.11 (``LocalMariaDB`` of
+tests/mysql_server.py, through bench/_harness.py) after the service has saved its start
+position, so both consumers read the same binlog backlog:
 
 * the **bare loop**: a ``BinLogStreamReader`` from the start position (non-blocking: it stops
   at the end of the binlog), ``only_events`` = the row events, ``only_tables`` = the table,
@@ -24,11 +25,9 @@ speedscope file and prints its hottest functions.
 from __future__ import annotations
 
 import argparse
-import http.client
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,11 +35,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "tests"))
-
-from mysql_server import LocalMariaDB, free_port  # noqa: E402
+import _harness
+from _harness import Service, api_get, free_port, peak_rss_kb, profile, service_config, wait_until
 
 DB = "bench"
 TABLE = "bench"
@@ -57,68 +53,26 @@ DDL = f"""CREATE TABLE {DB}.{TABLE} (
 )"""
 
 
-def peak_rss_kb(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no VmHWM for {pid}")
-
-
-def api(port: int, path: str) -> Any:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-    try:
-        conn.request("GET", path)
-        return json.loads(conn.getresponse().read())
-    finally:
-        conn.close()
-
-
 def write_config(folder: Path, dsn: str, port: int) -> Path:
-    import yaml
-
-    doc = {
-        "state": {"path": str(folder / "state.sqlite")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "log": {"level": "info", "format": "json"},
-        "pipelines": [
-            {
-                "name": PIPELINE,
-                "source": {"type": "mysql", "dsn": dsn, "tables": [f"{DB}.{TABLE}"], "heartbeat_s": 1},
-                "snapshot": {"mode": "never"},
-                "sink": {"type": "file", "path": str(folder / "out"), "rotate_mb": 512},
-            }
-        ],
+    pipeline = {
+        "name": PIPELINE,
+        "source": {"type": "mysql", "dsn": dsn, "tables": [f"{DB}.{TABLE}"], "heartbeat_s": 1},
+        "snapshot": {"mode": "never"},
+        "sink": {"type": "file", "path": str(folder / "out"), "rotate_mb": 512},
     }
-    path = folder / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
-def wait(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            value = predicate()
-        except (OSError, ValueError, KeyError):
-            value = None
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
+    return service_config(folder, port, [pipeline])
 
 
 def save_start_position(config: Path, port: int) -> str:
     """Run the service once on the idle table so it saves its start position, then stop it."""
-    proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=str(ROOT))
-    try:
-        doc = wait(lambda: (lambda d: d if d.get("state") == "running" else None)(api(port, f"/pipelines/{PIPELINE}")), 60, "the pipeline to run")
-    finally:
-        proc.terminate()
-        proc.wait(20)
+    with Service(config, config.parent / "cdc-start.log", port, PIPELINE) as svc:
+        doc = wait_until(
+            lambda: (s := svc.state()) and s["state"] == "running" and s, 60, "the pipeline to run"
+        )
     return str(doc["checkpoint"]["position"])
 
 
-def workload(db: LocalMariaDB, inserts: int, updates: int, per_tx: int) -> float:
+def workload(db: Any, inserts: int, updates: int, per_tx: int) -> float:
     conn = db.connect(DB)
     started = time.monotonic()
     try:
@@ -138,7 +92,7 @@ def workload(db: LocalMariaDB, inserts: int, updates: int, per_tx: int) -> float
     return time.monotonic() - started
 
 
-def bare_loop(db: LocalMariaDB, file: str, pos: int, expected: int, freeze_schema: bool) -> tuple[int, float]:
+def bare_loop(db: Any, file: str, pos: int, expected: int, freeze_schema: bool) -> tuple[int, float]:
     from pymysqlreplication import BinLogStreamReader
     from pymysqlreplication.row_event import DeleteRowsEvent, UpdateRowsEvent, WriteRowsEvent
 
@@ -185,34 +139,18 @@ def count_events(out: Path) -> tuple[int, int, Counter[str]]:
     return total, len(ids), ops
 
 
-def run_service(config: Path, port: int, expected: int, profile: Path | None) -> tuple[float, float, int, Any]:
-    cmd = [sys.executable, "-m", "cdc", "run", str(config)]
+def run_service(config: Path, port: int, expected: int, profile_path: Path | None) -> tuple[float, float, int, Any]:
     log = config.parent / "cdc.log"
-    spy = None
-    with open(log, "wb") as log_fh:
-        started = time.monotonic()
-        proc = subprocess.Popen(cmd, stdout=log_fh, stderr=subprocess.STDOUT, cwd=str(ROOT))
-        try:
-            if profile is not None:
-                spy_bin = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-                spy = subprocess.Popen(
-                    [spy_bin, "record", "--pid", str(proc.pid), "--format", "speedscope", "--output", str(profile), "--rate", "200", "--threads"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            def done() -> bool:
-                d = api(port, f"/pipelines/{PIPELINE}")
-                return bool(d["events_total"] >= expected and d["checkpoint"]["position"] == d["source"]["position"])
+    with Service(config, log, port, PIPELINE) as svc, profile(svc.pid, profile_path, rate=200, gil=False):
 
-            # polled 5 times a second: the API's own work must not weigh on the measurement
-            wait(done, 600, f"the checkpoint to cover all {expected} events", interval=0.2)
-            elapsed = time.monotonic() - started
-            rss = peak_rss_kb(proc.pid)
-        finally:
-            proc.terminate()
-            proc.wait(30)
-            if spy is not None:
-                spy.wait(60)
+        def done() -> bool:
+            d = api_get(port, f"/pipelines/{PIPELINE}")
+            return bool(d["events_total"] >= expected and d["checkpoint"]["position"] == d["source"]["position"])
+
+        # polled 5 times a second: the API's own work must not weigh on the measurement
+        wait_until(done, 600, f"the checkpoint to cover all {expected} events", interval=0.2, ignore=(OSError, ValueError, KeyError))
+        elapsed = time.monotonic() - svc.t0
+        rss = peak_rss_kb(svc.pid)
     opened = None
     launched_wall = None
     for line in log.read_text(errors="replace").splitlines():
@@ -274,7 +212,7 @@ def main() -> int:
     expected = args.inserts + args.updates
 
     folder = Path(tempfile.mkdtemp(prefix="cdc-bench-mysql-"))
-    db = LocalMariaDB(settings={"max-binlog-size": "1G"})
+    db = _harness.LocalMariaDB(settings={"max-binlog-size": "1G"})
     try:
         db.start()
         db.execute(f"CREATE DATABASE {DB} CHARACTER SET utf8mb4", DDL)

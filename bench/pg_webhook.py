@@ -1,13 +1,13 @@
 #!/usr/bin/env python3
 """Benchmark: PostgreSQL → webhook sink, beside the file sink and pg_recvlogical.
 
-The workload and its helpers are bench/pg_file.py's (imported, not copied): 500,000 inserts
+The workload and its helpers are bench/pg_file.py's (bench/_harness.py's, shared, not copied): 500,000 inserts
 then 250,000 updates in one table (``--rows-per-tx`` rows per transaction), written while the
 logical slots already exist, so every consumer decodes the same WAL backlog. Then, one after
 the other (never at the same time), on a fresh throwaway cluster:
 
 * ``pg_recvlogical`` to /dev/null: the server's own decoding ceiling;
-* ``cdc run`` with the file sink (pg_file.run_service), as the reference;
+* ``cdc run`` with the file sink (_harness.run_file_service), as the reference;
 * ``cdc run`` with the webhook sink, POSTing to a local receiver in this process (stdlib
   ``ThreadingHTTPServer`` on a loopback port, HTTP/1.1 keep-alive) that parses nothing: it
   counts events by their ``{"id":"pg:`` prefix and ops by ``"op":"c"`` / ``"op":"u"``, notes
@@ -22,10 +22,7 @@ least 20,000 events/s. ``--strict`` makes a missed target (or a wrong count) exi
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -35,20 +32,21 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
-
-import pg_file as base  # noqa: E402
-import psycopg  # noqa: E402
-import yaml  # noqa: E402
-
-from sources.postgres.server import (  # noqa: E402
-    LocalPostgres,
-    find_debian_bindir,
-    find_embedded_bindir,
+import _harness as base
+import psycopg
+from _harness import (
+    PUBLICATION,
+    TABLE,
+    Service,
+    cpu_seconds,
     free_port,
+    lsn_int,
+    peak_rss_kb,
+    service_config,
+    wait_until,
 )
+
+from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 HOOK_PIPELINE = "bench_hook"
 HOOK_SLOT = "cdc_bench_hook"
@@ -110,39 +108,6 @@ class CountingReceiver:
         self.server.server_close()
 
 
-def cpu_seconds(pid: int) -> float:
-    """user + system CPU time of a live process, in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rfind(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def write_config(work: Path, dsn: str, port: int, url: str, batch_max: int) -> Path:
-    doc = {
-        "state": {"path": str(work / "state.sqlite")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "log": {"level": "info", "format": "json"},
-        "pipelines": [
-            {
-                "name": HOOK_PIPELINE,
-                "source": {
-                    "type": "postgres",
-                    "dsn": dsn,
-                    "tables": [base.TABLE],
-                    "slot": HOOK_SLOT,
-                    "publication": base.PUBLICATION,
-                    "heartbeat_s": 1,
-                },
-                "snapshot": {"mode": "never"},
-                "sink": {"type": "webhook", "url": url, "batch_max": batch_max},
-            }
-        ],
-    }
-    path = work / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
-
-
 def run_webhook(
     work: Path, dsn: str, expected: int, timeout: float, batch_max: int
 ) -> tuple[float, float, float, float, CountingReceiver]:
@@ -150,56 +115,42 @@ def run_webhook(
     work.mkdir(parents=True, exist_ok=True)
     receiver = CountingReceiver()
     port = free_port()
-    config = write_config(work, dsn, port, receiver.url, batch_max)
-    log = open(work / "cdc.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    t0 = time.monotonic()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cdc", "run", str(config)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        cwd=str(ROOT),
-        env=env,
-    )
+    pipeline = {
+        "name": HOOK_PIPELINE,
+        "source": {
+            "type": "postgres",
+            "dsn": dsn,
+            "tables": [TABLE],
+            "slot": HOOK_SLOT,
+            "publication": PUBLICATION,
+            "heartbeat_s": 1,
+        },
+        "snapshot": {"mode": "never"},
+        "sink": {"type": "webhook", "url": receiver.url, "batch_max": batch_max},
+    }
+    config = service_config(work, port, [pipeline])
     try:
+        with Service(config, work / "cdc.log", port, HOOK_PIPELINE) as svc:
+            t_running = svc.wait_running()
 
-        def state() -> dict[str, Any] | None:
-            if proc.poll() is not None:
-                raise RuntimeError(f"cdc exited with {proc.returncode}; see {work / 'cdc.log'}")
-            try:
-                return base.api_get(port, f"/pipelines/{HOOK_PIPELINE}")  # type: ignore[no-any-return]
-            except (OSError, ValueError):
-                return None
+            def done() -> bool:
+                s = svc.state()
+                if s is not None and s["state"] == "failed":
+                    raise RuntimeError(f"pipeline failed: {s['last_error']}")
+                with receiver.lock:
+                    count, last = receiver.events, receiver.last_lsn
+                if s is None or count < expected or last is None:
+                    return False
+                ckpt = s["checkpoint"]["position"]
+                return ckpt is not None and lsn_int(ckpt) > lsn_int(last)
 
-        base.wait_until(lambda: (s := state()) and s["state"] == "running", 60, "running")
-        t_running = time.monotonic()
-
-        def done() -> bool:
-            s = state()
-            if s is not None and s["state"] == "failed":
-                raise RuntimeError(f"pipeline failed: {s['last_error']}")
-            with receiver.lock:
-                count, last = receiver.events, receiver.last_lsn
-            if s is None or count < expected or last is None:
-                return False
-            ckpt = s["checkpoint"]["position"]
-            return ckpt is not None and base.lsn_int(ckpt) > base.lsn_int(last)
-
-        base.wait_until(done, timeout, "the webhook pipeline's checkpoint to cover every event")
-        t_done = time.monotonic()
-        rss_mb = base.peak_rss_kb(proc.pid) / 1024
-        cpu_s = cpu_seconds(proc.pid)
+            wait_until(done, timeout, "the webhook pipeline's checkpoint to cover every event")
+            t_done = time.monotonic()
+            rss_mb = peak_rss_kb(svc.pid) / 1024
+            cpu_s = cpu_seconds(svc.pid)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        log.close()
         receiver.close()
-    return t_done - t0, t_done - t_running, rss_mb, cpu_s, receiver
+    return t_done - svc.t0, t_done - t_running, rss_mb, cpu_s, receiver
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -239,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(("pg_recvlogical", recv_s, None, None))
         if not args.no_file:
             (work / "file").mkdir()
-            result = base.run_service(work / "file", dsn, expected, args.timeout, None)
+            result = base.run_file_service(work / "file", dsn, expected, args.timeout, None)
             # (seconds, seconds from running, RSS MB, [CPU s,] events, ops)
             file_s, file_total = result[0], result[-2]
             cpu = result[3] if len(result) == 6 else None

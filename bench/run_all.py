@@ -12,7 +12,7 @@ Sections, each on fresh throwaway servers, one consumer at a time (never two at 
 * **pg** (Debian's PostgreSQL 15): one workload (bench/pg_file.py's: 500,000 inserts then
   250,000 updates, 100 rows per transaction) written after every slot exists, so every
   consumer decodes the very same WAL: ``pg_recvlogical`` to /dev/null (the ceiling), then cdc
-  with the file sink (pg_file.run_service), the Kafka sink on a local Tansu broker
+  with the file sink (_harness.run_file_service), the Kafka sink on a local Tansu broker
   (pg_kafka.run_kafka_service; the topic is read back), the webhook sink to a local counting
   receiver (pg_webhook.run_webhook), and pipelinewise-tap-postgres on a wal2json slot
   (bench/singer.py). Last, in a database of its own (so no slot above decodes its load),
@@ -54,8 +54,6 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(HERE))
 
 TARGET_RSS_MB = 200.0
 TARGETS = {
@@ -149,9 +147,8 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
     import psycopg
 
     from sources.postgres.server import LocalPostgres, find_debian_bindir
-    from tests.kafka_harness import TansuBroker
 
-    pg_file = bench("pg_file")
+    harness = bench("_harness")
     pg_kafka = bench("pg_kafka")
     pg_webhook = bench("pg_webhook")
     singer = bench("singer")
@@ -167,7 +164,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         **singer.SERVER_SETTINGS,
     }
     pg = LocalPostgres(bindir, settings=settings)
-    broker = TansuBroker()
+    broker = harness.TansuBroker()
     tap = None
     tap_reason: str | None = None
     try:
@@ -177,7 +174,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         except singer.TapUnavailable as exc:
             tap_reason = str(exc)
         pg.start()
-        dsn = pg_file.prepare(pg)
+        dsn = harness.prepare(pg)
         with psycopg.connect(dsn, autocommit=True) as conn:
             for slot in (pg_kafka.KAFKA_SLOT, pg_webhook.HOOK_SLOT):
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
@@ -186,13 +183,13 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
                 tap.setup(dsn)
             except (singer.TapUnavailable, subprocess.TimeoutExpired) as exc:
                 tap, tap_reason = None, str(exc)
-        endpos, gen_s = pg_file.workload(dsn, inserts, updates, per_tx)
+        endpos, gen_s = harness.workload(dsn, inserts, updates, per_tx)
         log(
             f"PostgreSQL {pg.version}: {inserts:,} inserts + {updates:,} updates ({per_tx} rows/tx) "
-            f"written in {gen_s:.1f}s, {pg_file.retained_mb(dsn):.0f} MB of WAL, end {endpos}"
+            f"written in {gen_s:.1f}s, {harness.retained_mb(dsn):.0f} MB of WAL, end {endpos}"
         )
 
-        recv_s = pg_file.run_recvlogical(pg, dsn, endpos, args.timeout)
+        recv_s = harness.run_recvlogical(pg, dsn, endpos, args.timeout)
         recv_rate = expected / recv_s
         ceiling = f"pg_recvlogical {rate_text(recv_rate)}"
         log(f"pg_recvlogical: {recv_s:.2f}s, {rate_text(recv_rate)}")
@@ -202,14 +199,14 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         last_lsn: str | None = None
         try:
             (work / "file").mkdir()
-            s, running_s, rss, cpu, total, ops = pg_file.run_service(
+            s, running_s, rss, cpu, total, ops = harness.run_file_service(
                 work / "file", dsn, expected, args.timeout, None
             )
             if total != expected or ops["c"] != inserts or ops["u"] != updates:
                 raise RuntimeError(
                     f"the file sink holds {total} events ({dict(ops)}), expected {expected}"
                 )
-            last = pg_file.last_line(work / "file" / "out")
+            last = harness.last_line(work / "file" / "out")
             last_lsn = last["source"]["lsn"] if last else None
             file_rate = expected / s
             ratio = file_rate / recv_rate
@@ -248,7 +245,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
             s, running_s, rss = pg_kafka.run_kafka_service(
                 work / "kafka", dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, {}
             )
-            topic = f"{prefix}.{pg_kafka.KAFKA_PIPELINE}.{pg_file.TABLE}"
+            topic = f"{prefix}.{pg_kafka.KAFKA_PIPELINE}.{harness.TABLE}"
             total, ops, distinct, _ = pg_kafka.count_records(broker.bootstrap, topic, args.timeout)
             if (
                 total != expected
@@ -376,11 +373,11 @@ def mysql_section(args: argparse.Namespace, work: Path) -> list[Row]:
     expected = inserts + updates
     folder = work / "mysql"
     folder.mkdir()
-    db = mf.LocalMariaDB(settings={"max-binlog-size": "1G"})
+    db = bench("_harness").LocalMariaDB(settings={"max-binlog-size": "1G"})
     try:
         db.start()
         db.execute(f"CREATE DATABASE {mf.DB} CHARACTER SET utf8mb4", mf.DDL)
-        port = mf.free_port()
+        port = bench("_harness").free_port()
         config = mf.write_config(folder, db.dsn(), port)
         start = mf.save_start_position(config, port)
         file, _, pos = start.rpartition(":")

@@ -8,7 +8,7 @@ replication reads a ``wal2json`` slot, so PostgreSQL needs the wal2json plugin: 
 ``postgresql-15-wal2json`` (installed with apt-get when missing and this runs as root; the
 project's setup script does not install it, since benchmarks are not CI).
 
-Workload: bench/pg_file.py's (imported): 500,000 inserts then 250,000 updates, 100 rows per
+Workload: bench/pg_file.py's (bench/_harness.py's): 500,000 inserts then 250,000 updates, 100 rows per
 transaction, on a fresh throwaway Debian PostgreSQL 15, written after every slot exists:
 
 1. set-up: the pgoutput slot of cdc and the tap's wal2json slot (``pipelinewise_bench``, the
@@ -17,7 +17,7 @@ transaction, on a fresh throwaway Debian PostgreSQL 15, written after every slot
    table (its "initial full-table" stage), which leaves the state holding the WAL position
    to stream from;
 2. the workload is written;
-3. cdc (``python -m cdc run``, file sink; ``pg_file.run_service``) until its checkpoint covers
+3. cdc (``python -m cdc run``, file sink; ``_harness.run_file_service``) until its checkpoint covers
    the last event: every event must be in the files exactly once;
 4. the tap, resumed from that state (pure logical replication), until it has written one
    RECORD message per change to its stdout, which this script reads and counts; the tap is
@@ -43,18 +43,15 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import _harness
+import psycopg
+from _harness import DB, TABLE, peak_rss_kb, profile, summarize_profile
 
-import pg_file  # noqa: E402
-import psycopg  # noqa: E402
-
-from sources.postgres.server import LocalPostgres, find_debian_bindir  # noqa: E402
+from sources.postgres.server import LocalPostgres, find_debian_bindir
 
 TAP_PACKAGE = "pipelinewise-tap-postgres"
 #: the tap finds its slot by name: pipelinewise_<dbname>
-TAP_SLOT = f"pipelinewise_{pg_file.DB}"
+TAP_SLOT = f"pipelinewise_{DB}"
 TARGET_RATIO = 8.0
 #: this PostgreSQL (Debian's 15.20) only lets listed libraries be output plugins
 SERVER_SETTINGS = {"output_plugin_libraries": "pgoutput, test_decoding, wal2json"}
@@ -155,7 +152,7 @@ class Tap:
                     "port": self.pg.port,
                     "user": "postgres",
                     "password": "",
-                    "dbname": pg_file.DB,
+                    "dbname": DB,
                     "filter_schemas": "public",
                     "default_replication_method": "LOG_BASED",
                     "break_at_end_lsn": True,
@@ -178,10 +175,10 @@ class Tap:
                 f"tap-postgres --discover exited with {found.returncode}; see {self.log}"
             )
         catalog = json.loads(found.stdout)
-        table = pg_file.TABLE.split(".")[1]
+        table = TABLE.split(".")[1]
         streams = [s for s in catalog["streams"] if s["table_name"] == table]
         if not streams:
-            raise TapUnavailable(f"tap-postgres did not discover {pg_file.TABLE}")
+            raise TapUnavailable(f"tap-postgres did not discover {TABLE}")
         for md in streams[0]["metadata"]:
             if md["breadcrumb"] == []:
                 md["metadata"]["selected"] = True
@@ -211,9 +208,9 @@ class Tap:
             raise TapUnavailable("tap-postgres's first run wrote no STATE message")
         self.state.write_text(json.dumps(states[-1]["value"]))
 
-    def run(self, expected: int, timeout: float, profile: Path | None = None) -> TapResult:
+    def run(self, expected: int, timeout: float, profile_path: Path | None = None) -> TapResult:
         """Stream the backlog: count RECORD messages until ``expected``, then stop the tap.
-        ``profile``: record the tap with py-spy (speedscope JSON) meanwhile."""
+        ``profile_path``: record the tap with py-spy (speedscope JSON) meanwhile."""
         cmd = [
             str(self.tap),
             "--config",
@@ -231,51 +228,28 @@ class Tap:
                 cmd, stdout=subprocess.PIPE, stderr=log, env=self._env(), bufsize=1 << 20
             )
             assert proc.stdout is not None
-            spy = None
-            if profile is not None:
-                spy = subprocess.Popen(
-                    [
-                        str(Path(sys.executable).parent / "py-spy"),
-                        "record",
-                        "--pid",
-                        str(proc.pid),
-                        "--rate",
-                        "250",
-                        "--format",
-                        "speedscope",
-                        "-o",
-                        str(profile),
-                    ],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
             deadline = t0 + timeout
             t_last = t0
             try:
-                for line in proc.stdout:
-                    head = line[:24]
-                    if b'"type": "RECORD"' in head:
-                        records += 1
-                        if records >= expected:
-                            t_last = time.monotonic()
-                            rss_mb = pg_file.peak_rss_kb(proc.pid) / 1024
-                            break
-                    elif b'"type": "STATE"' in head:
-                        states += 1
-                    if records % 8192 == 0 and time.monotonic() > deadline:
-                        raise TimeoutError(f"tap-postgres sent {records} records in {timeout:.0f}s")
-                else:
-                    t_last = time.monotonic()
+                with profile(proc.pid, profile_path, rate=250, gil=False, threads=False):
+                    for line in proc.stdout:
+                        head = line[:24]
+                        if b'"type": "RECORD"' in head:
+                            records += 1
+                            if records >= expected:
+                                t_last = time.monotonic()
+                                rss_mb = peak_rss_kb(proc.pid) / 1024
+                                break
+                        elif b'"type": "STATE"' in head:
+                            states += 1
+                        if records % 8192 == 0 and time.monotonic() > deadline:
+                            raise TimeoutError(f"tap-postgres sent {records} records in {timeout:.0f}s")
+                    else:
+                        t_last = time.monotonic()
             finally:
-                if spy is not None and spy.poll() is None:
-                    spy.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
-                    try:
-                        spy.wait(60)
-                    except subprocess.TimeoutExpired:
-                        spy.kill()
                 if proc.poll() is None:
                     if not rss_mb:
-                        rss_mb = pg_file.peak_rss_kb(proc.pid) / 1024
+                        rss_mb = peak_rss_kb(proc.pid) / 1024
                     proc.send_signal(signal.SIGTERM)
                     try:
                         proc.wait(15)
@@ -332,19 +306,19 @@ def main(argv: list[str] | None = None) -> int:
         except TapUnavailable as exc:
             unavailable = str(exc)
         pg.start()
-        dsn = pg_file.prepare(pg)
+        dsn = _harness.prepare(pg)
         if tap is not None:
             try:
                 tap.setup(dsn)
             except (TapUnavailable, subprocess.TimeoutExpired) as exc:
                 unavailable, tap = str(exc), None
-        endpos, gen_s = pg_file.workload(dsn, args.inserts, args.updates, args.rows_per_tx)
+        endpos, gen_s = _harness.workload(dsn, args.inserts, args.updates, args.rows_per_tx)
         print(
             f"PostgreSQL {pg.version}; workload: {args.inserts:,} inserts then {args.updates:,} "
             f"updates, {args.rows_per_tx} rows per transaction, written in {gen_s:.1f}s; end {endpos}",
             flush=True,
         )
-        svc_s, _, svc_rss, _, total, ops = pg_file.run_service(
+        svc_s, _, svc_rss, _, total, ops = _harness.run_file_service(
             work, dsn, expected, args.timeout, None
         )
         if total != expected or ops["c"] != args.inserts or ops["u"] != args.updates:
@@ -395,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
             )
         )
     if profile is not None and profile.exists():
-        pg_file.summarize_profile(profile, top=15)
+        summarize_profile(profile, top=15)
     met = ratio is not None and ratio >= TARGET_RATIO
     return 1 if args.strict and not met else 0
 

@@ -36,9 +36,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,20 +44,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "bench"))
+import psycopg
+from _harness import Service, free_port, peak_rss_kb, profile, service_config, summarize_profile
 
-import pg_file  # noqa: E402
-import psycopg  # noqa: E402
-import yaml  # noqa: E402
-
-from sources.postgres.server import (  # noqa: E402
-    LocalPostgres,
-    find_debian_bindir,
-    find_embedded_bindir,
-    free_port,
-)
+from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 DB = "bench_snapshot"
 TABLE = "public.snap"
@@ -144,22 +132,13 @@ def copy_ceiling(dsn: str, runs: int = COPY_RUNS) -> tuple[float, int]:
 
 
 def write_config(work: Path, dsn: str, port: int, chunk_rows: int) -> Path:
-    doc = {
-        "state": {"path": str(work / "state.sqlite")},
-        "api": {"listen": f"127.0.0.1:{port}"},
-        "log": {"level": "info", "format": "json"},
-        "pipelines": [
-            {
-                "name": PIPELINE,
-                "source": {"type": "postgres", "dsn": dsn, "tables": [TABLE]},
-                "snapshot": {"mode": "initial_only", "chunk_rows": chunk_rows},
-                "sink": {"type": "file", "path": str(work / "out")},
-            }
-        ],
+    pipeline = {
+        "name": PIPELINE,
+        "source": {"type": "postgres", "dsn": dsn, "tables": [TABLE]},
+        "snapshot": {"mode": "initial_only", "chunk_rows": chunk_rows},
+        "sink": {"type": "file", "path": str(work / "out")},
     }
-    path = work / "pipeline.yaml"
-    path.write_text(yaml.safe_dump(doc, sort_keys=False))
-    return path
+    return service_config(work, port, [pipeline])
 
 
 def snapshot_record(state: Path) -> dict[str, Any]:
@@ -191,43 +170,16 @@ def count_lines(folder: Path) -> tuple[int, int]:
     return lines, reads
 
 
-def start_py_spy(pid: int, profile: Path) -> subprocess.Popen[bytes]:
-    """py-spy recording ``pid`` (as bench/pg_file.py's ``--profile``); it writes the file when
-    the process exits."""
-    return subprocess.Popen(
-        [
-            str(Path(sys.executable).parent / "py-spy"),
-            "record",
-            "--pid",
-            str(pid),
-            "--threads",
-            "--gil",
-            "--rate",
-            "250",
-            "--format",
-            "speedscope",
-            "-o",
-            str(profile),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-
-
 def run_snapshot(
-    work: Path, dsn: str, rows: int, chunk_rows: int, timeout: float, profile: Path | None = None
+    work: Path, dsn: str, rows: int, chunk_rows: int, timeout: float, profile_path: Path | None = None
 ) -> SnapshotRun:
     """``cdc run`` with ``initial_only`` until it exits; checks the record and the files."""
     work.mkdir(parents=True, exist_ok=True)
-    config = write_config(work, dsn, free_port(), chunk_rows)
-    log = open(work / "cdc.log", "wb")  # noqa: SIM115
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, "-m", "cdc", "run", str(config)]
+    port = free_port()
+    config = write_config(work, dsn, port, chunk_rows)
     hwm_kb = 0
-    t0 = time.monotonic()
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=str(ROOT), env=env)
-    spy = start_py_spy(proc.pid, profile) if profile is not None else None
-    try:
+    with Service(config, work / "cdc.log", port, PIPELINE) as svc, profile(svc.pid, profile_path):
+        proc, t0 = svc.proc, svc.t0
         deadline = t0 + timeout
         while True:
             # reaped here (not by proc.wait) for the child's rusage (its CPU time)
@@ -237,7 +189,7 @@ def run_snapshot(
                 proc.returncode = os.waitstatus_to_exitcode(status)
                 break
             try:
-                hwm_kb = pg_file.peak_rss_kb(proc.pid)
+                hwm_kb = peak_rss_kb(proc.pid)
             except (OSError, RuntimeError):
                 pass  # exiting: the last reading stands
             if time.monotonic() > deadline:
@@ -245,21 +197,6 @@ def run_snapshot(
                     f"cdc still running after {timeout:.0f}s; see {work / 'cdc.log'}"
                 )
             time.sleep(0.02)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        if spy is not None:
-            try:
-                spy.wait(60)
-            except subprocess.TimeoutExpired:
-                spy.send_signal(signal.SIGINT)
-                spy.wait(30)
-        log.close()
     if proc.returncode != 0:
         raise RuntimeError(f"cdc exited with {proc.returncode}; see {work / 'cdc.log'}")
     if not hwm_kb:
@@ -415,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if profile is not None:
         if profile.exists():
-            pg_file.summarize_profile(profile)
+            summarize_profile(profile)
         else:
             print(f"profile: py-spy wrote no {profile}")
     if args.json:

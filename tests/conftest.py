@@ -6,6 +6,8 @@
 - ``pgdb``: a fresh database on ``pg`` for one test; yields its DSN, dropped afterwards
   (its connections terminated and its replication slots dropped first).
 - ``free_port``: a TCP port free on 127.0.0.1.
+- ``mariadb``, ``mariadb_gtid``, ``mariadb_any``, ``mydb``, ``mydb_any``: tests/mariadb_fixtures.py;
+  ``pg15db``: tests/faults/_support.py (both registered below through ``pytest_plugins``).
 
 A server that cannot start makes its tests fail (error), never skip:
 ``scripts/setup-test-env.sh`` (run by ``make test``) installs what they need.
@@ -19,9 +21,6 @@ from collections.abc import Iterator
 
 import psycopg
 import pytest
-
-# MariaDB: one server of each kind for the whole session, whatever module asks
-from mariadb_fixtures import mariadb, mariadb_any, mariadb_gtid, mydb, mydb_any  # noqa: F401, E402
 from psycopg import sql
 
 from sources.postgres.server import (
@@ -30,6 +29,12 @@ from sources.postgres.server import (
     find_embedded_bindir,
 )
 from sources.postgres.server import free_port as _free_port
+
+#: Fixture modules, registered once for every test module (never imported for their fixtures):
+#: the MariaDB servers (one of each kind for the whole session, whatever module asks) and the
+#: fault suite's shared fixtures (``pg15db``). Test code imports helpers as ``tests.<module>``
+#: only; tests/unit/test_test_imports.py keeps it so.
+pytest_plugins = ["tests.mariadb_fixtures", "tests.faults._support"]
 
 
 def _serve(bindir_finder: str) -> Iterator[LocalPostgres]:

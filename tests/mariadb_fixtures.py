@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from mysql_server import LocalMariaDB
+
+from tests.mysql_server import LocalMariaDB
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
 """A throwaway local MariaDB server, for the test suite and the benchmark.
 
-    from mysql_server import LocalMariaDB
+    from tests.mysql_server import LocalMariaDB
 
     with LocalMariaDB() as db:            # mariadb-install-db + mariadbd on a free port
         db.execute("CREATE DATABASE shop")

@@ -33,7 +33,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mariadb_fixtures import MyDB
 
 from tests.faults._support import (
     ChangeWriter,
@@ -47,7 +46,6 @@ from tests.faults._support import (
     Tables,
     alive,
     outcome,
-    pg15db,  # noqa: F401 - a fixture used by name
     saved_checkpoint,
     stop_cleanly,
     wait_converged,
@@ -55,6 +53,7 @@ from tests.faults._support import (
 )
 from tests.helpers import CdcService, write_config
 from tests.kafka_harness import KafkaHarness, shared_broker
+from tests.mariadb_fixtures import MyDB
 from tests.rabbitmq_harness import RabbitHarness
 
 KILLS = 10

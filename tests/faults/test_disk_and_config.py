@@ -53,7 +53,6 @@ from tests.faults._support import (
     checkpoint,
     health,
     outcome,
-    pg15db,  # noqa: F401 - a fixture used by name
     stop_cleanly,
     wait_converged,
     wait_new_checkpoint,

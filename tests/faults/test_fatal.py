@@ -29,7 +29,9 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from helpers import (
+
+from sources.postgres.server import LocalPostgres
+from tests.helpers import (
     CdcService,
     cdc_env,
     create_database,
@@ -51,11 +53,9 @@ from helpers import (
 )
 
 # ruff: noqa: F811 - the MariaDB fixtures above are used as test arguments
-from integration.test_mysql_source import my_pipeline, table_state
-from integration.test_pg_resilience import Writer, create_tables
-from mariadb_fixtures import MyDB
-
-from sources.postgres.server import LocalPostgres
+from tests.integration.test_mysql_source import my_pipeline, table_state
+from tests.integration.test_pg_resilience import Writer, create_tables
+from tests.mariadb_fixtures import MyDB
 
 PG15 = pytest.mark.parametrize("pg", ["pg15"], indirect=True)
 

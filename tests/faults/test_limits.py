@@ -28,7 +28,8 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     execute,
     lsn_int,
@@ -40,7 +41,7 @@ from helpers import (
     wait_for,
     write_config,
 )
-from mariadb_fixtures import MyDB
+from tests.mariadb_fixtures import MyDB
 
 # ruff: noqa: F811 - the MariaDB fixtures above are used as test arguments
 

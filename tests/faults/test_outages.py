@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from mysql_server import LocalMariaDB
 
 from sources.postgres.server import LocalPostgres, find_debian_bindir, free_port
 from tests.faults._support import (
@@ -45,7 +44,6 @@ from tests.faults._support import (
     checkpoint,
     health,
     outcome,
-    pg15db,  # noqa: F401 - a fixture used by name
     stop_cleanly,
     wait_converged,
     wait_health,
@@ -54,6 +52,7 @@ from tests.faults._support import (
 )
 from tests.helpers import CdcService, create_database, drop_database, wait_for, write_config
 from tests.kafka_harness import KafkaHarness, TansuBroker, shared_broker
+from tests.mysql_server import LocalMariaDB
 from tests.webhook_harness import Answer, Receiver
 
 NAME = "outage"

@@ -36,7 +36,11 @@ import orjson
 import psycopg
 import pytest
 import yaml
-from helpers import (
+from psycopg.conninfo import make_conninfo
+
+from sources.postgres.server import LocalPostgres
+from sources.postgres.server import free_port as pick_port
+from tests.helpers import (
     CdcService,
     cdc_env,
     create_database,
@@ -53,14 +57,10 @@ from helpers import (
 )
 
 # ruff: noqa: F811 - the MariaDB fixtures above are used as test arguments
-from integration.test_mysql_source import my_pipeline, table_state
-from integration.test_pg_resilience import Writer, create_tables
-from mariadb_fixtures import MyDB
-from psycopg.conninfo import make_conninfo
-
-from sources.postgres.server import LocalPostgres
-from sources.postgres.server import free_port as pick_port
+from tests.integration.test_mysql_source import my_pipeline, table_state
+from tests.integration.test_pg_resilience import Writer, create_tables
 from tests.kafka_harness import shared_broker
+from tests.mariadb_fixtures import MyDB
 from tests.webhook_harness import Receiver, self_signed_certificate
 
 

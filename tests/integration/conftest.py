@@ -1,6 +1,6 @@
 """The MariaDB fixtures live in tests/mariadb_fixtures.py (registered by tests/conftest.py for
 every test module); ``MyDB`` is importable from here too."""
 
-from mariadb_fixtures import MyDB
+from tests.mariadb_fixtures import MyDB
 
 __all__ = ["MyDB"]

@@ -10,7 +10,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from helpers import (
+
+from sources.postgres.server import LocalPostgres
+from sources.postgres.server import free_port as pick_port
+from tests.helpers import (
     CdcService,
     create_database,
     drop_database,
@@ -23,9 +26,6 @@ from helpers import (
     wait_for,
     write_config,
 )
-
-from sources.postgres.server import LocalPostgres
-from sources.postgres.server import free_port as pick_port
 
 PG15 = pytest.mark.parametrize("pg", ["pg15"], indirect=True)
 TOKEN = "api-test-token-9f3b"

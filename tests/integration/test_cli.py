@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     cdc_env,
     execute,

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 
-from helpers import ROOT, cdc_env
+from tests.helpers import ROOT, cdc_env
 
 
 def test_demo_prints_events_and_stops_cleanly() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     execute,
     pg_pipeline,
@@ -126,7 +127,7 @@ def test_read_model_and_as_of_recipes_on_snapshot_and_stream(
 def test_webhook_signature_recipe_accepts_real_requests_and_refuses_forgeries(
     tmp_path: Path, pgdb: str, free_port: int
 ) -> None:
-    from webhook_harness import Receiver
+    from tests.webhook_harness import Receiver
 
     (block,) = _python_blocks("webhook.md")
     ns: dict[str, Any] = {}

@@ -11,7 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from helpers import (
+from tests.helpers import (
     CdcService,
     execute,
     fold,
@@ -22,9 +22,8 @@ from helpers import (
     wait_for,
     write_config,
 )
-
-from integration.conftest import MyDB
-from integration.test_mysql_source import my_pipeline, table_state
+from tests.integration.test_mysql_source import my_pipeline, table_state
+from tests.mariadb_fixtures import MyDB
 
 TABLES = ("orders", "customers", "items")
 ROWS = 300

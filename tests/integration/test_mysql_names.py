@@ -5,10 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from helpers import CdcService, read_complete_events, read_schemas, run_cli, wait_for, write_config
-
-from integration.conftest import MyDB
-from integration.test_mysql_source import my_pipeline
+from tests.helpers import (
+    CdcService,
+    read_complete_events,
+    read_schemas,
+    run_cli,
+    wait_for,
+    write_config,
+)
+from tests.integration.test_mysql_source import my_pipeline
+from tests.mariadb_fixtures import MyDB
 
 
 def test_quoted_database_and_table_names_are_captured(mydb: MyDB, tmp_path: Path, free_port: int) -> None:

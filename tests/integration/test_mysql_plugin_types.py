@@ -14,8 +14,7 @@ from typing import Any
 
 import pytest
 
-from integration.conftest import MyDB
-from integration.test_mysql_snapshot_reader import (
+from tests.integration.test_mysql_snapshot_reader import (
     Harness,
     Stream,
     dumps,
@@ -23,6 +22,7 @@ from integration.test_mysql_snapshot_reader import (
     rows_of,
     schema_of,
 )
+from tests.mariadb_fixtures import MyDB
 
 
 @pytest.fixture

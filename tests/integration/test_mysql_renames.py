@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import (
+
+from cdc.errors import FatalError
+from tests.helpers import (
     CdcService,
     dedupe,
     find_log,
@@ -24,11 +26,9 @@ from helpers import (
     wait_for,
     write_config,
 )
-
-from cdc.errors import FatalError
-from integration.conftest import MyDB
-from integration.test_mysql_snapshot_reader import Harness, Stream, read_all
-from integration.test_mysql_source import my_pipeline, service, wait_events
+from tests.integration.test_mysql_snapshot_reader import Harness, Stream, read_all
+from tests.integration.test_mysql_source import my_pipeline, service, wait_events
+from tests.mariadb_fixtures import MyDB
 
 
 @pytest.fixture

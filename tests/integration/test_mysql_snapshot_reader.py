@@ -23,8 +23,6 @@ from typing import Any
 import orjson
 import pytest
 import structlog
-from helpers import wait_for
-from mysql_server import LocalMariaDB, free_port
 
 from cdc.config import ColumnsConfig, PipelineConfig, ValuesConfig
 from cdc.errors import FatalError, RetriableError
@@ -33,9 +31,11 @@ from cdc.plugin import PluginContext
 from cdc.schema import SchemaRegistry, TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader
 from cdc.state import SQLiteStore
-from integration.conftest import MyDB
 from sources.mysql import MySQLConfig, MySQLSource
 from sources.mysql.position import BinlogPosition, file_index
+from tests.helpers import wait_for
+from tests.mariadb_fixtures import MyDB
+from tests.mysql_server import LocalMariaDB, free_port
 
 # -- helpers ------------------------------------------------------------------------------------
 

@@ -11,7 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     cdc_env,
     fold,
@@ -25,9 +26,8 @@ from helpers import (
     wait_snapshot_done,
     write_config,
 )
-
-from integration.conftest import MyDB
-from integration.test_mysql_source import my_pipeline, table_state
+from tests.integration.test_mysql_source import my_pipeline, table_state
+from tests.mariadb_fixtures import MyDB
 
 
 def _create(db: MyDB, rows: int, name: str = "items") -> str:

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 import pytest
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     dedupe,
     find_log,
@@ -32,10 +33,9 @@ from helpers import (
     wait_for,
     write_config,
 )
-from mysql_server import LocalMariaDB
-from mysql_server import free_port as another_port
-
-from integration.conftest import MyDB
+from tests.mariadb_fixtures import MyDB
+from tests.mysql_server import LocalMariaDB
+from tests.mysql_server import free_port as another_port
 
 # -- helpers ------------------------------------------------------------------------------------
 

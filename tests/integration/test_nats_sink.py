@@ -18,7 +18,6 @@ from tests.faults._support import (
     PgTables,
     StreamsOut,
     outcome,
-    pg15db,  # noqa: F401 - a fixture used by name
     saved_checkpoint,
     stop_cleanly,
     wait_converged,
@@ -38,7 +37,7 @@ def nats_server(tmp_path: Path) -> Any:
 
 
 def test_kill9_while_acks_are_pending_then_restart_adds_no_duplicates(
-    pg15db: str,  # noqa: F811
+    pg15db: str,
     tmp_path: Path,
     free_port: int,
 ) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from helpers import (
+from tests.helpers import (
     CdcService,
     execute,
     find_log,

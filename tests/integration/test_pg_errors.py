@@ -17,7 +17,11 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from helpers import (
+from psycopg.conninfo import make_conninfo
+
+from sources.postgres.server import LocalPostgres, find_debian_bindir
+from sources.postgres.server import free_port as pick_port
+from tests.helpers import (
     CdcService,
     execute,
     find_log,
@@ -31,10 +35,6 @@ from helpers import (
     wait_for,
     write_config,
 )
-from psycopg.conninfo import make_conninfo
-
-from sources.postgres.server import LocalPostgres, find_debian_bindir
-from sources.postgres.server import free_port as pick_port
 
 PG15 = pytest.mark.parametrize("pg", ["pg15"], indirect=True)
 

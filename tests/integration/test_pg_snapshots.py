@@ -14,7 +14,8 @@ from typing import Any
 
 import orjson
 import psycopg
-from helpers import (
+
+from tests.helpers import (
     CdcService,
     cdc_env,
     execute,

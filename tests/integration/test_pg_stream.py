@@ -21,7 +21,10 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
-from helpers import (
+from psycopg import sql
+
+from sources.postgres.server import LocalPostgres
+from tests.helpers import (
     CdcService,
     fold,
     pg_pipeline,
@@ -32,9 +35,6 @@ from helpers import (
     wait_for,
     write_config,
 )
-from psycopg import sql
-
-from sources.postgres.server import LocalPostgres
 
 # -- helpers ------------------------------------------------------------------------------------
 
@@ -121,7 +121,7 @@ def dbname(dsn: str) -> str:
 @pytest.fixture
 def pgdb2(pg: LocalPostgres) -> Iterator[str]:
     """A second fresh database on the same server as ``pgdb``."""
-    from conftest import _drop_database
+    from tests.conftest import _drop_database
 
     name = f"t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(pg.dsn(), autocommit=True, connect_timeout=10) as conn:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import orjson
 import pytest
-from helpers import CdcService, cdc_env, execute, pg_pipeline, run_cli, wait_for, write_config
+
+from tests.helpers import CdcService, cdc_env, execute, pg_pipeline, run_cli, wait_for, write_config
 
 PG15 = pytest.mark.parametrize("pg", ["pg15"], indirect=True)
 PLUGIN_SRC = Path(__file__).resolve().parent.parent / "data" / "tiny_sink_plugin"

@@ -21,7 +21,6 @@ from tests.faults._support import (
     PgTables,
     StreamsOut,
     outcome,
-    pg15db,  # noqa: F401 - a fixture used by name
     stop_cleanly,
     wait_converged,
     wait_new_checkpoint,
@@ -177,7 +176,7 @@ def test_a_refused_login_is_fatal(tmp_path: Path) -> None:
 
 
 def test_kill9_of_redis_and_of_the_service_adds_no_duplicates_and_loses_nothing(
-    pg15db: str,  # noqa: F811
+    pg15db: str,
     tmp_path: Path,
     free_port: int,
 ) -> None:
