@@ -123,16 +123,26 @@ class PostgresSource(Source):
             bigint_as_string=self.bigint_as_string,
             position=start,
         )
-        conninfo = catalog.conninfo(self.cfg.dsn, self.dsn_display, self.ctx.name, replication="database")
+        conninfo = catalog.conninfo(
+            self.cfg.dsn, self.dsn_display, self.ctx.name, replication="database"
+        )
         stream = ReplicationStream(
-            conninfo, self.dsn_display, self.slot, self.publication, self.ctx.name, decoder, self.cfg.heartbeat_s
+            conninfo,
+            self.dsn_display,
+            self.slot,
+            self.publication,
+            self.ctx.name,
+            decoder,
+            self.cfg.heartbeat_s,
         )
         stream.start(start)
         self._stream = stream
         self.poll()
         return start
 
-    def _prepare_slot(self, conn: psycopg.Connection[Any], checkpoint: str | None, adopt: bool) -> Lsn:
+    def _prepare_slot(
+        self, conn: psycopg.Connection[Any], checkpoint: str | None, adopt: bool
+    ) -> Lsn:
         log = self.ctx.log
         assert self._facts is not None
         slot = catalog.slot_facts(conn, self.slot)
@@ -218,13 +228,20 @@ class PostgresSource(Source):
             raise RetriableError("the replication connection is closed", kind="source_unreachable")
         return stream.read(timeout)
 
+    # -- relations and renames ----------------------------------------------------------------
+
     def _relation_facts(self, msg: Relation) -> RelationFacts:
         """The decoder describes a Relation: its catalog facts, on the regular connection."""
         columns = [(c.type_oid, c.typmod) for c in msg.columns]
         with self._conn_lock:
             try:
                 return catalog.relation_facts(
-                    self._catalog(), msg.relid, msg.replica_identity, columns, self._types, self._typmods
+                    self._catalog(),
+                    msg.relid,
+                    msg.replica_identity,
+                    columns,
+                    self._types,
+                    self._typmods,
                 )
             except psycopg.OperationalError as exc:
                 name = names.join(msg.namespace, msg.name)
@@ -236,8 +253,6 @@ class PostgresSource(Source):
     def _record_rename(self, listed: str, name: str) -> None:
         self.ctx.set_meta(f"renamed:{listed}", name)
 
-    # -- relations and renames ----------------------------------------------------------------
-
     def _renames(self) -> dict[str, str]:
         """Listed tables this pipeline saw renamed (old name -> new name), for start errors."""
         out: dict[str, str] = {}
@@ -246,6 +261,8 @@ class PostgresSource(Source):
             if new:
                 out[name] = new
         return out
+
+    # -- the stream's controls and the snapshot reader -----------------------------------------
 
     def request_position(self) -> None:
         """A snapshot chunk waits for the stream: ask the server for its position at the

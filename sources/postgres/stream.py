@@ -185,7 +185,7 @@ class ReplicationStream:
             except (OSError, ValueError, psycopg.OperationalError) as exc:
                 raise self._lost(exc) from exc
 
-    def _lost(self, exc: BaseException | None) -> RetriableError:
+    def _lost(self, exc: BaseException | None) -> FatalError | RetriableError:
         repl = self._repl
         detail = repl.get_error_message().strip() if repl is not None else ""
         if repl is not None and (not detail or detail == "no error details available"):
@@ -199,7 +199,7 @@ class ReplicationStream:
         if not detail and exc is not None:
             detail = str(exc)
         if "publication" in detail and "does not exist" in detail:
-            return FatalError(  # type: ignore[return-value]
+            return FatalError(
                 f"the replication stream ended: {detail.splitlines()[0]}; pgoutput reads the "
                 "publication as of each change, so a slot created before its publication cannot "
                 "stream the changes in between: create the publication first, then the slot "
@@ -207,13 +207,15 @@ class ReplicationStream:
                 kind="source_config",
             )
         if "replication slot" in detail and ("does not exist" in detail or "invalidated" in detail):
-            return FatalError(  # type: ignore[return-value]
+            return FatalError(
                 f"the replication stream ended: {detail}; to recover, run `cdc drop CONFIG "
-                f"{self.pipeline} --yes` and start again (snapshot.mode: initial re-reads the tables)",
+                f"{self.pipeline} --yes` and start again (snapshot.mode: initial re-reads the "
+                "tables)",
                 kind="slot_lost",
             )
+        detail = detail or "server closed the stream"
         return RetriableError(
-            f"lost the replication connection to {self.dsn_display}: {detail or 'server closed the stream'}",
+            f"lost the replication connection to {self.dsn_display}: {detail}",
             kind="source_unreachable",
         )
 
