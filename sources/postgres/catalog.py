@@ -2,8 +2,9 @@
 
 Everything the PostgreSQL source asks the database outside the replication stream lives here:
 the start-up checks (server settings, grants, tables, replica identities), the publication and
-slot management, the type and key lookups made once per Relation message (never per row), and
-the monitoring queries (retained WAL, unused slots). Each check that fails raises one
+slot management, the type and key lookups made once per Relation message (never per row;
+:func:`relation_facts` gathers them for the pure :mod:`.relations`), and the monitoring
+queries (retained WAL, unused slots). Each check that fails raises one
 :class:`FatalError` saying what is wrong and the statement that fixes it.
 """
 

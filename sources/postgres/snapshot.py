@@ -5,8 +5,9 @@ reader's own connection. Its first statement takes the transaction's snapshot an
 statement, reads ``pg_current_snapshot()`` (``xmin:xmax:xip``) and
 ``pg_current_wal_insert_lsn()``; the second reads the rows, ``WHERE (key) > (last key) ORDER BY
 key LIMIT n``, in text format, converted by the very converters the stream compiles for the
-table (the session has the stream's settings: UTC, ISO dates, ``iso_8601`` intervals, hex
-bytea, all float digits), so a row read here and the same row streamed are equal. No lock.
+table (both describe it with :mod:`.relations`, and the session has the stream's settings: UTC,
+ISO dates, ``iso_8601`` intervals, hex bytea, all float digits), so a row read here and the
+same row streamed are equal. No lock.
 
 Watermark: a transaction visible to the read wrote its commit record before the snapshot was
 taken, so before the insert LSN read after it: once the stream has delivered up to that LSN
