@@ -1,18 +1,14 @@
-"""One way to generate code: small functions built from source lines, as dataclasses and attrs
-build ``__init__``.
+"""Small generated functions, one idiom for the whole project.
 
-cdc generates a few hot functions per table definition (a row converter with the column names
-and converters bound in, a row-image decoder per binlog TABLE_MAP) because a generated function
-has no Python loop and no per-column lookups: measured several times faster than the loop it
-replaces (docs/performance.md). To keep that readable and debuggable, every generator goes
-through :func:`make_function`:
-
-* constants (converters, names, sizes) are handed in as a mapping and become globals of the
-  generated function, never spliced into its text (no ``repr`` round trips to get wrong);
-* the source is registered with :mod:`linecache` under a descriptive file name
-  (``<cdc generated: row public.orders v3>``), so a traceback through generated code shows the
-  generated line, and :func:`source_of` returns it;
-* ``CDC_DUMP_CODEGEN=DIR`` writes every generated source to DIR, for reading or diffing.
+Theory of operation: a few hot paths (converting a row of a known table) are faster as one
+straight-line function per table than as a loop over per-column converters, so the sources
+build that function once per table definition from source lines, as :mod:`dataclasses` and
+attrs do for ``__init__``. :func:`make_function` is the one way to do it: constants (the
+per-column converters) are bound as keyword defaults, so the body reads them as fast locals;
+names from the database only ever enter the text through ``repr()``; and the text is registered
+in :mod:`linecache` under its own file name, so a traceback through generated code shows the
+generated line instead of nothing. ``CDC_DUMP_CODEGEN=DIR`` also writes every generated source
+to DIR, for reading or diffing.
 """
 
 from __future__ import annotations
@@ -21,43 +17,46 @@ import itertools
 import linecache
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+_serial = itertools.count(1)
+#: set to a folder: every generated source is also written there
 DUMP_ENV = "CDC_DUMP_CODEGEN"
-
-_counter = itertools.count(1)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
 def make_function(
     name: str,
     args: Sequence[str],
-    body: Sequence[str],
+    lines: Sequence[str],
     consts: Mapping[str, Any] | None = None,
-    *,
-    what: str,
-) -> Callable[..., Any]:
-    """Compile ``def name(args): body`` (``body``: lines without the function's indentation)
-    with ``consts`` as its globals. ``what`` names it in tracebacks and dumps."""
-    src = f"def {name}({', '.join(args)}):\n" + "".join(f"    {line}\n" for line in body)
-    filename = f"<cdc generated #{next(_counter)}: {what}>"
-    code = compile(src, filename, "exec")
-    # linecache keeps entries whose mtime is None until cleared: tracebacks show the lines
-    linecache.cache[filename] = (len(src), None, src.splitlines(keepends=True), filename)
-    namespace: dict[str, Any] = dict(consts or {})
-    exec(code, namespace)  # noqa: S102 - code built by cdc from catalog names, never from values
-    fn: Callable[..., Any] = namespace[name]
+    filename: str | None = None,
+) -> Any:
+    """Build ``def name(*args, **consts): lines`` and return the function.
+
+    ``lines`` is the body, one statement per item, without the function's own indentation.
+    ``filename`` names the code in tracebacks (``<generated name N>`` by default); it is made
+    unique, and the source is kept in :mod:`linecache` for as long as the process runs (one
+    entry per table definition, never per row).
+    """
+    env = dict(consts or {})
+    params = ", ".join([*args, *(f"{k}={k}" for k in env)])
+    src = f"def {name}({params}):\n" + "".join(f"    {line}\n" for line in lines)
+    fname = f"<{filename or 'generated ' + name} #{next(_serial)}>"
+    code = compile(src, fname, "exec")
+    namespace: dict[str, Any] = {}
+    exec(code, env, namespace)  # noqa: S102 - text built from repr()'d names, see the docstring
+    linecache.cache[fname] = (len(src), None, src.splitlines(True), fname)
     folder = os.environ.get(DUMP_ENV)
     if folder:
-        path = Path(folder)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / (_SAFE.sub("_", filename.strip("<>")) + ".py")).write_text(src)
-    return fn
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / (_SAFE.sub("_", fname.strip("<>")) + ".py")).write_text(src)
+    return namespace[name]
 
 
-def source_of(fn: Callable[..., Any]) -> str:
-    """The generated source of a function made by :func:`make_function`."""
-    filename = fn.__code__.co_filename
-    return "".join(linecache.getlines(filename))
+def source_of(func: Any) -> str:
+    """The generated text of a function made by :func:`make_function` (for tests and dumps)."""
+    entry = linecache.cache.get(func.__code__.co_filename)
+    return "".join(entry[2]) if entry is not None and len(entry) == 4 else ""

@@ -2,8 +2,9 @@
 
 Everything the PostgreSQL source asks the database outside the replication stream lives here:
 the start-up checks (server settings, grants, tables, replica identities), the publication and
-slot management, the type and key lookups made once per Relation message (never per row), and
-the monitoring queries (retained WAL, unused slots). Each check that fails raises one
+slot management, the type and key lookups made once per Relation message (never per row;
+:func:`relation_facts` gathers them for the pure :mod:`.relations`), and the monitoring
+queries (retained WAL, unused slots). Each check that fails raises one
 :class:`FatalError` saying what is wrong and the statement that fixes it.
 """
 
@@ -15,9 +16,12 @@ from typing import Any
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc import names
 from cdc.errors import FatalError, RetriableError
+
+from .relations import RelationFacts, TypeFacts, typmods_wanted
 
 #: marks a publication created (and therefore managed) by cdc
 PUBLICATION_MARK = "managed by cdc"
@@ -46,6 +50,32 @@ def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
     return RetriableError(
         f"cannot connect to {dsn_display} for {what}: {message}", kind="source_unreachable"
     )
+
+
+def conninfo(dsn: str, dsn_display: str, pipeline: str, **extra: str) -> str:
+    """The connection string of the pipeline's sessions: the DSN plus the session settings
+    that make values exact (:data:`SESSION_OPTIONS`), timeouts, keepalives and a name."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError as exc:
+        raise FatalError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind="config") from exc
+    options = params.get("options")
+    params["options"] = f"{options} {SESSION_OPTIONS}" if options else SESSION_OPTIONS
+    params.setdefault("connect_timeout", "10")
+    params.setdefault("application_name", f"cdc_{pipeline}")
+    params.setdefault("keepalives", "1")
+    params.setdefault("keepalives_idle", "30")
+    params.update(extra)
+    return make_conninfo("", **params)
+
+
+def connect(dsn: str, dsn_display: str, pipeline: str) -> psycopg.Connection[Any]:
+    """A regular autocommit connection for catalog queries (errors: :func:`connect_error`)."""
+    info = conninfo(dsn, dsn_display, pipeline)
+    try:
+        return psycopg.connect(info, autocommit=True)
+    except psycopg.Error as exc:
+        raise connect_error(exc, "catalog queries", dsn_display) from exc
 
 
 def split_table(name: str) -> tuple[str, str]:
@@ -437,17 +467,6 @@ def cdc_slots(conn: psycopg.Connection[Any]) -> list[tuple[str, str | None, int 
 # -- relations and types (once per Relation message) ---------------------------------------------
 
 
-@dataclass(frozen=True)
-class TypeFacts:
-    oid: int
-    name: str  # "int4", "public.mood"
-    typtype: str  # b c d e p r m
-    element: int  # element type oid for arrays, else 0
-    base: int  # base type oid for domains, else 0
-    delim: str
-    modout: str | None  # "pg_catalog.varchartypmodout" or None
-
-
 def type_facts(conn: psycopg.Connection[Any], oids: Sequence[int]) -> dict[int, TypeFacts]:
     rows = conn.execute(
         "SELECT t.oid::int, n.nspname, t.typname, t.typtype::text, t.typelem::int, "
@@ -504,3 +523,34 @@ def not_null_columns(conn: psycopg.Connection[Any], relid: int) -> set[str]:
             (relid,),
         ).fetchall()
     }
+
+
+def relation_facts(
+    conn: psycopg.Connection[Any],
+    relid: int,
+    identity: str,
+    columns: Sequence[tuple[int, int]],
+    types: dict[int, TypeFacts],
+    typmods: dict[tuple[int, int], str],
+) -> RelationFacts:
+    """The catalog facts :mod:`.relations` needs to describe relation ``relid`` whose columns
+    are ``(type oid, typmod)``: four small queries at most, once per description, never per
+    row. ``types`` and ``typmods`` are the caller's caches (a session's types are fetched
+    once); they are filled in place and handed on."""
+    pending = {oid for oid, _ in columns} - set(types)
+    while pending:
+        found = type_facts(conn, sorted(pending))
+        types.update(found)
+        pending = set()
+        for t in found.values():
+            for dep in (t.element, t.base):
+                if dep and dep not in types:
+                    pending.add(dep)
+        pending -= set(found)
+    key = key_columns(conn, relid, identity) if identity in ("d", "i", "f") else None
+    not_null = not_null_columns(conn, relid)
+    for t, typmod in typmods_wanted(types, columns):
+        if (t.oid, typmod) not in typmods:
+            assert t.modout is not None
+            typmods[(t.oid, typmod)] = typmod_text(conn, t.modout, typmod)
+    return RelationFacts(types, key, frozenset(not_null), typmods)

@@ -5,8 +5,9 @@ reader's own connection. Its first statement takes the transaction's snapshot an
 statement, reads ``pg_current_snapshot()`` (``xmin:xmax:xip``) and
 ``pg_current_wal_insert_lsn()``; the second reads the rows, ``WHERE (key) > (last key) ORDER BY
 key LIMIT n``, in text format, converted by the very converters the stream compiles for the
-table (the session has the stream's settings: UTC, ISO dates, ``iso_8601`` intervals, hex
-bytea, all float digits), so a row read here and the same row streamed are equal. No lock.
+table (both describe it with :mod:`.relations`, and the session has the stream's settings: UTC,
+ISO dates, ``iso_8601`` intervals, hex bytea, all float digits), so a row read here and the
+same row streamed are equal. No lock.
 
 Watermark: a transaction visible to the read wrote its commit record before the snapshot was
 taken, so before the insert LSN read after it: once the stream has delivered up to that LSN
@@ -37,14 +38,17 @@ from typing import Any
 import psycopg
 from psycopg import pq, sql
 
+from cdc._codegen import make_function
 from cdc.errors import FatalError, RetriableError
 from cdc.events import ChangeEvent
+from cdc.log import mask_dsn
 from cdc.names import split as split_table_name
+from cdc.schema import TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
 
+from . import catalog
 from .lsn import Lsn
-from .pgoutput import Relation, RelationColumn
-from .source import PostgresSource, _compile
+from .relations import Entry, TypeFacts, describe, snapshot_key
 
 #: attempts at a read whose snapshot lists a committed transaction as running
 RACE_RETRIES = 200
@@ -107,7 +111,7 @@ class PgChunk(Chunk):
         return (int(position), -1)
 
 
-def _compile_rows(names: list[str], columns: list[tuple[int, str, Any]], key: list[str]) -> Any:
+def _compile_rows(table: str, columns: list[Entry], key: list[str]) -> Any:
     """``convert(get, n) -> [(key, after), ...]`` for a result of ``n`` rows in text format
     (``get(row, column)`` is libpq's value, ``None`` for NULL): one generated loop per table,
     with the same converters as the stream's rows."""
@@ -126,7 +130,7 @@ def _compile_rows(names: list[str], columns: list[tuple[int, str, Any]], key: li
     else:
         lines.append("    append((None, after))")
     lines.append("return out")
-    return _compile("convert", ["get", "n"], lines, env)
+    return make_function("convert", ["get", "n"], lines, env, f"pg snapshot rows {table}")
 
 
 class _Table:
@@ -134,23 +138,57 @@ class _Table:
 
     __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "convert", "block")
 
-    def __init__(self, **kw: Any) -> None:
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(
+        self,
+        *,
+        name: str,
+        schema: TableSchema,
+        key: tuple[str, ...],
+        key_types: list[str],
+        key_index: list[int],
+        select: sql.Composable,
+        convert: Any,
+        block: dict[str, Any],
+    ) -> None:
+        self.name = name
+        self.schema = schema
+        self.key = key
+        self.key_types = key_types  # the key columns' types, for the cursor's casts
+        self.key_index = key_index  # the key columns' indexes in a result row
+        self.select = select
+        self.convert = convert  # convert(get, n) -> [(key, after), ...]
+        self.block = block  # the source block without ts_ms
 
 
 class PostgresSnapshotReader(SnapshotReader):
-    """Reads chunks on its own connection (``helper`` is a private, never-opened source used
-    for its catalog connection and its type converters)."""
+    """Reads chunks on its own connection; tables are described by :mod:`.relations` from
+    ``pg_attribute`` and the catalog facts, exactly as the stream describes them."""
 
-    def __init__(self, helper: PostgresSource) -> None:
-        self.helper = helper
+    def __init__(
+        self,
+        dsn: str,
+        pipeline: str,
+        exclude: dict[str, set[str]],
+        *,
+        bigint_as_string: bool = False,
+    ) -> None:
+        self.dsn = dsn
+        self.dsn_display = mask_dsn(dsn)
+        self.pipeline = pipeline
+        self.exclude = exclude
+        self.bigint_as_string = bigint_as_string
+        self._connection: psycopg.Connection[Any] | None = None
+        self._types: dict[int, TypeFacts] = {}
+        self._typmods: dict[tuple[int, int], str] = {}
         self._tables: dict[str, _Table] = {}
         self._database: str | None = None
 
     def _conn(self) -> psycopg.Connection[Any]:
         try:
-            return self.helper._catalog()
+            conn = self._connection
+            if conn is None or conn.closed or conn.broken:
+                conn = self._connection = catalog.connect(self.dsn, self.dsn_display, self.pipeline)
+            return conn
         except FatalError:
             raise
         except psycopg.Error as exc:
@@ -197,17 +235,18 @@ class PostgresSnapshotReader(SnapshotReader):
             "ORDER BY attnum",
             (relid,),
         ).fetchall()
-        from . import catalog
-
-        key = catalog.key_columns(conn, relid, replident) or []
-        msg = Relation(
-            relid,
-            schema_name,
-            table_name,
-            replident,
-            [RelationColumn(1 if a[0] in key else 0, a[0], a[1], a[2]) for a in attrs],
+        facts = catalog.relation_facts(
+            conn, relid, replident, [(a[1], a[2]) for a in attrs], self._types, self._typmods
         )
-        schema, columns, key_names, _ = self.helper.describe_relation(conn, msg, table)
+        key_names = snapshot_key(replident, facts.key)
+        shape = describe(
+            table,
+            [(a[0], a[1], a[2]) for a in attrs],
+            key_names,
+            facts,
+            self.exclude,
+            bigint_as_string=self.bigint_as_string,
+        )
         types = {a[0]: a[3] for a in attrs}
         names = [a[0] for a in attrs]
         ident = sql.Identifier
@@ -216,17 +255,17 @@ class PostgresSnapshotReader(SnapshotReader):
             sql.SQL("ONLY ") if relkind == "r" else sql.SQL(""),
             sql.SQL("{}.{}").format(ident(schema_name), ident(table_name)),
         )
-        convert = _compile_rows(names, columns, key_names)
+        convert = _compile_rows(table, shape.columns, key_names)
         t = _Table(
             name=table,
-            schema=schema,
+            schema=shape.schema,
             key=tuple(key_names),
             key_types=[types[k] for k in key_names],
             select=select,
             convert=convert,
             block={
                 "connector": "postgres",
-                "pipeline": self.helper.ctx.name,
+                "pipeline": self.pipeline,
                 "db": database,
                 "schema": schema_name,
                 "table": table_name,
@@ -339,4 +378,10 @@ class PostgresSnapshotReader(SnapshotReader):
         return PgChunk(t.name, t.schema, rows, cursor, done, high, token, snapshot=snapshot, block=block)
 
     def close(self) -> None:
-        self.helper.close()
+        conn = self._connection
+        self._connection = None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass
