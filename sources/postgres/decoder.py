@@ -163,6 +163,11 @@ class PgDecoder:
 
     # -- feeding ------------------------------------------------------------------------------
 
+    @property
+    def tx_lsn(self) -> int:
+        """The commit LSN of the transaction being decoded (0 before the first)."""
+        return self._tx_lsn
+
     def feed(self, msg: Any, nbytes: int = 0) -> Batch | None:
         """Take one message (``nbytes``: its frame's size, for the batch's memory estimate);
         return a batch when one is due. Raises :class:`FatalError` (``protocol``) for a change

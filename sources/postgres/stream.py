@@ -28,18 +28,20 @@ from __future__ import annotations
 
 import select
 import time
+from typing import Any
 
 import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGconn
 
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, ProtocolError, RetriableError
 from cdc.plugin import Batch
 
 from .decoder import BATCH_EVENTS, PgDecoder
 from .lsn import Lsn
-from .pgoutput import decode
+from .pgoutput import PgOutputError, decode
 from .protocol import Keepalive, parse_copy_data, standby_status_update
+from .protocol import ProtocolError as WireError
 
 #: seconds between standby status updates even when nothing changed
 STATUS_INTERVAL_S = 10.0
@@ -148,42 +150,54 @@ class ReplicationStream:
         get = repl.get_copy_data
         decoder = self.decoder
         feed = decoder.feed
-        while True:
-            try:
-                nbytes, buf = get(1)
-            except psycopg.OperationalError as exc:
-                raise self._lost(exc) from exc
-            if nbytes > 0:
-                if buf[0] == _W:
-                    # tobytes: far cheaper than bytes(memoryview)
-                    batch = feed(decode(buf[25:].tobytes()), nbytes)
-                    if batch is not None:
-                        self._housekeeping()  # status updates go out under sustained load too
-                        return batch
+        buf: Any = None
+        try:
+            while True:
+                try:
+                    nbytes, buf = get(1)
+                except psycopg.OperationalError as exc:
+                    raise self._lost(exc) from exc
+                if nbytes > 0:
+                    if buf[0] == _W:
+                        # tobytes: far cheaper than bytes(memoryview)
+                        batch = feed(decode(buf[25:].tobytes()), nbytes)
+                        if batch is not None:
+                            self._housekeeping()  # status updates go out under sustained load too
+                            return batch
+                        continue
+                    self._on_keepalive(parse_copy_data(buf))
                     continue
-                self._on_keepalive(parse_copy_data(buf))
-                continue
-            if nbytes < 0:
-                raise self._lost(None)
-            # Nothing buffered: hand over what we have, else wait for the socket.
-            out = decoder.out
-            if (out and not decoder.in_tx) or len(out) >= BATCH_EVENTS:
-                batch = decoder.cut()
+                if nbytes < 0:
+                    raise self._lost(None)
+                # Nothing buffered: hand over what we have, else wait for the socket.
+                out = decoder.out
+                if (out and not decoder.in_tx) or len(out) >= BATCH_EVENTS:
+                    batch = decoder.cut()
+                    self._housekeeping()
+                    return batch
                 self._housekeeping()
-                return batch
-            self._housekeeping()
-            heartbeat = self._heartbeat()
-            if heartbeat is not None:
-                return heartbeat
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                ready, _, _ = select.select([repl.socket], [], [], min(remaining, 0.5))
-                if ready:
-                    repl.consume_input()
-            except (OSError, ValueError, psycopg.OperationalError) as exc:
-                raise self._lost(exc) from exc
+                heartbeat = self._heartbeat()
+                if heartbeat is not None:
+                    return heartbeat
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                try:
+                    ready, _, _ = select.select([repl.socket], [], [], min(remaining, 0.5))
+                    if ready:
+                        repl.consume_input()
+                except (OSError, ValueError, psycopg.OperationalError) as exc:
+                    raise self._lost(exc) from exc
+        except (PgOutputError, WireError) as exc:
+            # Bytes that do not decode: retrying from the checkpoint would read them again, so
+            # the pipeline stops here, saying where (nothing after the checkpoint was confirmed).
+            at = int.from_bytes(buf[1:9], "big") if buf is not None and len(buf) >= 9 else 0
+            raise ProtocolError(
+                f"cannot decode the replication message at WAL {Lsn(at)} (transaction at "
+                f"{Lsn(decoder.tx_lsn)}): {exc}. This is a bug or a pgoutput feature this build "
+                "does not know; the checkpoint stays before it",
+                position=str(Lsn(at)),
+            ) from exc
 
     def _lost(self, exc: BaseException | None) -> FatalError | RetriableError:
         repl = self._repl

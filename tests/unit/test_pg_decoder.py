@@ -494,3 +494,31 @@ def test_unchanged_marker_with_whole_old_row_takes_the_old_value() -> None:
         )
     )
     assert ev[0].after == {"a": 1, "b": "big"} and ev[0].unchanged is None
+
+
+class _Frames:
+    """libpq's COPY BOTH reads, replayed: (length, frame) pairs, then end of copy."""
+
+    def __init__(self, frames: list[bytes]) -> None:
+        self.frames = list(frames)
+
+    def get_copy_data(self, _async: int) -> tuple[int, memoryview]:
+        if not self.frames:
+            return -1, memoryview(b"")
+        frame = self.frames.pop(0)
+        return len(frame), memoryview(frame)
+
+
+def test_an_undecodable_message_is_a_fatal_protocol_error_with_its_wal_position() -> None:
+    from cdc.errors import ProtocolError
+    from sources.postgres.stream import ReplicationStream
+
+    dec = make_decoder(["public.f"], {})
+    stream = ReplicationStream("", "db", "slot", "pub", "p", dec, 10.0)
+    good = b"w" + (0x1000).to_bytes(8, "big") * 2 + bytes(8) + b"B" + (0x1100).to_bytes(8, "big") + bytes(8) + (5).to_bytes(4, "big")
+    bad = b"w" + (0x1234).to_bytes(8, "big") * 2 + bytes(8) + b"Z garbage"  # no such message type
+    stream._repl = _Frames([good, bad])  # type: ignore[assignment]
+    with pytest.raises(ProtocolError) as info:
+        stream.read(1.0)
+    assert info.value.kind == "protocol" and not info.value.retriable
+    assert "0/1234" in str(info.value) and info.value.position == "0/1234"
