@@ -18,7 +18,7 @@ imports this module and nothing from another benchmark:
   same WAL), ``pg_recvlogical`` as the decoding ceiling, and :func:`run_file_service`, cdc with
   the file sink until its checkpoint covers the last event;
 - **servers**: the throwaway servers come from the launchers the tests use
-  (``sources.postgres.server``; ``LocalMariaDB`` and ``TansuBroker`` from ``tests/``, reached
+  (``cdc_local.postgres``; ``LocalMariaDB`` and ``TansuBroker`` from ``tests/``, reached
   only through this module's attributes, so no benchmark imports test code itself).
 """
 
@@ -41,7 +41,7 @@ from typing import Any
 import psycopg
 import yaml
 
-from sources.postgres.server import LocalPostgres, free_port
+from cdc_local.postgres import LocalPostgres, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # the launchers in tests/ (a script's own folder is bench/)

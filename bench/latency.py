@@ -45,7 +45,7 @@ from typing import Any
 import psycopg
 from _harness import ROOT, Service, free_port, peak_rss_kb, service_config
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir
 
 TABLE = "public.lat"
 PIPELINE = "latency"

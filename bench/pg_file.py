@@ -39,7 +39,7 @@ from _harness import (
     workload,
 )
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 200

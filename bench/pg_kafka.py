@@ -47,7 +47,7 @@ from _harness import (
     workload,
 )
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 KAFKA_PIPELINE = "benchk"
 KAFKA_SLOT = "cdc_benchk"

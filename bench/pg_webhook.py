@@ -46,7 +46,7 @@ from _harness import (
     wait_until,
 )
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 HOOK_PIPELINE = "bench_hook"
 HOOK_SLOT = "cdc_bench_hook"

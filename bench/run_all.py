@@ -146,7 +146,7 @@ def snapshot_row(args: argparse.Namespace, pg: Any, work: Path) -> Row:
 def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
     import psycopg
 
-    from sources.postgres.server import LocalPostgres, find_debian_bindir
+    from cdc_local.postgres import LocalPostgres, find_debian_bindir
 
     harness = bench("_harness")
     pg_kafka = bench("pg_kafka")

@@ -47,7 +47,7 @@ import _harness
 import psycopg
 from _harness import DB, TABLE, peak_rss_kb, profile, summarize_profile
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir
 
 TAP_PACKAGE = "pipelinewise-tap-postgres"
 #: the tap finds its slot by name: pipelinewise_<dbname>

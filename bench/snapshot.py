@@ -47,7 +47,7 @@ from typing import Any
 import psycopg
 from _harness import Service, free_port, peak_rss_kb, profile, service_config, summarize_profile
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
 DB = "bench_snapshot"
 TABLE = "public.snap"

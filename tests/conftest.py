@@ -23,12 +23,12 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sources.postgres.server import (
+from cdc_local.postgres import (
     LocalPostgres,
     find_debian_bindir,
     find_embedded_bindir,
 )
-from sources.postgres.server import free_port as _free_port
+from cdc_local.postgres import free_port as _free_port
 
 #: Fixture modules, registered once for every test module (never imported for their fixtures):
 #: the MariaDB servers (one of each kind for the whole session, whatever module asks) and the

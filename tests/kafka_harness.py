@@ -36,7 +36,7 @@ from typing import Any
 
 import orjson
 
-from sources.postgres.server import free_port
+from cdc_local.postgres import free_port
 from tests.sink_harness import SinkHarness
 
 _PR_SET_PDEATHSIG = 1

@@ -40,7 +40,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
-from sources.postgres.server import free_port
+from cdc_local.postgres import free_port
 
 __all__ = ["LocalMariaDB", "MariaDBStartError", "free_port"]
 

@@ -34,7 +34,7 @@ import psycopg
 import pymysql
 import pytest
 
-from sources.postgres.server import LocalPostgres
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
     create_database,

@@ -30,7 +30,7 @@ import orjson
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
     cdc_env,
@@ -448,7 +448,7 @@ CORRUPTIONS = {
 def stopped_pipeline(pg15: LocalPostgres, tmp_path_factory: pytest.TempPathFactory) -> Any:
     """A PostgreSQL pipeline that ran, delivered 100 rows and stopped: (dsn, its folder with
     pipeline.yaml, state.sqlite and the sink's out/)."""
-    from sources.postgres.server import free_port
+    from cdc_local.postgres import free_port
 
     name, dsn = create_database(pg15)
     folder = tmp_path_factory.mktemp("stopped")
@@ -475,7 +475,7 @@ def _corrupted_copy(stopped: Any, tmp_path: Path, mode: str) -> tuple[Path, Path
     import shutil
 
     dsn, folder = stopped
-    from sources.postgres.server import free_port
+    from cdc_local.postgres import free_port
 
     shutil.copytree(folder / "out", tmp_path / "out")
     state = tmp_path / "state.sqlite"

@@ -29,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, free_port
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, free_port
 from tests.faults._support import (
     ChangeWriter,
     FileOut,

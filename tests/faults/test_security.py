@@ -38,8 +38,8 @@ import pytest
 import yaml
 from psycopg.conninfo import make_conninfo
 
-from sources.postgres.server import LocalPostgres
-from sources.postgres.server import free_port as pick_port
+from cdc_local.postgres import LocalPostgres
+from cdc_local.postgres import free_port as pick_port
 from tests.helpers import (
     CdcService,
     cdc_env,

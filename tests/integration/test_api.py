@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres
-from sources.postgres.server import free_port as pick_port
+from cdc_local.postgres import LocalPostgres
+from cdc_local.postgres import free_port as pick_port
 from tests.helpers import (
     CdcService,
     create_database,

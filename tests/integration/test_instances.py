@@ -21,7 +21,7 @@ import psycopg
 import pytest
 import yaml
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, free_port
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, free_port
 from tests.helpers import (
     CdcService,
     cdc_env,

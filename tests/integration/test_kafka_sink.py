@@ -36,7 +36,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic, Resourc
 
 from cdc.config_loader import load_config
 from cdc.errors import ConfigError
-from sources.postgres.server import LocalPostgres
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
     create_database,

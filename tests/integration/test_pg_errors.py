@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir
-from sources.postgres.server import free_port as pick_port
+from cdc_local.postgres import LocalPostgres, find_debian_bindir
+from cdc_local.postgres import free_port as pick_port
 from tests.helpers import (
     CdcService,
     execute,

@@ -26,7 +26,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 from tests.helpers import (
     CdcService,
     dedupe,
@@ -379,7 +379,7 @@ def _health(svc: CdcService) -> int:
 
 
 def test_database_restart_fast_and_immediate(own_pg: LocalPostgres, tmp_path: Path) -> None:
-    from sources.postgres.server import free_port
+    from cdc_local.postgres import free_port
 
     dsn = own_pg.dsn()
     tables = ["public.items"]

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from sources.postgres.server import LocalPostgres
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
     fold,

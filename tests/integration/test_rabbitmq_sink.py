@@ -15,7 +15,7 @@ import orjson
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
     dedupe,

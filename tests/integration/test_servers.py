@@ -8,7 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from sources.postgres.server import LocalPostgres, find_debian_bindir
+from cdc_local.postgres import LocalPostgres, find_debian_bindir
 
 
 def test_server_is_ready_for_logical_decoding(

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from cdc_local.postgres import LocalPostgres
 from sources.postgres.lsn import Lsn
-from sources.postgres.server import LocalPostgres
 from tests.helpers import CdcService, dedupe, fold, wait_for, write_config
 from tests.sink_harness import HARNESSES, SinkHarness
 

@@ -33,7 +33,7 @@ from typing import Any
 import orjson
 import pytest
 
-from sources.postgres.server import free_port
+from cdc_local.postgres import free_port
 from tests.helpers import (
     CdcService,
     dedupe,

@@ -26,9 +26,9 @@ import orjson
 import psycopg
 import pytest
 
+from cdc_local.postgres import LocalPostgres
 from sinks.webhook.sink import display_url, parse_retry_after
 from sources.postgres.lsn import Lsn
-from sources.postgres.server import LocalPostgres
 from tests.helpers import (
     CdcService,
     create_database,

@@ -102,7 +102,7 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
 
 
 def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
-    from sources.postgres.server import free_port
+    from cdc_local.postgres import free_port
 
     cfg = _v3(tmp_path, free_port())
     proc = subprocess.run(

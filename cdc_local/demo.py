@@ -24,7 +24,7 @@ import psycopg
 from cdc.config_loader import load_config
 from cdc.service import Service
 
-from .server import LocalPostgres, find_embedded_bindir, free_port
+from .postgres import LocalPostgres, find_embedded_bindir, free_port
 
 SCHEMA_SQL = """
 CREATE TABLE public.customers (

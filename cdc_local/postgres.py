@@ -1,6 +1,6 @@
 """A throwaway local PostgreSQL cluster, for the test suite and ``cdc demo``.
 
-    from sources.postgres.server import LocalPostgres, find_debian_bindir, find_embedded_bindir
+    from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_bindir
 
     with LocalPostgres(find_embedded_bindir()) as pg:   # initdb + start on a free port
         psycopg.connect(pg.dsn())                       # postgresql://postgres@127.0.0.1:PORT/postgres
