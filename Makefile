@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 
 help:
 	@echo "make test    install the test environment (Debian packages, .venv) and run all tests"
-	@echo "make lint    ruff on everything, mypy --strict on cdc/ and sinks/"
+	@echo "make lint    ruff on everything, mypy --strict (files in pyproject.toml)"
 	@echo "make demo    run 'cdc demo' (embedded PostgreSQL, no setup needed)"
 	@echo "make bench   run every benchmark and print one table (bench/run_all.py)"
 
@@ -25,7 +25,7 @@ test: setup
 lint: setup
 	@$(VENV)/bin/ruff --version >/dev/null 2>&1 && $(VENV)/bin/mypy --version >/dev/null 2>&1 \
 		|| $(PY) -m pip install -q -e '.[test]'
-	$(VENV)/bin/ruff check cdc sources sinks tests bench
+	$(VENV)/bin/ruff check cdc cdc_local sources sinks tests bench
 	$(VENV)/bin/mypy
 
 demo: $(PY)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from cdc.config_loader import load_config
 from cdc.service import Service
@@ -84,7 +85,7 @@ def _writer(dsn: str, stop: threading.Event) -> None:
                         ).fetchone() or (None,)
                         conn.execute(
                             "INSERT INTO orders (customer_id, total, details) VALUES (%s, %s, %s)",
-                            (cid, f"{rnd.uniform(5, 500):.2f}", psycopg.types.json.Jsonb({"items": rnd.randint(1, 5)})),
+                            (cid, f"{rnd.uniform(5, 500):.2f}", Jsonb({"items": rnd.randint(1, 5)})),
                         )
                 elif action < 0.8:
                     conn.execute(
