@@ -498,3 +498,16 @@ def test_mysql_binary_json_values() -> None:
     assert orjson.dumps(mysql_json(decimal)) == b"123.05"
     with pytest.raises(ValueError):
         mysql_json(b"\x00" + struct.pack("<HH", 1, 400))
+
+
+def test_heartbeat_names_the_file_and_position_the_server_stands_at() -> None:
+    body = b"mysql-bin.000003"
+    header = struct.pack("<IBIIIH", 0, P.HEARTBEAT_LOG_EVENT, 1, 19 + len(body) + 4, 328, 0)
+    event = header + body
+    event += struct.pack("<I", zlib.crc32(event))
+    ev = P.BinlogReader(checksum=True).parse(b"\x00" + event, 1)
+    assert isinstance(ev, P.Heartbeat)
+    assert (ev.file, ev.header.log_pos) == ("mysql-bin.000003", 328)
+    decoder = MySQLDecoder("p", set(), {}, Hooks({}))
+    decoder.start(BinlogPosition("mysql-bin.000003", 4))
+    assert decoder.feed(ev) is None and decoder.idle_batch() is None
