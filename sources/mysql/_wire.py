@@ -33,7 +33,6 @@ PRIVATE_API: Final = (
     ("pymysql.connections.Connection", "_rfile"),
     ("pymysql.connections.Connection", "_execute_command"),
     ("pymysql.connections.Connection", "_force_close"),
-    ("pymysql.connections.Connection", "_read_packet"),
     ("pymysql.connections.MySQLResult", "init_unbuffered_query"),
     ("pymysql.connections.MySQLResult", "unbuffered_active"),
     ("pymysql.connections.MySQLResult", "field_count"),
