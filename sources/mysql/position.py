@@ -247,6 +247,11 @@ class MySQLGtidSet:
                 return
         self._add_interval(key, gno, gno)
 
+    def intervals(self) -> list[tuple[str, str, list[tuple[int, int]]]]:
+        """``[(uuid, tag, [(first, last), ...]), ...]``: inclusive, sorted, disjoint intervals
+        per source uuid and tag (``""``: untagged), in (uuid, tag) order."""
+        return [(uuid, tag, [(a, b) for a, b in ivs]) for (uuid, tag), ivs in sorted(self._sets.items())]
+
     def copy(self) -> MySQLGtidSet:
         gs = MySQLGtidSet()
         gs._sets = {k: [list(iv) for iv in v] for k, v in self._sets.items()}

@@ -34,7 +34,6 @@ import binascii
 import codecs
 import dataclasses
 import datetime as _dt
-import decimal
 import json
 import struct
 from collections.abc import Callable, Sequence
@@ -42,6 +41,9 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
+
+from .collations import CHARSET_OF
+from .protocol import TableDescription
 
 # Binlog column type codes (include/mysql_com.h: enum_field_types).
 DECIMAL: Final = 0
@@ -536,28 +538,130 @@ PLUGIN_TEXT: Final[dict[str, Callable[[bytes], str]]] = {
 
 
 def mysql_json(raw: bytes) -> Any:
-    """A MySQL JSON value (binary format), decoded by python-mysql-replication's parser."""
+    """A MySQL JSON value from its binary form (MySQL's ``json_binary`` format): objects,
+    arrays, literals, integers, doubles, strings, and *opaque* values (DECIMAL as its exact
+    digits, DATE/DATETIME/TIMESTAMP as ``"YYYY-MM-DD hh:mm:ss.ffffff"``, TIME as
+    ``"hh:mm:ss[.ffffff]"``, anything else as its bytes' text)."""
     if not raw:
         return None
-    from pymysqlreplication.json_binary import parse_json
-
-    return _json_value(parse_json(raw[0], raw[1:]))
+    return _jb_value(raw[0], raw, 1)
 
 
-def _json_value(v: Any) -> Any:
-    if isinstance(v, bytes):
-        return v.decode("utf-8", errors="replace")
-    if isinstance(v, dict):
-        return {(k.decode("utf-8", errors="replace") if isinstance(k, bytes) else str(k)): _json_value(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_json_value(x) for x in v]
-    if isinstance(v, decimal.Decimal):
-        return orjson.Fragment(format(v, "f"))
-    if isinstance(v, _dt.datetime):
-        return v.isoformat(sep=" ", timespec="microseconds")
-    if isinstance(v, _dt.date | _dt.time):
-        return v.isoformat()
-    return v
+# binary JSON type bytes
+_JB_SMALL_OBJECT, _JB_LARGE_OBJECT, _JB_SMALL_ARRAY, _JB_LARGE_ARRAY = 0, 1, 2, 3
+_JB_LITERAL, _JB_INT16, _JB_UINT16, _JB_INT32, _JB_UINT32 = 4, 5, 6, 7, 8
+_JB_INT64, _JB_UINT64, _JB_DOUBLE, _JB_STRING, _JB_OPAQUE = 9, 10, 11, 12, 15
+
+
+def _jb_varlen(b: bytes, p: int) -> tuple[int, int]:
+    """A variable-length length (7 bits a byte, low first): (value, offset after it)."""
+    value = 0
+    shift = 0
+    while True:
+        byte = b[p]
+        p += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, p
+        shift += 7
+        if shift > 28:
+            raise ValueError("JSON length too long")
+
+
+def _jb_scalar(t: int, b: bytes, p: int) -> Any:
+    if t == _JB_LITERAL:
+        lit = b[p]
+        if lit > 2:
+            raise ValueError(f"unknown JSON literal {lit}")
+        return (None, True, False)[lit]
+    if t == _JB_INT16:
+        return _i16(b, p)[0]
+    if t == _JB_UINT16:
+        return _u16(b, p)[0]
+    if t == _JB_INT32:
+        return _i32(b, p)[0]
+    if t == _JB_UINT32:
+        return _u32(b, p)[0]
+    if t == _JB_INT64:
+        return _i64(b, p)[0]
+    if t == _JB_UINT64:
+        return _u64(b, p)[0]
+    if t == _JB_DOUBLE:
+        return _f64(b, p)[0]
+    if t == _JB_STRING:
+        n, q = _jb_varlen(b, p)
+        if q + n > len(b):
+            raise ValueError("JSON string past the end of the value")
+        return b[q : q + n].decode("utf-8", errors="replace")
+    if t == _JB_OPAQUE:
+        field_type = b[p]
+        n, q = _jb_varlen(b, p + 1)
+        return _jb_opaque(field_type, b[q : q + n])
+    raise ValueError(f"unknown JSON value type {t}")
+
+
+def _jb_value(t: int, b: bytes, p: int) -> Any:
+    """The value of type ``t`` whose bytes start at ``p`` (offsets inside a container count
+    from its start)."""
+    if t > _JB_LARGE_ARRAY:
+        return _jb_scalar(t, b, p)
+    small = t in (_JB_SMALL_OBJECT, _JB_SMALL_ARRAY)
+    is_object = t in (_JB_SMALL_OBJECT, _JB_LARGE_OBJECT)
+    read = _u16 if small else _u32
+    osz = 2 if small else 4
+    count = read(b, p)[0]
+    size = read(b, p + osz)[0]
+    if p + size > len(b):
+        raise ValueError("JSON container past the end of the value")
+    key_entry = osz + 2
+    value_entry = 1 + osz
+    entries = p + 2 * osz
+    values_at = entries + (count * key_entry if is_object else 0)
+    out_values = []
+    for i in range(count):
+        e = values_at + i * value_entry
+        vt = b[e]
+        if vt in (_JB_LITERAL, _JB_INT16, _JB_UINT16) or (not small and vt in (_JB_INT32, _JB_UINT32)):
+            out_values.append(_jb_scalar(vt, b, e + 1))
+        else:
+            offset = read(b, e + 1)[0]
+            if offset >= size:
+                raise ValueError("JSON value offset past its container")
+            out_values.append(_jb_value(vt, b, p + offset))
+    if not is_object:
+        return out_values
+    obj = {}
+    for i in range(count):
+        e = entries + i * key_entry
+        ko = read(b, e)[0]
+        kl = _u16(b, e + osz)[0]
+        obj[b[p + ko : p + ko + kl].decode("utf-8", errors="replace")] = out_values[i]
+    return obj
+
+
+def _jb_opaque(field_type: int, data: bytes) -> Any:
+    if field_type in (NEWDECIMAL, DECIMAL):
+        precision, scale = data[0], data[1]
+        return orjson.Fragment(decimal_decoder(precision, scale)(data, 2))
+    if field_type in (TIME, TIME2):
+        v = _i64(data, 0)[0]
+        sign = "-" if v < 0 else ""
+        v = abs(v)
+        whole, frac = v >> 24, v & 0xFFFFFF
+        text = f"{sign}{(whole >> 12) & 0x3FF:02d}:{(whole >> 6) & 0x3F:02d}:{whole & 0x3F:02d}"
+        return text + (f".{frac:06d}" if frac else "")
+    if field_type in (DATE, NEWDATE, DATETIME, DATETIME2, TIMESTAMP, TIMESTAMP2):
+        v = abs(_i64(data, 0)[0])
+        if v == 0:
+            return "0000-00-00 00:00:00"
+        whole, frac = v >> 24, v & 0xFFFFFF
+        ymd, hms = whole >> 17, whole & 0x1FFFF
+        ym = ymd >> 5
+        return (
+            f"{ym // 13:04d}-{ym % 13:02d}-{ymd & 0x1F:02d} "
+            f"{hms >> 12:02d}:{(hms >> 6) & 0x3F:02d}:{hms & 0x3F:02d}.{frac:06d}"
+        )
+    return data.decode("utf-8", errors="ignore")
 
 
 def _codec_decoder(col: ColumnMeta) -> Callable[[bytes], Any] | None:
@@ -915,96 +1019,51 @@ def _members_text(col: ColumnMeta, raw: Sequence[bytes]) -> tuple[str, ...]:
     return tuple(decoder(m) for m in raw)
 
 
-def columns_from_table_map(
-    event: Any,
+def columns_from_description(
+    desc: TableDescription,
     json_columns: frozenset[str] = frozenset(),
     plugins: dict[str, str] | None = None,
-    body: bytes | None = None,
 ) -> list[ColumnMeta]:
-    """ColumnMeta for each column of a python-mysql-replication ``TableMapEvent`` (duck-typed:
-    ``columns`` with ``type``, ``name`` and the per-type metadata it parsed, ``null_bitmask``,
-    ``optional_metadata``).
+    """ColumnMeta for each column of a TABLE_MAP's description (:func:`.protocol.table_map_columns`).
 
     ``json_columns``: MariaDB JSON columns; ``plugins``: column name -> MariaDB type plugin
-    (``uuid``, ``inet4``, ``inet6``; applied only to a ``binary(n)`` of the plugin's size);
-    ``body``: the event's post-header (see :func:`table_map_members`), from which ENUM/SET
-    member names are decoded with the column's charset."""
-    null_mask = event.null_bitmask
-    raw_enums: list[tuple[bytes, ...]] = []
-    raw_sets: list[tuple[bytes, ...]] = []
-    if body is not None:
-        raw_enums, raw_sets = table_map_members(body)
-    enum_pos = set_pos = 0
-    om = getattr(event, "optional_metadata", None)
-    geometry_types = list(getattr(om, "geometry_type_list", None) or [])
+    (``uuid``, ``inet4``, ``inet6``; applied only to a ``binary(n)`` of the plugin's size).
+    Text is decoded with the column's character set (from its collation id); ENUM/SET member
+    names too (they are the bytes the server wrote, in the column's charset)."""
     out = []
-    geo_pos = 0
-    for i, c in enumerate(event.columns):
-        d = c.__dict__
-        t = d["type"]
-        charset = charset_of_collation(d.get("collation_name"))
-        if charset is None and d.get("character_set_name") == "binary":
-            charset = "binary"
-        geometry_type = 0
-        if t == GEOMETRY:
-            if geo_pos < len(geometry_types):
-                geometry_type = int(geometry_types[geo_pos] or 0)
-            geo_pos += 1
-        values = d.get("enum_values") if t == ENUM else d.get("set_values") if t == SET else None
-        if t == ENUM and values:
-            values = values[1:]  # the library puts the error value '' first
-        raw_members: tuple[bytes, ...] | None = None
-        if t == ENUM and enum_pos < len(raw_enums):
-            raw_members = raw_enums[enum_pos]
-            enum_pos += 1
-        elif t == SET and set_pos < len(raw_sets):
-            raw_members = raw_sets[set_pos]
-            set_pos += 1
-        name = d.get("name")
+    for c in desc.columns:
+        t = c.type
+        name = c.name
         if not name:
             raise UnsupportedColumn(
-                f"the binlog's TABLE_MAP for {event.schema}.{event.table} has no column names: "
+                f"the binlog's TABLE_MAP for {desc.schema}.{desc.table} has no column names: "
                 "set binlog_row_metadata=FULL on the server"
             )
-        max_length = int(d.get("max_length") or 0)
+        charset = CHARSET_OF.get(c.collation) if c.collation is not None else None
         plugin = (plugins or {}).get(name)
         if plugin is not None and not (
-            t == STRING and charset == "binary" and PLUGIN_SIZES.get(plugin) == max_length
+            t == STRING and charset == "binary" and PLUGIN_SIZES.get(plugin) == c.max_length
         ):
             plugin = None  # the catalog's column of that name is not this one (an old event)
         col = ColumnMeta(
             name=name,
             type=t,
-            nullable=bool(null_mask[i >> 3] & (1 << (i & 7))),
-            unsigned=bool(d.get("unsigned")),
+            nullable=c.nullable,
+            unsigned=c.unsigned,
             charset=charset,
-            codec=d.get("character_set_name"),
-            max_length=max_length,
-            length_size=int(d.get("length_size") or 0),
-            precision=int(d.get("precision") or 0),
-            decimals=int(d.get("decimals") or 0),
-            fsp=int(d.get("fsp") or 0),
-            bits=int(d.get("bits") or 0),
-            size=int(d.get("size") or 0),
-            values=tuple(values or ()),
-            geometry_type=geometry_type,
+            codec=charset if charset is not None else ("utf8" if c.collation is not None else None),
+            max_length=c.max_length,
+            length_size=c.length_size,
+            precision=c.precision,
+            decimals=c.decimals,
+            fsp=c.fsp,
+            bits=c.bits,
+            size=c.size,
+            geometry_type=c.geometry_type,
             json=name in json_columns,
             plugin=plugin,
         )
-        if raw_members is not None:
-            col = dataclasses.replace(col, values=_members_text(col, raw_members))
+        if t in (ENUM, SET) and c.members:
+            col = dataclasses.replace(col, values=_members_text(col, c.members))
         out.append(col)
     return out
-
-
-def primary_key_of(event: Any) -> list[int]:
-    """Indexes of the primary key columns in key order, from the TABLE_MAP's optional metadata
-    (SIMPLE_PRIMARY_KEY or PRIMARY_KEY_WITH_PREFIX); empty for a table without one."""
-    om = getattr(event, "optional_metadata", None)
-    if om is None:
-        return []
-    simple = list(getattr(om, "simple_primary_key_list", None) or [])
-    if simple:
-        return [int(i) for i in simple]
-    prefixed = getattr(om, "primary_keys_with_prefix", None) or {}
-    return [int(i) for i in prefixed]

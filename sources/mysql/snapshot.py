@@ -86,7 +86,7 @@ from cdc.names import split as split_table_name
 from cdc.schema import Column, TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
 
-from . import catalog
+from . import _wire, catalog
 from . import rows as R
 from .position import BinlogPosition, MySQLGtidSet, file_index, parse_position
 
@@ -738,8 +738,8 @@ def _gtid_index(text: str) -> dict[tuple[str, str], tuple[list[int], list[int]]]
     """(uuid, tag) -> (interval starts, interval ends) of a MySQL GTID set, for membership."""
     gs = MySQLGtidSet.parse(text)
     out: dict[tuple[str, str], tuple[list[int], list[int]]] = {}
-    for key, intervals in gs._sets.items():  # sorted, disjoint
-        out[key] = ([a for a, _ in intervals], [b for _, b in intervals])
+    for sid, tag, intervals in gs.intervals():  # sorted, disjoint
+        out[(sid, tag)] = ([a for a, _ in intervals], [b for _, b in intervals])
     return out
 
 
@@ -1236,23 +1236,16 @@ class MySQLSnapshotReader(SnapshotReader):
 
     def _fetch(self, conn: Any, sql: str, table: _Table, out: list[Any]) -> bytes | None:
         """Run ``sql`` and decode its rows into ``out``; the last row's payload (or None)."""
-        pymysql = _pymysql()
-        from pymysql.connections import MySQLResult  # type: ignore[import-untyped]
-        from pymysql.constants import COMMAND  # type: ignore[import-untyped]
-
-        conn._execute_command(COMMAND.COM_QUERY, sql)
-        result = MySQLResult(conn)
-        result.init_unbuffered_query()  # the column definitions; raises the server's error
-        if not result.unbuffered_active:
+        stream = _wire.start_query(conn, sql)  # the column definitions; raises the server's error
+        if stream is None:
             return None
         try:
-            if result.field_count != table.nfields:
+            if stream.field_count != table.nfields:
                 raise FatalError(
-                    f"{table.name}: the server sent {result.field_count} columns for {table.nfields}",
+                    f"{table.name}: the server sent {stream.field_count} columns for {table.nfields}",
                     kind="protocol",
                     table=table.name,
                 )
-            rfile = conn._rfile
             parse = table.parse
             buf = b""
             p = 0
@@ -1261,7 +1254,8 @@ class MySQLSnapshotReader(SnapshotReader):
                 try:
                     p, status, lr, lq = parse(buf, p, len(buf), out)
                 except (IndexError, ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
-                    conn._force_close()
+                    stream.abandon()
+                    self._conn = None
                     raise FatalError(
                         f"cannot decode a row of {table.name} read by the snapshot: {exc!r}",
                         kind="protocol",
@@ -1272,11 +1266,11 @@ class MySQLSnapshotReader(SnapshotReader):
                 if status == 1:
                     return last
                 if status == 2:  # the server ended the result set with an error
-                    result.unbuffered_active = False
+                    stream.finish()
                     ln = buf[p] | buf[p + 1] << 8 | buf[p + 2] << 16
-                    pymysql.err.raise_mysql_exception(buf[p + 4 : p + 4 + ln])
+                    _wire.raise_error_packet(buf[p + 4 : p + 4 + ln])
                 if status == 3:
-                    payload, buf, p = _long_row(rfile, buf, p)
+                    payload, buf, p = _long_row(stream, buf, p)
                     out.append(table.parse_one(payload))
                     last = payload
                     continue
@@ -1286,17 +1280,17 @@ class MySQLSnapshotReader(SnapshotReader):
                 missing = READ_SIZE
                 if len(buf) >= 4:
                     missing = max(4 + (buf[0] | buf[1] << 8 | buf[2] << 16) - len(buf), 1)
-                data = rfile.read(missing) if missing > READ_SIZE else rfile.read1(READ_SIZE)
+                data = stream.read(missing) if missing > READ_SIZE else stream.read1(READ_SIZE)
                 if not data:
                     raise EOFError("the server closed the connection during a snapshot read")
                 buf = buf + data if buf else data
         except BaseException:
-            if result.unbuffered_active:
-                conn._force_close()  # the rest of the result set is still on its way
+            if stream.active:
+                stream.abandon()  # the rest of the result set is still on its way
                 self._conn = None
             raise
         finally:
-            result.unbuffered_active = False
+            stream.finish()
 
 
 def _long_row(rfile: Any, buf: bytes, p: int) -> tuple[bytes, bytes, int]:
@@ -1337,19 +1331,14 @@ def _account(user: str) -> str:
 
 
 def _pymysql() -> Any:
-    from .source import _library
-
-    return _library()[0]
+    return _wire.pymysql_module()
 
 
 def _close(conn: Any) -> None:
     try:
         conn.close()
     except Exception:
-        try:
-            conn._force_close()
-        except Exception:
-            pass
+        _wire.force_close(conn)
 
 
 def _rollback(conn: Any) -> None:
