@@ -670,7 +670,7 @@ class MySQLDecoder:
         seq = self._tx_seq
         self._tx_seq = seq + 1
         tx = self._tx_id
-        self._out_cost += 400
+        self._out_cost += 800  # an event's Python objects, roughly (as the PostgreSQL decoder counts)
         self._out.append(
             ChangeEvent(
                 f"mysql:{tx}:{seq}",
