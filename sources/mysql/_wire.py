@@ -56,7 +56,7 @@ _pack_u64 = struct.Struct("<Q").pack
 
 def pymysql_module() -> Any:
     """PyMySQL, imported on first use (an install hint when it is missing is the caller's)."""
-    import pymysql  # type: ignore[import-untyped]
+    import pymysql
 
     return pymysql
 
@@ -315,8 +315,8 @@ class ResultStream:
 def start_query(conn: Any, sql: str) -> ResultStream | None:
     """Send ``sql`` on a PyMySQL connection and read its column definitions; None for a
     statement without a result set. The server's error is raised as PyMySQL's exception."""
-    from pymysql.connections import MySQLResult  # type: ignore[import-untyped]
-    from pymysql.constants import COMMAND  # type: ignore[import-untyped]
+    from pymysql.connections import MySQLResult
+    from pymysql.constants import COMMAND
 
     conn._execute_command(COMMAND.COM_QUERY, sql)
     result = MySQLResult(conn)

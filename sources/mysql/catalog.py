@@ -110,7 +110,7 @@ def error_code(exc: BaseException) -> int:
 
 
 def error_text(exc: BaseException) -> str:
-    args = getattr(exc, "args", ())
+    args: tuple[Any, ...] = getattr(exc, "args", ())
     if len(args) > 1:
         return str(args[1])
     return str(exc)

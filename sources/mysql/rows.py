@@ -672,6 +672,7 @@ def _codec_decoder(col: ColumnMeta) -> Callable[[bytes], Any] | None:
         return None
     if codec == "mysql-latin1":
         return _latin1_decode
+    assert codec is not None
     try:
         codecs.lookup(codec)
     except LookupError as exc:
@@ -802,14 +803,14 @@ def _value_code(col: ColumnMeta, target: str, gen: _Gen, keep: bool, bigint_as_s
     if t == DATE or t == NEWDATE:
         return ([f"{target} = _date(b[p] | b[p + 1] << 8 | b[p + 2] << 16)"] if keep else []) + ["p += 3"]
     if t == TIME2:
-        fn, size = time2_decoder(col.fsp)
-        return ([f"{target} = {gen.const(fn)}(b, p)"] if keep else []) + [f"p += {size}"]
+        conv, size = time2_decoder(col.fsp)
+        return ([f"{target} = {gen.const(conv)}(b, p)"] if keep else []) + [f"p += {size}"]
     if t == DATETIME2:
-        fn, size = datetime2_decoder(col.fsp)
-        return ([f"{target} = {gen.const(fn)}(b, p)"] if keep else []) + [f"p += {size}"]
+        conv, size = datetime2_decoder(col.fsp)
+        return ([f"{target} = {gen.const(conv)}(b, p)"] if keep else []) + [f"p += {size}"]
     if t == TIMESTAMP2:
-        fn, size = timestamp2_decoder(col.fsp)
-        return ([f"{target} = {gen.const(fn)}(b, p)"] if keep else []) + [f"p += {size}"]
+        conv, size = timestamp2_decoder(col.fsp)
+        return ([f"{target} = {gen.const(conv)}(b, p)"] if keep else []) + [f"p += {size}"]
     if t == TIME:
         return ([f"{target} = _old_time(_fb(b[p:p + 3], 'little', signed=True))"] if keep else []) + ["p += 3"]
     if t == DATETIME:

@@ -99,7 +99,7 @@ def _library() -> Any:
     if _LIB is not None:
         return _LIB
     try:
-        import pymysql  # type: ignore[import-untyped]
+        import pymysql
     except ImportError as exc:
         raise FatalError(
             f"the mysql source needs the package PyMySQL ({exc}): pip install PyMySQL",
