@@ -136,7 +136,7 @@ class ValuesConfig:
     )
 
 
-#: the ``debezium:`` block of a sink (contract section 9): Debezium's own property names, with
+#: the ``debezium:`` block of a sink (the Debezium-compatible format, not built yet): Debezium's own property names, with
 #: the values each takes (a tuple of words) or its type
 DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "topic.prefix": str,
@@ -152,7 +152,7 @@ DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "unavailable.value.placeholder": str,
 }
 
-#: the built-in transforms (contract section 10); plugins add theirs under ``cdc.transforms``
+#: the built-in transforms (not built yet); plugins add theirs under ``cdc.transforms``
 TRANSFORMS = ("filter", "mask", "route", "unwrap", "outbox")
 
 

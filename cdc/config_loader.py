@@ -1,4 +1,4 @@
-"""Loading and validating the pipeline file (contract section 2).
+"""Loading and validating the pipeline file (docs/configuration.md).
 
 Theory of operation
 -------------------
@@ -868,7 +868,7 @@ class _Checker:
         self.plugin_types[path] = name
         self.values[type_path] = _V(name)
         skip = frozenset({"type"})
-        if kind == "sink":  # keys every sink takes (contract section 9), not the plugin's own
+        if kind == "sink":  # keys every sink takes (`format`, `debezium`), not the plugin's own
             skip = frozenset({"type", "format", "debezium"})
             if not self._sink_format(node, path):
                 self._section(config_cls, node, path, key_line, skip=skip)

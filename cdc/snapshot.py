@@ -1,4 +1,4 @@
-"""Snapshots: the current rows of tables, interleaved with the stream (contract section 5).
+"""Snapshots: the current rows of tables, interleaved with the stream (docs/snapshots.md).
 
 Theory of operation (after Netflix's DBLog). One mechanism serves the initial snapshot
 (``snapshot.mode: initial``), on-demand ones (``cdc snapshot``, the API) and ``initial_only``.

@@ -1,4 +1,4 @@
-"""PostgreSQL read-model sink (``type: postgres``, contract section 11): not built yet.
+"""PostgreSQL read-model sink (``type: postgres``): not built yet.
 
 Its settings are validated (so a pipeline file written for it passes ``cdc validate``) and
 ``cdc run`` refuses it with a "not available yet" error until the sink lands.

@@ -12,7 +12,7 @@ columns, and the result built as a dict literal (excluded columns are skipped ov
 decoded). This is several times faster than a generic per-column loop, and it is what lets the
 service keep up with (and overtake) python-mysql-replication's own row parsing.
 
-Values follow the contract's table (CONTRACT.md section 4, "Values"):
+Values follow the contract's table (docs/events.md and docs/mysql.md, "Values"):
 
 - integers exact (BIGINT UNSIGNED up to 2^64-1), strings with ``bigint_as_string`` for BIGINT;
 - FLOAT as the shortest decimal that reads back as the same 32-bit float, DOUBLE as is;

@@ -13,7 +13,7 @@ rely on exactly that rendering:
 - json/jsonb text is handed to orjson as a :class:`orjson.Fragment`, written verbatim, so big
   or precise numbers keep their digits.
 
-The mapping is the contract's "Values" table (CONTRACT.md, section 4). A value the JSON form
+The mapping is the contract's "Values" table (docs/events.md, "Values"). A value the JSON form
 cannot hold (``infinity``, BC dates) stays the source's own text.
 
 :func:`converter_for` is called once per column when a Relation message is resolved (domains
