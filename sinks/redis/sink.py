@@ -35,7 +35,11 @@ skipping anything; meanwhile the pipeline shows ``retrying`` (``/healthz`` 503) 
 applied is read back from ``count`` before it is sent again, so a retry never duplicates
 (redis-py's own retries are turned off for that reason). A stop request ends the waiting with a
 :class:`~cdc.errors.RetriableError`. Refusals a person must fix (authentication, permissions,
-a key of another type) are :class:`~cdc.errors.FatalError`.
+a key of another type, a server certificate that does not verify) are
+:class:`~cdc.errors.FatalError`. So is an event larger than the server's
+``proto-max-bulk-len`` (read at open with ``CONFIG GET``; Redis's default, 512 MB, when that
+is refused): Redis would drop the connection on it, so the sink refuses it before sending,
+naming the event, its size and the setting to raise.
 
 Durability is Redis's: the guarantee needs persistence (AOF); the sink logs a warning at start
 when the server has none (``aof_enabled:0`` in ``INFO persistence``).
@@ -44,6 +48,7 @@ when the server has none (``aof_enabled:0`` in ``INFO persistence``).
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -74,6 +79,11 @@ DEGRADED_AFTER_S = 3.0
 ONE_OFF_S = 15.0
 #: the JSON written in field ``key`` for an event without a key
 NULL_KEY = b"null"
+#: Redis's default proto-max-bulk-len (the most one argument of a command may hold), used
+#: when the server does not tell (CONFIG GET refused)
+DEFAULT_MAX_BULK = 512 * 1024 * 1024
+#: what OpenSSL says of a server certificate that does not verify
+_CERT_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
 
 def _redis() -> Any:
@@ -88,6 +98,18 @@ def _redis() -> Any:
             kind="plugin_import",
         ) from exc
     return redis
+
+
+def _cert_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a server certificate that does not verify."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or _CERT_FAILED in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def display_url(url: str) -> str:
@@ -138,6 +160,7 @@ class RedisSink(Sink):
         self._skip: deque[str] = deque()  # ids Redis already holds, still to be re-delivered
         self._degraded = False
         self._held: dict[str, dict[str, Any]] | None = None
+        self._max_bulk = DEFAULT_MAX_BULK  # the server's proto-max-bulk-len, read at open
         #: time.monotonic() when the command in progress started (None: none in progress)
         self._busy_since: float | None = None
         self._busy_what = ""
@@ -211,6 +234,13 @@ class RedisSink(Sink):
                     pipeline=self.ctx.name,
                     kind="sink_rejected",
                 )
+        if _cert_failed(exc):
+            return FatalError(
+                f"redis sink: the TLS certificate of {self._where} does not verify ({text}); "
+                "set sink.tls_ca_file to the PEM file of the CA that signed it",
+                pipeline=self.ctx.name,
+                kind="sink_tls",
+            )
         if isinstance(exc, ex.RedisError | OSError):
             return _Failed(f"{type(exc).__name__}: {text}")
         raise exc
@@ -312,6 +342,7 @@ class RedisSink(Sink):
 
         def prepare(client: Any) -> tuple[int, str | None, list[bytes], dict[str, Any]]:
             info = client.info("persistence")
+            self._max_bulk = self._read_max_bulk(client)
             count_raw, last_id = client.hmget(self.offsets_key, ["count", "last_id"])
             count = int(count_raw or 0)
             recent: list[bytes] = []
@@ -364,6 +395,32 @@ class RedisSink(Sink):
             maxlen=self.config.maxlen,
         )
 
+    def _read_max_bulk(self, client: Any) -> int:
+        """The server's proto-max-bulk-len: a larger argument makes Redis drop the connection
+        (the batch would be retried forever), so :meth:`write` refuses such an event first."""
+        rd = _redis()
+        try:
+            raw = client.config_get("proto-max-bulk-len").get("proto-max-bulk-len")
+            return int(raw) if raw else DEFAULT_MAX_BULK
+        except (rd.exceptions.ResponseError, ValueError) as exc:  # CONFIG refused or renamed
+            self._log.info(
+                "redis sink cannot read proto-max-bulk-len; assuming Redis's default",
+                error=redact(str(exc)),
+                assumed=DEFAULT_MAX_BULK,
+            )
+            return DEFAULT_MAX_BULK
+
+    def _too_large(self, e: ChangeEvent, size: int) -> FatalError:
+        return FatalError(
+            f"redis sink: event {e.id} is {size} bytes, more than the server's "
+            f"proto-max-bulk-len ({self._max_bulk} bytes), the most one XADD field may hold. "
+            "It is not skipped: raise proto-max-bulk-len (CONFIG SET proto-max-bulk-len N, and "
+            "in redis.conf), then restart",
+            pipeline=self.ctx.name,
+            position=e.id,
+            kind="event_too_large",
+        )
+
     def close(self) -> None:
         self._closing.set()
         watchdog, self._watchdog = self._watchdog, None
@@ -401,8 +458,11 @@ class RedisSink(Sink):
         if not events:
             return
         maxlen = self.config.maxlen
+        max_bulk = self._max_bulk
         entries = []
         for e in events:
+            if len(e.json) > max_bulk:
+                raise self._too_large(e, len(e.json))
             key = e.key_json
             entries.append(
                 (
