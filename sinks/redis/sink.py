@@ -123,6 +123,62 @@ def display_url(url: str) -> str:
         return "(invalid url)"
 
 
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def _bulk(arg: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+def _command(parts: list[bytes], *args: bytes) -> None:
+    """Append one command, as RESP, to ``parts``."""
+    parts.append(b"*%d\r\n" % len(args))
+    parts.extend(map(_bulk, args))
+
+
+def _get_connection(pool: Any) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        return pool.get_connection("MULTI")
+
+
+def _transact(client: Any, payload: bytes, queued: int) -> list[Any]:
+    """Send ``payload`` (MULTI, ``queued`` commands, EXEC) on one connection of ``client``'s
+    pool and read every reply. A refused command raises its error once every reply is read
+    (as redis-py's pipeline does); a connection error drops the connection."""
+    rd = _redis()
+    pool = client.connection_pool
+    conn = _get_connection(pool)
+    try:
+        conn.send_packed_command([payload])
+        refused: list[Exception] = []
+        for _ in range(queued + 1):  # +OK for MULTI, then QUEUED for each command
+            try:
+                conn.read_response()
+            except rd.exceptions.ResponseError as exc:
+                refused.append(exc)
+        try:
+            result = conn.read_response()
+        except rd.exceptions.ResponseError as exc:
+            raise (refused[0] if refused else exc) from None
+        if refused:
+            raise refused[0]
+        if not isinstance(result, list):
+            raise rd.exceptions.ResponseError(f"EXEC answered {result!r}")
+        for item in result:
+            if isinstance(item, Exception):
+                raise item
+        return result
+    except (rd.exceptions.ConnectionError, rd.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
+
+
 class _Failed(Exception):
     """One attempt failed in a way worth retrying; ``text`` says why."""
 
@@ -152,7 +208,7 @@ class RedisSink(Sink):
         self.schemas_key = f"cdc:{name}:schemas"
         self.since_flush_key = f"cdc:{name}:since_flush"
         self._client: Any = None
-        self._streams: dict[SchemaVersion, str] = {}
+        self._streams: dict[SchemaVersion, tuple[str, bytes]] = {}
         self._checked: set[str] = set()  # stream keys known to be streams (or absent)
         self._schemas_sent: set[str] = set()
         self._count = 0  # events written for this pipeline, ever (field `count`)
@@ -431,9 +487,11 @@ class RedisSink(Sink):
 
     # ------------------------------------------------------------------ writing
 
-    def _stream(self, e: ChangeEvent) -> str:
-        key = self._streams.get(e.schema)
-        if key is None:
+    def _stream(self, e: ChangeEvent) -> tuple[str, bytes]:
+        """The stream key of the event's table, and the RESP of ``XADD key [MAXLEN ~ N] *
+        id`` (the start of each of its XADDs)."""
+        cached = self._streams.get(e.schema)
+        if cached is None:
             src = e.source
             key = render_key(
                 self.config.stream,
@@ -441,8 +499,15 @@ class RedisSink(Sink):
                 schema=src.get("schema", ""),
                 table=src.get("table", ""),
             )
-            self._streams[e.schema] = key
-        return key
+            args = [b"XADD", key.encode()]
+            if self.config.maxlen is not None:
+                args += [b"MAXLEN", b"~", str(self.config.maxlen).encode()]
+            args += [b"*", b"id"]
+            # 7 more arguments follow: the id's value, then the op, key and value fields
+            head = b"*%d\r\n" % (len(args) + 7) + b"".join(map(_bulk, args))
+            cached = (key, head)
+            self._streams[e.schema] = cached
+        return cached
 
     def write_schema(self, schema: SchemaVersion) -> None:
         field = schema.qualified
@@ -457,48 +522,56 @@ class RedisSink(Sink):
             events = self._skip_held(events)
         if not events:
             return
-        maxlen = self.config.maxlen
         max_bulk = self._max_bulk
-        entries = []
+        streams = self._streams
+        # the whole transaction packed here, as RESP (redis-py's per-argument packing cost
+        # more than everything else the sink does; see docs/performance.md)
+        parts: list[bytes] = [_MULTI]
+        used: set[str] = set()
         for e in events:
-            if len(e.json) > max_bulk:
-                raise self._too_large(e, len(e.json))
+            value = e.json
+            if len(value) > max_bulk:
+                raise self._too_large(e, len(value))
+            stream = streams.get(e.schema)
+            if stream is None:
+                stream = self._stream(e)
+            used.add(stream[0])
+            prefix = stream[1]
             key = e.key_json
-            entries.append(
-                (
-                    self._stream(e),
-                    {
-                        "id": e.id,
-                        "op": e.op,
-                        "key": NULL_KEY if key is None else key,
-                        "value": e.json,
-                    },
-                )
+            event_id = e.id.encode()
+            op = e.op.encode()
+            key = NULL_KEY if key is None else key
+            parts += (
+                prefix,
+                b"$%d\r\n%s\r\n$2\r\nop\r\n$%d\r\n%s\r\n$3\r\nkey\r\n$%d\r\n"
+                % (len(event_id), event_id, len(op), op, len(key)),
+                key,
+                b"\r\n$5\r\nvalue\r\n$%d\r\n" % len(value),
+                value,
+                b"\r\n",
             )
-        unchecked = {stream for stream, _ in entries} - self._checked
+        unchecked = used - self._checked
         if unchecked:
             self._check_types(sorted(unchecked))
-        ids = [e.id for e in events]
+        ids = [e.id.encode() for e in events]
         start = self._count
         new_count = start + len(events)
         reset = self._flushed
+        queued = len(events) + 2 + reset
+        count = str(new_count).encode()
+        _command(parts, b"HSET", self.offsets_key.encode(), b"last_id", ids[-1], b"count", count)
+        if reset:
+            _command(parts, b"DEL", self.since_flush_key.encode())
+        _command(parts, b"RPUSH", self.since_flush_key.encode(), *ids)
+        parts.append(_EXEC)
+        payload = b"".join(parts)
 
         def execute(client: Any) -> None:
             # a transaction whose answer was lost may have been applied: `count` tells
             current = client.hget(self.offsets_key, "count")
             if int(current or 0) == new_count:
                 return
-            pipe = client.pipeline(transaction=True)
-            for stream, fields in entries:
-                if maxlen is None:
-                    pipe.xadd(stream, fields)
-                else:
-                    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.hset(self.offsets_key, mapping={"last_id": ids[-1], "count": new_count})
-            if reset:
-                pipe.delete(self.since_flush_key)
-            pipe.rpush(self.since_flush_key, *ids)
-            pipe.execute()
+            _transact(client, payload, queued)
 
         self._attempt(f"writing {len(events)} events", execute)
         self._count = new_count
