@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every benchmark and print one table: each result beside its ceiling from the same run.
 
-    bench/run_all.py                    # everything (about 6 minutes on 2 cores)
+    bench/run_all.py                    # everything (about 8 minutes on 2 cores)
     bench/run_all.py --quick            # a fifth of the workload, 5 s per latency rate
     bench/run_all.py --only pg,latency  # sections: pg, mysql, latency
     bench/run_all.py --markdown         # the table as Markdown (docs/performance.md)
