@@ -1,7 +1,8 @@
 """What every benchmark script shares: the one place they set up from.
 
-A benchmark (``bench/pg_file.py``, ``pg_kafka.py``, ``pg_webhook.py``, ``mysql_file.py``,
-``latency.py``, ``snapshot.py``, ``singer.py``; ``run_all.py`` runs them all into one table)
+A benchmark (``bench/pg_file.py``, ``pg_kafka.py``, ``pg_brokers.py``, ``pg_webhook.py``,
+``mysql_file.py``, ``latency.py``, ``snapshot.py``, ``singer.py``; ``run_all.py`` runs them all
+into one table)
 imports this module and nothing from another benchmark:
 
 - **processes**: :class:`Service` is one ``python -m cdc run CONFIG`` with its output in a log
@@ -18,7 +19,8 @@ imports this module and nothing from another benchmark:
   same WAL), ``pg_recvlogical`` as the decoding ceiling, and :func:`run_file_service`, cdc with
   the file sink until its checkpoint covers the last event;
 - **servers**: the throwaway servers come from the launchers the tests use
-  (``cdc_local.postgres``; ``LocalMariaDB`` and ``TansuBroker`` from ``tests/``, reached
+  (``cdc_local.postgres``; ``LocalMariaDB``, ``TansuBroker``, ``LocalNats``,
+  ``LocalRedis`` and ``RabbitNode`` from ``tests/``, reached
   only through this module's attributes, so no benchmark imports test code itself).
 """
 
@@ -64,8 +66,9 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    """``LocalMariaDB``, ``TansuBroker`` and ``consumer_config``, imported on first use (their
-    client libraries are only needed by the benchmarks that use them)."""
+    """``LocalMariaDB``, ``TansuBroker``, ``consumer_config``, ``LocalNats``, ``LocalRedis``,
+    ``RabbitNode`` and ``declare_queue``, imported on first use (their client libraries are
+    only needed by the benchmarks that use them)."""
     if name == "LocalMariaDB":
         from tests.mysql_server import LocalMariaDB
 
@@ -74,6 +77,18 @@ def __getattr__(name: str) -> Any:
         from tests import kafka_harness
 
         return getattr(kafka_harness, name)
+    if name == "LocalNats":
+        from tests.nats_harness import LocalNats
+
+        return LocalNats
+    if name == "LocalRedis":
+        from tests.redis_harness import LocalRedis
+
+        return LocalRedis
+    if name in ("RabbitNode", "declare_queue"):
+        from tests import rabbitmq_harness
+
+        return getattr(rabbitmq_harness, name)
     raise AttributeError(name)
 
 
@@ -196,7 +211,7 @@ class Service:
 
     def wait_running(self, timeout: float = 60, what: str = "running") -> float:
         """Wait until the pipeline runs; returns that moment (time.monotonic)."""
-        wait_until(lambda: (s := self.state()) and s["state"] == "running", timeout, what)
+        wait_until(lambda: (s := self.state()) and s.get("state") == "running", timeout, what)
         return time.monotonic()
 
     def stop(self) -> None:

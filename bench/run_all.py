@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Run every benchmark and print one table: each result beside its ceiling from the same run.
 
-    bench/run_all.py                    # everything (about 6 minutes on 2 cores)
+    bench/run_all.py                    # everything (about 8 minutes on 2 cores)
     bench/run_all.py --quick            # a fifth of the workload, 5 s per latency rate
     bench/run_all.py --only pg,latency  # sections: pg, mysql, latency
     bench/run_all.py --markdown         # the table as Markdown (docs/performance.md)
@@ -14,7 +14,9 @@ Sections, each on fresh throwaway servers, one consumer at a time (never two at 
   consumer decodes the very same WAL: ``pg_recvlogical`` to /dev/null (the ceiling), then cdc
   with the file sink (_harness.run_file_service), the Kafka sink on a local Tansu broker
   (pg_kafka.run_kafka_service; the topic is read back), the webhook sink to a local counting
-  receiver (pg_webhook.run_webhook), and pipelinewise-tap-postgres on a wal2json slot
+  receiver (pg_webhook.run_webhook), the NATS JetStream, Redis Streams and RabbitMQ sinks on
+  throwaway servers (pg_brokers.run_broker; each broker's content is read back), and
+  pipelinewise-tap-postgres on a wal2json slot
   (bench/singer.py). Last, in a database of its own (so no slot above decodes its load),
   bench/snapshot.py's measure: a 1,000,000-row 4-column table, ``COPY (SELECT * FROM t) TO
   STDOUT`` read as raw bytes by this process (the ceiling), then cdc with
@@ -29,6 +31,7 @@ Every sink's output is checked (each event exactly once) before its figure is sh
 run from the service's process launch to its checkpoint covering the last event, except the
 snapshot's: its record's ``finished_at - started_at`` (the process's launch-to-exit time is in
 the log and the JSON). Targets (issue 7): file ≥ 0.7 and Kafka ≥ 0.5 of pg_recvlogical;
+NATS, Redis and RabbitMQ each ≥ 0.7 of the file sink's rate in the same run;
 MySQL ≥ 0.9 of the bare loop; webhook ≥ 20,000 events/s; ≥ 8× the Singer tap; snapshot ≥ 0.15
 of COPY; p99 ≤ 50 ms at 2,000/s and ≤ 250 ms at 20,000/s; peak RSS ≤ 200 MB everywhere.
 ``--strict`` exits 1 when one is missed.
@@ -59,6 +62,7 @@ TARGET_RSS_MB = 200.0
 TARGETS = {
     "file": 0.7,
     "kafka": 0.5,
+    "broker": 0.7,  # NATS, Redis, RabbitMQ: of the file sink's rate in the same run
     "mysql": 0.9,
     "singer": 8.0,
     "snapshot": 0.15,
@@ -150,6 +154,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
 
     harness = bench("_harness")
     pg_kafka = bench("pg_kafka")
+    pg_brokers = bench("pg_brokers")
     pg_webhook = bench("pg_webhook")
     singer = bench("singer")
 
@@ -161,7 +166,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         "autovacuum": "off",
         "max_wal_size": "4GB",
         "checkpoint_timeout": "30min",
-        **singer.SERVER_SETTINGS,
+        **singer.server_settings(bindir),
     }
     pg = LocalPostgres(bindir, settings=settings)
     broker = harness.TansuBroker()
@@ -176,7 +181,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         pg.start()
         dsn = harness.prepare(pg)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for slot in (pg_kafka.KAFKA_SLOT, pg_webhook.HOOK_SLOT):
+            for slot in (pg_kafka.KAFKA_SLOT, pg_webhook.HOOK_SLOT, *pg_brokers.SLOTS.values()):
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         if tap is not None:
             try:
@@ -321,6 +326,40 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
             )
         except Exception as exc:  # noqa: BLE001
             rows.append(failed("PostgreSQL → webhook", exc))
+
+        # -> NATS JetStream, Redis Streams, RabbitMQ: each against the file sink of this run
+        for kind in pg_brokers.SINKS:
+            title = pg_brokers.TITLES[kind]
+            try:
+                if last_lsn is None or file_rate is None:
+                    raise RuntimeError("needs the file sink's last event (its run failed)")
+                r = pg_brokers.run_broker(
+                    kind, work, dsn, inserts, updates, last_lsn, args.timeout, log=log
+                )
+                rate = expected / r.seconds
+                ratio = rate / file_rate
+                rows.append(
+                    Row(
+                        title,
+                        expected,
+                        rate_text(rate),
+                        f"cdc → file {rate_text(file_rate)}",
+                        f"{ratio:.2f}",
+                        f"≥ {TARGETS['broker']:.2f} of file",
+                        ratio >= TARGETS["broker"],
+                        r.rss_mb,
+                        {
+                            "seconds": r.seconds,
+                            "seconds_from_running": r.seconds_from_running,
+                            "cpu_s": r.cpu_s,
+                            "rate": rate,
+                            "file_rate": file_rate,
+                        },
+                    )
+                )
+                log(f"{kind} sink: {rate_text(rate)}, {ratio:.2f} of file, RSS {r.rss_mb:.0f} MB")
+            except Exception as exc:  # noqa: BLE001 - reported in the table
+                rows.append(failed(title, exc))
 
         # the Singer tap, on the same WAL
         name = "pipelinewise-tap-postgres (wal2json)"

@@ -55,6 +55,22 @@ TAP_SLOT = f"pipelinewise_{DB}"
 TARGET_RATIO = 8.0
 #: this PostgreSQL (Debian's 15.20) only lets listed libraries be output plugins
 SERVER_SETTINGS = {"output_plugin_libraries": "pgoutput, test_decoding, wal2json"}
+
+
+def server_settings(bindir: Path) -> dict[str, str]:
+    """:data:`SERVER_SETTINGS` that this server knows (a build without the setting lets any
+    library be an output plugin, and refuses to start when given it)."""
+    try:
+        known = subprocess.run(
+            [str(Path(bindir) / "postgres"), "--describe-config"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    names = {line.split("\t", 1)[0] for line in known.splitlines()}
+    return {k: v for k, v in SERVER_SETTINGS.items() if k in names}
 DEFAULT_CACHE = Path(os.environ.get("CDC_BENCH_CACHE", Path.home() / ".cache" / "cdc-bench"))
 
 
@@ -293,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         "autovacuum": "off",
         "max_wal_size": "4GB",
         "checkpoint_timeout": "30min",
-        **SERVER_SETTINGS,
+        **server_settings(bindir),
     }
     pg = LocalPostgres(bindir, settings=settings)
     unavailable: str | None = None

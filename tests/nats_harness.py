@@ -54,10 +54,16 @@ class LocalNats:
         user: str | None = None,
         password: str | None = None,
         token: str | None = None,
+        max_payload: int | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``max_payload``: the server's limit on a message (bytes, headers included);
+        ``tls``: (certificate, key) PEM files: clients must speak TLS (no client certificates
+        asked)."""
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.user, self.password, self.token = user, password, token
+        self.max_payload, self.tls = max_payload, tls
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.paused = False
@@ -69,6 +75,10 @@ class LocalNats:
 
     def client_options(self) -> dict[str, Any]:
         opts: dict[str, Any] = {}
+        if self.tls is not None:
+            import ssl
+
+            opts["tls"] = ssl.create_default_context(cafile=str(self.tls[0]))
         if self.user:
             opts["user"], opts["password"] = self.user, self.password
         if self.token:
@@ -90,6 +100,13 @@ class LocalNats:
             "-l",
             str(self.log_path),
         ]
+        if self.max_payload is not None:
+            config = self.folder / "nats.conf"
+            config.write_text(f"max_payload: {self.max_payload}\n")
+            args += ["-c", str(config)]
+        if self.tls is not None:
+            cert, key = self.tls
+            args += ["--tls", "--tlscert", str(cert), "--tlskey", str(key)]
         if self.user:
             args += ["--user", self.user, "--pass", str(self.password)]
         if self.token:

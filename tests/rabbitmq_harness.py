@@ -61,7 +61,15 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 class RabbitNode:
     """One throwaway RabbitMQ node on 127.0.0.1 (see the module docstring)."""
 
-    def __init__(self) -> None:
+    def __init__(
+        self, *, tls: tuple[Path, Path] | None = None, max_message_size: int | None = None
+    ) -> None:
+        """``tls``: (certificate, key) PEM files: the node also listens for amqps:// on
+        :attr:`tls_port` with them (no client certificates asked). ``max_message_size``: the
+        broker's limit on a message body, in bytes (``max_message_size`` in rabbitmq.conf)."""
+        self.tls = tls
+        self.max_message_size = max_message_size
+        self.tls_port = 0
         self.dir = Path(tempfile.mkdtemp(prefix="rabbit-"))
         self.name = f"cdct{uuid.uuid4().hex[:8]}@localhost"
         self.port = 0
@@ -73,9 +81,28 @@ class RabbitNode:
         self.app_stopped = False
         self.env: dict[str, str] = {}
 
-    def url(self, vhost: str = "", *, password: str | None = None) -> str:
+    def url(self, vhost: str = "", *, password: str | None = None, tls: bool = False) -> str:
         pw = self.password if password is None else password
+        if tls:
+            return f"amqps://{self.user}:{pw}@127.0.0.1:{self.tls_port}/{vhost}"
         return f"amqp://{self.user}:{pw}@127.0.0.1:{self.port}/{vhost}"
+
+    def _extra_config(self) -> str:
+        lines = []
+        if self.max_message_size is not None:
+            lines.append(f"max_message_size = {self.max_message_size}")
+        if self.tls is not None:
+            cert, key = self.tls
+            self.tls_port = free_port()
+            lines += [
+                f"listeners.ssl.default = 127.0.0.1:{self.tls_port}",
+                f"ssl_options.cacertfile = {cert}",
+                f"ssl_options.certfile = {cert}",
+                f"ssl_options.keyfile = {key}",
+                "ssl_options.verify = verify_none",
+                "ssl_options.fail_if_no_peer_cert = false",
+            ]
+        return "".join(f"{line}\n" for line in lines)
 
     @property
     def log_file(self) -> Path:
@@ -120,7 +147,7 @@ class RabbitNode:
                 f"default_pass = {self.password}\n"
                 "default_vhost = /\n"
                 "loopback_users = none\n"
-                "disk_free_limit.absolute = 50MB\n"
+                "disk_free_limit.absolute = 50MB\n" + self._extra_config()
             )
             self.env = self._environment(epmd_port, dist_port)
             self.epmd = subprocess.Popen(

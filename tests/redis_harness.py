@@ -51,7 +51,14 @@ class LocalRedis:
         appendonly: bool = True,
         appendfsync: str = "always",
         requirepass: str | None = None,
+        proto_max_bulk_len: str | None = None,
+        tls: tuple[Path, Path] | None = None,
     ) -> None:
+        """``proto_max_bulk_len``: the server's limit on one argument (e.g. ``1mb``, its
+        least); ``tls``: (certificate, key) PEM files: the server speaks only TLS (rediss://),
+        no client certificates asked."""
+        self.proto_max_bulk_len = proto_max_bulk_len
+        self.tls = tls
         self.folder = folder
         folder.mkdir(parents=True, exist_ok=True)
         self.appendonly = appendonly
@@ -65,7 +72,8 @@ class LocalRedis:
     @property
     def url(self) -> str:
         auth = f":{self.requirepass}@" if self.requirepass else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
+        scheme = "rediss" if self.tls else "redis"
+        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
 
     def _spawn(self) -> None:
         if not Path(REDIS_SERVER).exists():
@@ -93,6 +101,14 @@ class LocalRedis:
         ]
         if self.requirepass:
             args += ["--requirepass", self.requirepass]
+        if self.proto_max_bulk_len:
+            args += ["--proto-max-bulk-len", self.proto_max_bulk_len]
+        if self.tls:
+            cert, key = self.tls
+            args[args.index("--port") + 1] = "0"
+            args += ["--tls-port", str(self.port), "--tls-cert-file", str(cert)]
+            args += ["--tls-key-file", str(key), "--tls-ca-cert-file", str(cert)]
+            args += ["--tls-auth-clients", "no"]
         self.proc = subprocess.Popen(
             args,
             stdin=subprocess.DEVNULL,
@@ -117,8 +133,11 @@ class LocalRedis:
     def client(self) -> Any:
         import redis
 
+        tls: dict[str, Any] = {}
+        if self.tls:
+            tls = {"ssl": True, "ssl_ca_certs": str(self.tls[0])}
         return redis.Redis(
-            host="127.0.0.1", port=self.port, password=self.requirepass, socket_timeout=10
+            host="127.0.0.1", port=self.port, password=self.requirepass, socket_timeout=10, **tls
         )
 
     def wait_ready(self, timeout: float = 30.0) -> None:

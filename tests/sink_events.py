@@ -54,6 +54,21 @@ def event(n: int, op: str = "c") -> ChangeEvent:
     )
 
 
+def large(n: int, size: int) -> ChangeEvent:
+    """The n-th insert into public.orders with a ``status`` of ``size`` bytes."""
+    return ChangeEvent(
+        f"pg:0/{n:X}:0",
+        "c",
+        1764297600123,
+        _ORDERS_SOURCE,
+        (f"0/{n:X}", 0, True),
+        ORDERS,
+        {"id": n},
+        None,
+        {"id": n, "status": "x" * size},
+    )
+
+
 def keyless(n: int) -> ChangeEvent:
     return ChangeEvent(
         f"pg:1/{n:X}:0",

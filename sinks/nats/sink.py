@@ -39,8 +39,10 @@ Messages the server had already stored are dropped by JetStream as duplicates (s
 service after a crash, as long as it comes back within the stream's duplicate window. A stop
 request ends the waiting after :data:`STOP_WAIT_S` with a :class:`~cdc.errors.RetriableError`.
 
-An event larger than the server's ``max_payload`` is a FatalError naming the event, its size
-and the setting to raise; it is never dropped. Authentication and authorization refusals are
+An event larger than the server's ``max_payload`` (or the stream's ``max_msg_size``, when it
+has a smaller one) is a FatalError naming the event, its size and the setting to raise; it is
+never dropped. A server certificate that does not verify is a FatalError naming
+``tls_ca_file``. Authentication and authorization refusals are
 FatalError.
 
 No state
@@ -98,6 +100,8 @@ MAX_BACKOFF_S = 5.0
 #: bytes allowed for the headers when checking an event against max_payload
 HEADER_ALLOWANCE = 512
 _STEP_S = 0.1
+#: what OpenSSL says of a server certificate that does not verify
+_CERT_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
 
 def _nats() -> Any:
@@ -194,6 +198,8 @@ class NatsSink(Sink):
         self._nc: Any = None
         self._js: Any = None
         self._max_payload = 1024 * 1024
+        #: the stream's max_msg_size (0 or less: no limit of its own)
+        self._stream_max_msg = 0
         #: messages published and not acknowledged yet, in order, with their ack futures
         self._inflight: deque[tuple[_Msg, Any]] = deque()
         self._subjects: dict[SchemaVersion, str] = {}
@@ -256,23 +262,34 @@ class NatsSink(Sink):
             kwargs["tls"] = tls
         servers = [s.strip() for s in self.config.url.split(",")]
         try:
-            nc = await nats.connect(
-                servers=servers,
-                name=f"cdc-{self.ctx.name}",
-                connect_timeout=CONNECT_TIMEOUT_S,
-                allow_reconnect=False,  # the sink reconnects itself and publishes again
-                max_reconnect_attempts=0,
-                error_cb=on_error,
-                pending_size=64 * 1024 * 1024,
-                **kwargs,
+            # nats-py tries each server until it has failed more than max_reconnect_attempts
+            # times, and never gives up with 0 (a server unreachable at start would hang the
+            # sink without a report): one retry, quickly, then the sink's own backoff
+            nc = await asyncio.wait_for(
+                nats.connect(
+                    servers=servers,
+                    name=f"cdc-{self.ctx.name}",
+                    connect_timeout=CONNECT_TIMEOUT_S,
+                    allow_reconnect=False,  # the sink reconnects itself and publishes again
+                    max_reconnect_attempts=1,
+                    reconnect_time_wait=0.1,
+                    error_cb=on_error,
+                    pending_size=64 * 1024 * 1024,
+                    **kwargs,
+                ),
+                CONNECT_TIMEOUT_S * 2 * len(servers) + 1,
             )
         except nats.errors.NoServersError as exc:
             detail = errors[-1] if errors else "no server answered"
             if any("authorization" in e.lower() or "authentication" in e.lower() for e in errors):
                 raise self._auth_error(detail) from exc
+            if any(_CERT_FAILED in e for e in errors):
+                raise self._tls_error(detail) from exc
             raise _Failed(f"cannot connect: {detail}") from exc
         except (TimeoutError, OSError, nats.errors.Error) as exc:
             text = redact(str(exc) or type(exc).__name__)
+            if isinstance(exc, ssl.SSLCertVerificationError) or _CERT_FAILED in text:
+                raise self._tls_error(text) from exc
             if "authorization" in text.lower() or isinstance(exc, nats.errors.AuthorizationError):
                 raise self._auth_error(text) from exc
             if isinstance(exc, nats.errors.InvalidUserCredentialsError):
@@ -285,6 +302,14 @@ class NatsSink(Sink):
         self._nc = nc
         self._js = nc.jetstream(timeout=API_TIMEOUT_S, publish_async_max_pending=MAX_IN_FLIGHT * 2)
         self._max_payload = int(getattr(nc, "max_payload", 0) or self._max_payload)
+
+    def _tls_error(self, detail: str) -> FatalError:
+        return FatalError(
+            f"nats sink: the TLS certificate of {self._where} does not verify ({detail}); set "
+            "sink.tls_ca_file to the PEM file of the CA that signed it",
+            pipeline=self.ctx.name,
+            kind="sink_tls",
+        )
 
     def _auth_error(self, detail: str) -> FatalError:
         return FatalError(
@@ -308,6 +333,7 @@ class NatsSink(Sink):
         js = self._js
         name = self.config.stream
         wanted = [self.event_filter, self.schema_subject]
+        self._stream_max_msg = 0
         try:
             info = await js.stream_info(name)
         except nats.js.errors.NotFoundError:
@@ -348,6 +374,7 @@ class NatsSink(Sink):
                 duplicate_window_s=DUPLICATE_WINDOW_S,
             )
             return
+        self._stream_max_msg = int(info.config.max_msg_size or 0)
         subjects = list(info.config.subjects or [])
         missing = [w for w in wanted if not any(covers(s, w) for s in subjects)]
         if missing:
@@ -525,6 +552,8 @@ class NatsSink(Sink):
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
         limit = self._max_payload
+        if 0 < self._stream_max_msg < limit:
+            limit = self._stream_max_msg
         msgs = []
         for e in events:
             data = e.json
@@ -550,10 +579,21 @@ class NatsSink(Sink):
         self._publish(msgs)
 
     def _too_large(self, event_id: str | None, size: int) -> FatalError:
+        stream_max = self._stream_max_msg
+        if 0 < stream_max < self._max_payload:
+            why = (
+                f"more than the stream {self.config.stream}'s max_msg_size ({stream_max} bytes, "
+                "headers included). It is not skipped: raise the stream's max_msg_size (`nats "
+                f"stream edit {self.config.stream} --max-msg-size N`), then restart"
+            )
+        else:
+            why = (
+                f"more than the server's max_payload ({self._max_payload} bytes, headers "
+                "included). It is not skipped: raise max_payload in the nats-server "
+                "configuration (up to 64 MB), then restart"
+            )
         return FatalError(
-            f"nats sink: event {event_id} is {size} bytes, more than the server's max_payload "
-            f"({self._max_payload} bytes, headers included). It is not skipped: raise "
-            "max_payload in the nats-server configuration (up to 64 MB), then restart",
+            f"nats sink: event {event_id} is {size} bytes, {why}",
             pipeline=self.ctx.name,
             position=event_id,
             kind="event_too_large",

@@ -54,7 +54,9 @@ confirmed is published again after the restart (the checkpoint does not cover it
 Refusals a person must fix are a :class:`~cdc.errors.FatalError`: a login refused (wrong user
 or password), a virtual host that does not exist or is not allowed, no permission to declare
 the exchange or publish to it, an exchange declared with another type, a routing key longer
-than 255 bytes. The password is never logged or put into a message: URLs are shown as
+than 255 bytes, a server certificate that does not verify (``amqps://``: names ``ca_file``),
+and a message over the broker's ``max_message_size`` (the broker closes the channel with
+PRECONDITION_FAILED; the error names the event, its size and the setting to raise). The password is never logged or put into a message: URLs are shown as
 ``amqp://user@host:port/vhost``.
 
 No state: the ledger queue
@@ -79,6 +81,7 @@ import concurrent.futures
 import hashlib
 import logging
 import random
+import re
 import ssl
 import threading
 import time
@@ -126,6 +129,8 @@ LEDGER_PREFIX = "cdc-ledger."
 _ACCESS_REFUSED = 403
 _NOT_FOUND = 404
 _PRECONDITION_FAILED = 406
+#: how the broker says a message is over max_message_size (it closes the channel)
+_TOO_LARGE = re.compile(r"message size (\d+) is larger than configured max size (\d+)")
 _NOT_ALLOWED = 530
 
 
@@ -362,7 +367,7 @@ class RabbitMQSink(Sink):
                     kind="sink_auth",
                 )
             return self._unavailable("the broker closed the connection", exc)
-        if isinstance(exc, ssl.SSLCertVerificationError):
+        if _cert_failed(exc):
             return FatalError(
                 f"rabbitmq sink: the TLS certificate of {self._where} does not verify "
                 f"({_text(exc)}); set sink.ca_file to the CA that signed it",
@@ -702,6 +707,9 @@ class RabbitMQSink(Sink):
         while not self._call(self._wait_all(_STEP_S)):
             self._waiting(progress_at)
         entries = list(self._pending)
+        too_large = self._too_large(entries)
+        if too_large is not None:
+            raise too_large
         returned: list[_Entry] = []
         lost_at: int | None = None
         lost_reason = ""
@@ -773,6 +781,38 @@ class RabbitMQSink(Sink):
             break
         self._pending = deque()
         self._publish(kept)
+
+    def _too_large(self, entries: list[_Entry]) -> FatalError | None:
+        """The broker closed the channel because a message was over its max_message_size
+        (PRECONDITION_FAILED "message size N is larger than configured max size M"): sending
+        it again cannot help, so the pipeline stops naming the event, its size and the
+        setting."""
+        exc_mod = _aiormq().exceptions
+        for entry in entries:
+            task = entry.task
+            if task is None or not task.done() or task.cancelled():
+                continue
+            exc = task.exception()
+            if not isinstance(exc, exc_mod.ChannelPreconditionFailed):
+                continue
+            found = _TOO_LARGE.search(str(exc))
+            if found is None:
+                continue
+            size, limit = int(found.group(1)), int(found.group(2))
+            culprit = next((e for e in entries if len(e.body) == size), None) or next(
+                (e for e in entries if len(e.body) > limit), entry
+            )
+            what = "schema" if culprit.routing_key == self._schema_key else "event"
+            return FatalError(
+                f"rabbitmq sink: {what} {culprit.label} is {len(culprit.body)} bytes, more than "
+                f"the broker's max_message_size ({limit} bytes); the broker at {self._where} "
+                "refused it. It is not skipped: raise max_message_size in rabbitmq.conf (the "
+                "most is 512 MiB), then restart",
+                pipeline=self.ctx.name,
+                position=culprit.label,
+                kind="event_too_large",
+            )
+        return None
 
     def _degrade(self, error: RetriableError) -> None:
         self._degraded = True
@@ -947,6 +987,20 @@ async def _close_quietly(channel: Any) -> None:
 
 async def _not_connected() -> Any:
     raise ConnectionError("not connected")
+
+
+def _cert_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a server certificate that does not verify."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or "CERTIFICATE_VERIFY_FAILED" in str(
+            seen
+        ):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def _confirmed(task: asyncio.Task[Any] | None) -> bool:

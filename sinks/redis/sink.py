@@ -35,7 +35,11 @@ skipping anything; meanwhile the pipeline shows ``retrying`` (``/healthz`` 503) 
 applied is read back from ``count`` before it is sent again, so a retry never duplicates
 (redis-py's own retries are turned off for that reason). A stop request ends the waiting with a
 :class:`~cdc.errors.RetriableError`. Refusals a person must fix (authentication, permissions,
-a key of another type) are :class:`~cdc.errors.FatalError`.
+a key of another type, a server certificate that does not verify) are
+:class:`~cdc.errors.FatalError`. So is an event larger than the server's
+``proto-max-bulk-len`` (read at open with ``CONFIG GET``; Redis's default, 512 MB, when that
+is refused): Redis would drop the connection on it, so the sink refuses it before sending,
+naming the event, its size and the setting to raise.
 
 Durability is Redis's: the guarantee needs persistence (AOF); the sink logs a warning at start
 when the server has none (``aof_enabled:0`` in ``INFO persistence``).
@@ -44,6 +48,7 @@ when the server has none (``aof_enabled:0`` in ``INFO persistence``).
 from __future__ import annotations
 
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -74,6 +79,11 @@ DEGRADED_AFTER_S = 3.0
 ONE_OFF_S = 15.0
 #: the JSON written in field ``key`` for an event without a key
 NULL_KEY = b"null"
+#: Redis's default proto-max-bulk-len (the most one argument of a command may hold), used
+#: when the server does not tell (CONFIG GET refused)
+DEFAULT_MAX_BULK = 512 * 1024 * 1024
+#: what OpenSSL says of a server certificate that does not verify
+_CERT_FAILED = "CERTIFICATE_VERIFY_FAILED"
 
 
 def _redis() -> Any:
@@ -90,6 +100,18 @@ def _redis() -> Any:
     return redis
 
 
+def _cert_failed(exc: BaseException) -> bool:
+    """Whether ``exc`` (or what caused it) is a server certificate that does not verify."""
+    seen: BaseException | None = exc
+    for _ in range(5):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLCertVerificationError) or _CERT_FAILED in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def display_url(url: str) -> str:
     """``url`` fit for logs and errors: no user information, no query string."""
     try:
@@ -99,6 +121,62 @@ def display_url(url: str) -> str:
         return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
     except ValueError:
         return "(invalid url)"
+
+
+_MULTI = b"*1\r\n$5\r\nMULTI\r\n"
+_EXEC = b"*1\r\n$4\r\nEXEC\r\n"
+
+
+def _bulk(arg: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(arg), arg)
+
+
+def _command(parts: list[bytes], *args: bytes) -> None:
+    """Append one command, as RESP, to ``parts``."""
+    parts.append(b"*%d\r\n" % len(args))
+    parts.extend(map(_bulk, args))
+
+
+def _get_connection(pool: Any) -> Any:
+    try:
+        return pool.get_connection()
+    except TypeError:  # redis-py before 5.3 wants a command name
+        return pool.get_connection("MULTI")
+
+
+def _transact(client: Any, payload: bytes, queued: int) -> list[Any]:
+    """Send ``payload`` (MULTI, ``queued`` commands, EXEC) on one connection of ``client``'s
+    pool and read every reply. A refused command raises its error once every reply is read
+    (as redis-py's pipeline does); a connection error drops the connection."""
+    rd = _redis()
+    pool = client.connection_pool
+    conn = _get_connection(pool)
+    try:
+        conn.send_packed_command([payload])
+        refused: list[Exception] = []
+        for _ in range(queued + 1):  # +OK for MULTI, then QUEUED for each command
+            try:
+                conn.read_response()
+            except rd.exceptions.ResponseError as exc:
+                refused.append(exc)
+        try:
+            result = conn.read_response()
+        except rd.exceptions.ResponseError as exc:
+            raise (refused[0] if refused else exc) from None
+        if refused:
+            raise refused[0]
+        if not isinstance(result, list):
+            raise rd.exceptions.ResponseError(f"EXEC answered {result!r}")
+        for item in result:
+            if isinstance(item, Exception):
+                raise item
+        return result
+    except (rd.exceptions.ConnectionError, rd.exceptions.TimeoutError, OSError):
+        conn.disconnect()
+        raise
+    finally:
+        pool.release(conn)
 
 
 class _Failed(Exception):
@@ -130,7 +208,7 @@ class RedisSink(Sink):
         self.schemas_key = f"cdc:{name}:schemas"
         self.since_flush_key = f"cdc:{name}:since_flush"
         self._client: Any = None
-        self._streams: dict[SchemaVersion, str] = {}
+        self._streams: dict[SchemaVersion, tuple[str, bytes]] = {}
         self._checked: set[str] = set()  # stream keys known to be streams (or absent)
         self._schemas_sent: set[str] = set()
         self._count = 0  # events written for this pipeline, ever (field `count`)
@@ -138,6 +216,7 @@ class RedisSink(Sink):
         self._skip: deque[str] = deque()  # ids Redis already holds, still to be re-delivered
         self._degraded = False
         self._held: dict[str, dict[str, Any]] | None = None
+        self._max_bulk = DEFAULT_MAX_BULK  # the server's proto-max-bulk-len, read at open
         #: time.monotonic() when the command in progress started (None: none in progress)
         self._busy_since: float | None = None
         self._busy_what = ""
@@ -211,6 +290,13 @@ class RedisSink(Sink):
                     pipeline=self.ctx.name,
                     kind="sink_rejected",
                 )
+        if _cert_failed(exc):
+            return FatalError(
+                f"redis sink: the TLS certificate of {self._where} does not verify ({text}); "
+                "set sink.tls_ca_file to the PEM file of the CA that signed it",
+                pipeline=self.ctx.name,
+                kind="sink_tls",
+            )
         if isinstance(exc, ex.RedisError | OSError):
             return _Failed(f"{type(exc).__name__}: {text}")
         raise exc
@@ -312,6 +398,7 @@ class RedisSink(Sink):
 
         def prepare(client: Any) -> tuple[int, str | None, list[bytes], dict[str, Any]]:
             info = client.info("persistence")
+            self._max_bulk = self._read_max_bulk(client)
             count_raw, last_id = client.hmget(self.offsets_key, ["count", "last_id"])
             count = int(count_raw or 0)
             recent: list[bytes] = []
@@ -364,6 +451,32 @@ class RedisSink(Sink):
             maxlen=self.config.maxlen,
         )
 
+    def _read_max_bulk(self, client: Any) -> int:
+        """The server's proto-max-bulk-len: a larger argument makes Redis drop the connection
+        (the batch would be retried forever), so :meth:`write` refuses such an event first."""
+        rd = _redis()
+        try:
+            raw = client.config_get("proto-max-bulk-len").get("proto-max-bulk-len")
+            return int(raw) if raw else DEFAULT_MAX_BULK
+        except (rd.exceptions.ResponseError, ValueError) as exc:  # CONFIG refused or renamed
+            self._log.info(
+                "redis sink cannot read proto-max-bulk-len; assuming Redis's default",
+                error=redact(str(exc)),
+                assumed=DEFAULT_MAX_BULK,
+            )
+            return DEFAULT_MAX_BULK
+
+    def _too_large(self, e: ChangeEvent, size: int) -> FatalError:
+        return FatalError(
+            f"redis sink: event {e.id} is {size} bytes, more than the server's "
+            f"proto-max-bulk-len ({self._max_bulk} bytes), the most one XADD field may hold. "
+            "It is not skipped: raise proto-max-bulk-len (CONFIG SET proto-max-bulk-len N, and "
+            "in redis.conf), then restart",
+            pipeline=self.ctx.name,
+            position=e.id,
+            kind="event_too_large",
+        )
+
     def close(self) -> None:
         self._closing.set()
         watchdog, self._watchdog = self._watchdog, None
@@ -374,9 +487,11 @@ class RedisSink(Sink):
 
     # ------------------------------------------------------------------ writing
 
-    def _stream(self, e: ChangeEvent) -> str:
-        key = self._streams.get(e.schema)
-        if key is None:
+    def _stream(self, e: ChangeEvent) -> tuple[str, bytes]:
+        """The stream key of the event's table, and the RESP of ``XADD key [MAXLEN ~ N] *
+        id`` (the start of each of its XADDs)."""
+        cached = self._streams.get(e.schema)
+        if cached is None:
             src = e.source
             key = render_key(
                 self.config.stream,
@@ -384,8 +499,15 @@ class RedisSink(Sink):
                 schema=src.get("schema", ""),
                 table=src.get("table", ""),
             )
-            self._streams[e.schema] = key
-        return key
+            args = [b"XADD", key.encode()]
+            if self.config.maxlen is not None:
+                args += [b"MAXLEN", b"~", str(self.config.maxlen).encode()]
+            args += [b"*", b"id"]
+            # 7 more arguments follow: the id's value, then the op, key and value fields
+            head = b"*%d\r\n" % (len(args) + 7) + b"".join(map(_bulk, args))
+            cached = (key, head)
+            self._streams[e.schema] = cached
+        return cached
 
     def write_schema(self, schema: SchemaVersion) -> None:
         field = schema.qualified
@@ -400,45 +522,56 @@ class RedisSink(Sink):
             events = self._skip_held(events)
         if not events:
             return
-        maxlen = self.config.maxlen
-        entries = []
+        max_bulk = self._max_bulk
+        streams = self._streams
+        # the whole transaction packed here, as RESP (redis-py's per-argument packing cost
+        # more than everything else the sink does; see docs/performance.md)
+        parts: list[bytes] = [_MULTI]
+        used: set[str] = set()
         for e in events:
+            value = e.json
+            if len(value) > max_bulk:
+                raise self._too_large(e, len(value))
+            stream = streams.get(e.schema)
+            if stream is None:
+                stream = self._stream(e)
+            used.add(stream[0])
+            prefix = stream[1]
             key = e.key_json
-            entries.append(
-                (
-                    self._stream(e),
-                    {
-                        "id": e.id,
-                        "op": e.op,
-                        "key": NULL_KEY if key is None else key,
-                        "value": e.json,
-                    },
-                )
+            event_id = e.id.encode()
+            op = e.op.encode()
+            key = NULL_KEY if key is None else key
+            parts += (
+                prefix,
+                b"$%d\r\n%s\r\n$2\r\nop\r\n$%d\r\n%s\r\n$3\r\nkey\r\n$%d\r\n"
+                % (len(event_id), event_id, len(op), op, len(key)),
+                key,
+                b"\r\n$5\r\nvalue\r\n$%d\r\n" % len(value),
+                value,
+                b"\r\n",
             )
-        unchecked = {stream for stream, _ in entries} - self._checked
+        unchecked = used - self._checked
         if unchecked:
             self._check_types(sorted(unchecked))
-        ids = [e.id for e in events]
+        ids = [e.id.encode() for e in events]
         start = self._count
         new_count = start + len(events)
         reset = self._flushed
+        queued = len(events) + 2 + reset
+        count = str(new_count).encode()
+        _command(parts, b"HSET", self.offsets_key.encode(), b"last_id", ids[-1], b"count", count)
+        if reset:
+            _command(parts, b"DEL", self.since_flush_key.encode())
+        _command(parts, b"RPUSH", self.since_flush_key.encode(), *ids)
+        parts.append(_EXEC)
+        payload = b"".join(parts)
 
         def execute(client: Any) -> None:
             # a transaction whose answer was lost may have been applied: `count` tells
             current = client.hget(self.offsets_key, "count")
             if int(current or 0) == new_count:
                 return
-            pipe = client.pipeline(transaction=True)
-            for stream, fields in entries:
-                if maxlen is None:
-                    pipe.xadd(stream, fields)
-                else:
-                    pipe.xadd(stream, fields, maxlen=maxlen, approximate=True)
-            pipe.hset(self.offsets_key, mapping={"last_id": ids[-1], "count": new_count})
-            if reset:
-                pipe.delete(self.since_flush_key)
-            pipe.rpush(self.since_flush_key, *ids)
-            pipe.execute()
+            _transact(client, payload, queued)
 
         self._attempt(f"writing {len(events)} events", execute)
         self._count = new_count

@@ -1,10 +1,13 @@
 """The nats sink against real nats-server processes (Debian's, JetStream on, in temp folders):
 the headers (Nats-Msg-Id = event id), the stream it creates, JetStream's de-duplication of what
-a restarted service publishes again after kill -9, ``create_stream: false``, and logins."""
+a restarted service publishes again after kill -9, ``create_stream: false``, and logins; and
+bad input: an event over max_payload (or a stream's max_msg_size), a stream whose subjects
+another stream holds, a server unreachable at start, TLS with and without the right CA."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +15,7 @@ import orjson
 import pytest
 
 from cdc.errors import FatalError
+from cdc_local.postgres import free_port
 from sinks.nats import NatsConfig, NatsSink
 from tests.faults._support import (
     ChangeWriter,
@@ -24,7 +28,8 @@ from tests.faults._support import (
 )
 from tests.helpers import CdcService, wait_for, write_config
 from tests.nats_harness import LocalNats, NatsHarness, read_messages, stream_info
-from tests.sink_events import ORDERS, context, event
+from tests.sink_events import ORDERS, context, event, large
+from tests.webhook_harness import self_signed_certificate
 
 
 @pytest.fixture
@@ -179,3 +184,116 @@ def test_credentials_work_and_a_wrong_one_is_fatal(tmp_path: Path, method: str) 
     assert info.value.kind == "sink_auth"
     assert "refused the login" in str(info.value)
     assert "wrong" not in str(info.value)
+
+
+def test_an_event_larger_than_the_limit_is_fatal_naming_id_size_and_setting(
+    tmp_path: Path,
+) -> None:
+    """Larger than the server's max_payload, or than a stream's own max_msg_size: the pipeline
+    stops (never skips), naming the event, its size and the setting to raise."""
+    server = LocalNats(tmp_path / "n", max_payload=8192).start()
+    try:
+        sink = _sink(server)
+        sink.open(None)
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        too_big = large(2, 9000)
+        with pytest.raises(FatalError) as info:
+            sink.write([too_big])
+        sink.close()
+        assert info.value.kind == "event_too_large"
+        text = str(info.value)
+        assert too_big.id in text and f"{len(too_big.json)} bytes" in text
+        assert "max_payload (8192 bytes" in text
+
+        async def create() -> None:
+            nc = await server.connect()
+            try:
+                await nc.jetstream().add_stream(name="SMALL", subjects=["small.>"], max_msg_size=2048)
+            finally:
+                await nc.close()
+
+        asyncio.run(create())
+        narrow = _sink(server, stream="SMALL", subject="small.{table}", schema_subject="small.schemas")
+        narrow.open(None)
+        narrow.write_schema(ORDERS)
+        with pytest.raises(FatalError) as info:
+            narrow.write([large(3, 3000)])
+        narrow.close()
+        assert info.value.kind == "event_too_large"
+        assert "stream SMALL's max_msg_size (2048 bytes" in str(info.value)
+        # nothing of the refused events reached a stream
+        ids = [m.headers.get("Nats-Msg-Id") for m in read_messages(server)]
+        assert ids == ["schema:shop:public.orders@1", event(1).id]
+        assert all("cdc-op" not in m.headers for m in read_messages(server, "SMALL"))
+    finally:
+        server.stop()
+
+
+def test_a_stream_whose_subjects_another_stream_holds_is_fatal_naming_it(
+    nats_server: LocalNats,
+) -> None:
+    async def create() -> None:
+        nc = await nats_server.connect()
+        try:
+            await nc.jetstream().add_stream(name="OTHER", subjects=["cdc.>"])
+        finally:
+            await nc.close()
+
+    asyncio.run(create())
+    sink = _sink(nats_server)  # wants to create CDC with cdc.shop.*.* and cdc.shop.schemas
+    with pytest.raises(FatalError) as info:
+        sink.open(None)
+    sink.close()
+    assert info.value.kind == "sink_config"
+    text = str(info.value)
+    assert "cannot create the stream CDC" in text and "overlap" in text
+
+
+def test_an_unreachable_server_at_start_is_retried_with_a_clear_message(tmp_path: Path) -> None:
+    server = LocalNats(tmp_path / "n")
+    server.port = free_port()  # nothing listens there yet
+    reported: list[Any] = []
+    ctx = context()
+    ctx._on_degraded = reported.append
+    sink = NatsSink(NatsConfig(url=server.url), ctx)
+    opened = threading.Thread(target=sink.open, args=(None,), daemon=True)
+    try:
+        opened.start()
+        wait_for(lambda: [e for e in reported if e is not None], 10, what="a retrying report")
+        first = next(e for e in reported if e is not None)
+        assert first.kind == "sink_unavailable"
+        assert f"nats://127.0.0.1:{server.port}" in str(first) and "cannot connect" in str(first)
+        assert opened.is_alive()  # still trying, not failed
+        server.restart()
+        opened.join(30)
+        assert not opened.is_alive()
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        sink.flush()
+        assert reported[-1] is None  # running again
+    finally:
+        ctx.stop.set()
+        sink.close()
+        server.stop()
+
+
+def test_tls_with_the_right_ca_works_and_without_it_is_fatal(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = LocalNats(tmp_path / "n", tls=(cert, key)).start()
+    try:
+        sink = _sink(server, tls_ca_file=str(cert))
+        sink.open(None)
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        sink.flush()
+        sink.close()
+        assert [m.headers["Nats-Msg-Id"] for m in read_messages(server)][-1] == event(1).id
+        untrusted = _sink(server)  # the system's CAs do not know the test's
+        with pytest.raises(FatalError) as info:
+            untrusted.open(None)
+        untrusted.close()
+    finally:
+        server.stop()
+    assert info.value.kind == "sink_tls"
+    assert "does not verify" in str(info.value) and "tls_ca_file" in str(info.value)

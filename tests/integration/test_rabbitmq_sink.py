@@ -1,13 +1,17 @@
 """The RabbitMQ sink against a real RabbitMQ node (tests/rabbitmq_harness.py; one node per
 session, an exchange and queues of each test's own) and a real PostgreSQL 15: what a message
 carries, the exchange declared before any event, unroutable events with and without
-``mandatory``, a paused broker, a wrong password, and ``kill -9`` of the service."""
+``mandatory``, a paused broker, a wrong password, and ``kill -9`` of the service; and bad
+input on the sink itself: a message over max_message_size, amqps:// with and without the right
+CA (a node of their own), an exchange of another type, a broker unreachable at start."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +19,10 @@ import orjson
 import psycopg
 import pytest
 
+from cdc.errors import FatalError, RetriableError
 from cdc_local.postgres import LocalPostgres
+from cdc_local.postgres import free_port as free_port_number
+from sinks.rabbitmq import RabbitMQConfig, RabbitMQSink
 from tests.helpers import (
     CdcService,
     dedupe,
@@ -27,11 +34,14 @@ from tests.helpers import (
 from tests.rabbitmq_harness import (
     RabbitHarness,
     RabbitNode,
+    _with_channel,
     declare_queue,
     exchange_exists,
     shared_node,
     take,
 )
+from tests.sink_events import ORDERS, context, event, large
+from tests.webhook_harness import self_signed_certificate
 
 NAME = "rmq"
 
@@ -395,3 +405,106 @@ def test_a_user_allowed_only_the_exchange_publishes_without_the_ledger(
     assert password not in logs
     events = [orjson.loads(m.body) for m in got if m.type != "schema"]
     assert [e["after"]["id"] for e in events] == [5]
+
+
+# -- bad input: driving the sink directly --------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def strict_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[RabbitNode, Path]]:
+    """A node of its own that also listens for amqps:// with a self-signed certificate (made
+    here) and refuses messages over 4096 bytes (max_message_size)."""
+    cert, key = self_signed_certificate(tmp_path_factory.mktemp("rabbit-tls"))
+    cert.chmod(0o644)
+    key.chmod(0o644)
+    strict = RabbitNode(tls=(cert, key), max_message_size=4096).start()
+    try:
+        yield strict, cert
+    finally:
+        strict.stop()
+
+
+def _sink(url: str, exchange: str, **settings: Any) -> RabbitMQSink:
+    return RabbitMQSink(RabbitMQConfig(url=url, exchange=exchange, **settings), context())
+
+
+def test_an_event_over_max_message_size_is_fatal_naming_id_size_and_setting(
+    strict_node: tuple[RabbitNode, Path],
+) -> None:
+    strict, _ = strict_node
+    exchange, queue = f"big-{uuid.uuid4().hex[:8]}", f"q-{uuid.uuid4().hex[:8]}"
+    declare_queue(strict.url(), exchange, queue, "#")
+    sink = _sink(strict.url(), exchange)
+    sink.open(None)
+    try:
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        sink.flush()
+        too_big = large(2, 5000)
+        sink.write([too_big, event(3)])
+        with pytest.raises(FatalError) as info:
+            sink.flush()
+    finally:
+        sink.close()
+    assert info.value.kind == "event_too_large"
+    text = str(info.value)
+    assert too_big.id in text and f"{len(too_big.json)} bytes" in text
+    assert "max_message_size (4096 bytes)" in text
+    events = [m for m in take(strict.url(), queue) if m.type != "schema"]
+    assert [m.message_id for m in events] == [event(1).id]
+
+
+def test_amqps_with_the_right_ca_works_and_without_it_is_fatal(
+    strict_node: tuple[RabbitNode, Path],
+) -> None:
+    strict, cert = strict_node
+    exchange, queue = f"tls-{uuid.uuid4().hex[:8]}", f"q-{uuid.uuid4().hex[:8]}"
+    declare_queue(strict.url(), exchange, queue, "#")
+    sink = _sink(strict.url(tls=True), exchange, ca_file=str(cert))
+    sink.open(None)
+    try:
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        sink.flush()
+    finally:
+        sink.close()
+    events = [m for m in take(strict.url(), queue) if m.type != "schema"]
+    assert [m.message_id for m in events] == [event(1).id]
+    untrusted = _sink(strict.url(tls=True), exchange)  # the system's CAs do not know it
+    with pytest.raises(FatalError) as info:
+        untrusted.open(None)
+    untrusted.close()
+    assert info.value.kind == "sink_tls"
+    assert "does not verify" in str(info.value) and "ca_file" in str(info.value)
+    assert strict.password not in str(info.value)
+
+
+def test_an_exchange_of_another_type_is_fatal_naming_it(node: RabbitNode) -> None:
+    exchange = f"direct-{uuid.uuid4().hex[:8]}"
+
+    async def declare(channel: Any) -> None:
+        await channel.exchange_declare(exchange, exchange_type="direct", durable=True)
+
+    asyncio.run(_with_channel(node.url(), declare))
+    sink = _sink(node.url(), exchange)
+    with pytest.raises(FatalError) as info:
+        sink.open(None)
+    sink.close()
+    assert info.value.kind == "sink_config"
+    text = str(info.value)
+    assert f"exchange {exchange!r} exists with other settings" in text
+    assert "durable topic exchange" in text and "sink.exchange" in text
+
+
+def test_an_unreachable_broker_at_start_is_retriable_with_a_clear_message() -> None:
+    port = free_port_number()  # nothing listens there
+    sink = _sink(f"amqp://cdc:s3cret-pw@127.0.0.1:{port}/", "cdc")
+    t0 = time.monotonic()
+    with pytest.raises(RetriableError) as info:
+        sink.open(None)
+    sink.close()
+    assert time.monotonic() - t0 < 5
+    assert info.value.kind == "sink_unavailable"
+    text = str(info.value)
+    assert f"cannot connect to amqp://cdc@127.0.0.1:{port}/" in text
+    assert "s3cret-pw" not in text

@@ -1,7 +1,8 @@
 """The redis sink against real redis-server processes (Debian's, AOF on, in temp folders):
 each batch is one MULTI/EXEC with the offsets, a restart skips exactly what Redis already holds,
 kill -9 of Redis or of the service adds no duplicates and loses nothing, MAXLEN trimming, the
-warning for a server without AOF, and a refused login."""
+warning for a server without AOF, a refused login; and bad input: an event over
+proto-max-bulk-len, a server unreachable at start, TLS with and without the right CA."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from cdc.errors import FatalError
+from cdc_local.postgres import free_port
 from sinks.redis import RedisConfig, RedisSink
 from tests.faults._support import (
     ChangeWriter,
@@ -27,7 +29,8 @@ from tests.faults._support import (
 )
 from tests.helpers import CdcService, wait_for, write_config
 from tests.redis_harness import LocalRedis, RedisHarness, read_stream
-from tests.sink_events import ORDERS, context, event, keyless
+from tests.sink_events import ORDERS, context, event, keyless, large
+from tests.webhook_harness import self_signed_certificate
 
 
 @pytest.fixture
@@ -226,7 +229,6 @@ def test_kill9_of_redis_and_of_the_service_adds_no_duplicates_and_loses_nothing(
     assert result.changes > 100
 
 
-
 def test_a_stream_key_of_another_type_is_fatal_before_the_batch(redis_server: LocalRedis) -> None:
     c = redis_server.client()
     c.set("cdc:shop:public.orders", "not a stream")
@@ -237,3 +239,74 @@ def test_a_stream_key_of_another_type_is_fatal_before_the_batch(redis_server: Lo
     sink.close()
     assert c.hget("cdc:shop:offsets", "count") is None  # nothing of the batch was applied
     c.close()
+
+
+def test_an_event_larger_than_proto_max_bulk_len_is_fatal_naming_id_size_and_setting(
+    tmp_path: Path,
+) -> None:
+    """Redis would drop the connection on it (and the batch be retried forever): the sink
+    refuses it first, and nothing of its batch is written."""
+    server = LocalRedis(tmp_path / "small", proto_max_bulk_len="1mb").start()
+    try:
+        sink = _sink(server)
+        sink.open(None)
+        sink.write_schema(ORDERS)
+        sink.write([event(1)])
+        too_big = large(2, 1024 * 1024)
+        with pytest.raises(FatalError) as info:
+            sink.write([event(3), too_big])
+        sink.close()
+        assert _ids(server) == [event(1).id]
+    finally:
+        server.stop()
+    assert info.value.kind == "event_too_large"
+    text = str(info.value)
+    assert too_big.id in text and f"{len(too_big.json)} bytes" in text
+    assert "proto-max-bulk-len (1048576 bytes)" in text
+
+
+def test_an_unreachable_server_at_start_is_retried_with_a_clear_message(tmp_path: Path) -> None:
+    server = LocalRedis(tmp_path / "later")
+    server.port = free_port()  # nothing listens there yet
+    reported: list[Any] = []
+    ctx = context()
+    ctx._on_degraded = reported.append
+    sink = RedisSink(RedisConfig(url=server.url, timeout_s=2), ctx)
+    opened = threading.Thread(target=sink.open, args=(None,), daemon=True)
+    try:
+        opened.start()
+        wait_for(lambda: [e for e in reported if e is not None], 10, what="a retrying report")
+        first = next(e for e in reported if e is not None)
+        assert first.kind == "sink_unavailable"
+        assert f"redis://127.0.0.1:{server.port}/0" in str(first) and "retrying" in str(first)
+        assert opened.is_alive()  # still trying, not failed
+        server.restart()
+        opened.join(30)
+        assert not opened.is_alive()
+        sink.write([event(1)])
+        assert reported[-1] is None  # running again
+        assert _ids(server) == [event(1).id]
+    finally:
+        ctx.stop.set()
+        sink.close()
+        server.stop()
+
+
+def test_tls_with_the_right_ca_works_and_without_it_is_fatal(tmp_path: Path) -> None:
+    cert, key = self_signed_certificate(tmp_path)
+    server = LocalRedis(tmp_path / "tls", tls=(cert, key)).start()
+    try:
+        assert server.url.startswith("rediss://")
+        sink = _sink(server, tls_ca_file=str(cert))
+        sink.open(None)
+        sink.write([event(1)])
+        sink.close()
+        assert _ids(server) == [event(1).id]
+        untrusted = _sink(server)  # the system's CAs do not know the test's
+        with pytest.raises(FatalError) as info:
+            untrusted.open(None)
+        untrusted.close()
+    finally:
+        server.stop()
+    assert info.value.kind == "sink_tls"
+    assert "does not verify" in str(info.value) and "tls_ca_file" in str(info.value)
