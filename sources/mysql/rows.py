@@ -42,6 +42,8 @@ from typing import Any, Final
 
 import orjson
 
+from cdc._codegen import make_function
+
 from .collations import CHARSET_OF
 from .protocol import TableDescription
 
@@ -894,9 +896,8 @@ def compile_image(
     else:
         key_expr = "None"
     body.append(f"return {row}, {key_expr}, p")
-    source = "def decode(b, p):\n" + "\n".join("    " + line for line in body) + "\n"
-    exec(compile(source, f"<mysql row image {len(columns)} columns>", "exec"), gen.ns)  # noqa: S102
-    fn: ImageDecoder = gen.ns["decode"]
+    names = ", ".join(columns[i].name for i in shown)
+    fn: ImageDecoder = make_function("decode", ["b", "p"], body, gen.ns, f"mysql row image ({names})")
     return fn
 
 

@@ -81,6 +81,7 @@ from typing import Any
 
 import orjson
 
+from cdc._codegen import make_function
 from cdc.errors import FatalError, RetriableError
 from cdc.names import split as split_table_name
 from cdc.schema import Column, TableSchema
@@ -695,40 +696,35 @@ def _compile(cols: Sequence[_Col], key_idx: Sequence[int]) -> tuple[Any, Any]:
         else "None"
     )
     loop = [
-        "def parse(b, p, end, out):",
-        "    append = out.append",
-        "    lr = lq = -1",
-        "    while True:",
-        "        if p + 4 > end:",
-        "            return p, 0, lr, lq",
-        "        ln = b[p] | b[p + 1] << 8 | b[p + 2] << 16",
-        "        q = p + 4 + ln",
-        "        if q > end:",
-        "            return p, 0, lr, lq",
-        f"        if ln == {_MAX_PACKET}:",
-        "            return p, 3, lr, lq",
-        "        h = b[p + 4]",
-        "        if h >= 254:",
-        "            if h == 255:",
-        "                return p, 2, lr, lq",
-        "            if ln < 9:",
-        "                return q, 1, lr, lq",
-        "        p += 4",
-        "        lr = p",
-        "        lq = q",
-        *("        " + line for line in body),
-        f"        append(({key}, {after}))",
-        "        p = q",
-    ]
-    one = [
-        "def parse_one(b):",
-        "    p = 0",
+        "append = out.append",
+        "lr = lq = -1",
+        "while True:",
+        "    if p + 4 > end:",
+        "        return p, 0, lr, lq",
+        "    ln = b[p] | b[p + 1] << 8 | b[p + 2] << 16",
+        "    q = p + 4 + ln",
+        "    if q > end:",
+        "        return p, 0, lr, lq",
+        f"    if ln == {_MAX_PACKET}:",
+        "        return p, 3, lr, lq",
+        "    h = b[p + 4]",
+        "    if h >= 254:",
+        "        if h == 255:",
+        "            return p, 2, lr, lq",
+        "        if ln < 9:",
+        "            return q, 1, lr, lq",
+        "    p += 4",
+        "    lr = p",
+        "    lq = q",
         *("    " + line for line in body),
-        f"    return ({key}, {after})",
+        f"    append(({key}, {after}))",
+        "    p = q",
     ]
-    source = "\n".join(loop) + "\n\n" + "\n".join(one) + "\n"
-    exec(compile(source, f"<mysql snapshot rows {len(cols)} columns>", "exec"), ns)  # noqa: S102
-    return ns["parse"], ns["parse_one"]
+    one = ["p = 0", *body, f"return ({key}, {after})"]
+    names = ", ".join(c.meta.name for c in cols)
+    parse = make_function("parse", ["b", "p", "end", "out"], loop, ns, f"mysql snapshot rows ({names})")
+    parse_one = make_function("parse_one", ["b"], one, ns, f"mysql snapshot row ({names})")
+    return parse, parse_one
 
 
 # -- gtid sets ------------------------------------------------------------------------------------

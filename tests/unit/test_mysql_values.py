@@ -445,3 +445,23 @@ def test_type_names_of_the_rest() -> None:
     assert type_name(_c("t", rows.GEOMETRY, length_size=4, geometry_type=1)) == "point"
     assert type_name(_c("t", rows.ENUM, values=("it's", "b"))) == "enum('it''s','b')"
     assert type_name(_c("t", rows.NEWDECIMAL, precision=65, decimals=30)) == "decimal(65,30)"
+
+
+def test_the_generated_row_decoder_golden_text() -> None:
+    """Golden text of one generated row-image decoder (INT NOT NULL key, nullable VARCHAR):
+    through cdc._codegen, so it is in linecache and shows in tracebacks."""
+    from cdc._codegen import source_of
+    from sources.mysql.rows import ColumnMeta, compile_image
+
+    cols = [
+        ColumnMeta("id", rows.LONG, nullable=False),
+        ColumnMeta("v", rows.VARCHAR, nullable=True, charset="utf8mb4", max_length=80),
+    ]
+    fn = compile_image(cols, [True, True], [True, True], [0])
+    assert fn(b"\x00" + (7).to_bytes(4, "little", signed=True) + b"\x02hi", 0) == ({"id": 7, "v": "hi"}, {"id": 7}, 8)
+    text = source_of(fn)
+    assert text.startswith("def decode(b, p, ")
+    assert "    n = b[p]\n    p += 1\n" in text
+    assert "    if n & 2:\n        v1 = None\n    else:\n" in text
+    assert text.rstrip().endswith("return {'id': v0, 'v': v1}, {'id': v0}, p")
+    assert "mysql row image (id, v)" in fn.__code__.co_filename
