@@ -30,6 +30,7 @@ import contextlib
 import ctypes
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -114,6 +115,8 @@ class RabbitNode:
             {
                 "HOME": str(self.dir),
                 "ERL_EPMD_PORT": str(epmd_port),
+                "ERL_EPMD_ADDRESS": "127.0.0.1",  # epmd and the distribution on loopback only
+                "RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS": "-kernel inet_dist_use_interface {127,0,0,1}",
                 "RABBITMQ_NODENAME": self.name,
                 "RABBITMQ_NODE_IP_ADDRESS": "127.0.0.1",
                 "RABBITMQ_NODE_PORT": str(self.port),
@@ -174,7 +177,7 @@ class RabbitNode:
                 return self
             except RuntimeError as exc:
                 last = str(exc)
-                self.stop()
+                self.stop(remove=False)  # the next attempt reuses the folder
         raise RuntimeError(f"RabbitMQ did not start: {last}")
 
     def ctl(self, *args: str, timeout: float = 60.0, check: bool = True) -> str:
@@ -230,7 +233,8 @@ class RabbitNode:
         os.killpg(self.proc.pid, signal.SIGCONT)
         self.paused = False
 
-    def stop(self) -> None:
+    def stop(self, *, remove: bool = True) -> None:
+        """Stop the node (and its epmd); ``remove``: delete its folder too."""
         proc, self.proc = self.proc, None
         if proc is not None and proc.poll() is None:
             if self.paused:
@@ -251,6 +255,8 @@ class RabbitNode:
         if epmd is not None and epmd.poll() is None:
             epmd.kill()
             epmd.wait(5)
+        if remove:
+            shutil.rmtree(self.dir, ignore_errors=True)  # the node's data, logs and config
 
 
 _shared: RabbitNode | None = None
