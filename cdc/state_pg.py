@@ -124,11 +124,14 @@ def lease_timings() -> tuple[float, float]:
 
 
 def _is_connection_error(exc: BaseException) -> bool:
-    # connection failures, a server shutting down, and waits cut short (statement or lock
-    # timeout, a serialisation failure): all passing
+    # connection failures, a server shutting down, a session the server ended (idle in a
+    # transaction too long: a paused process, 25P03; transaction timeout, 25P04), and waits cut
+    # short (statement or lock timeout, a serialisation failure): all passing. The server's end
+    # of a session arrives as an error of class 25 or as a lost connection, whichever the
+    # client reads first, so both must count the same.
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError)) or (
         isinstance(exc, psycopg.Error)
-        and (exc.sqlstate or "").startswith(("08", "57P", "57014", "55P03", "40"))
+        and (exc.sqlstate or "").startswith(("08", "57P", "57014", "55P03", "40", "25P03", "25P04"))
     )
 
 
