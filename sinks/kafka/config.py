@@ -7,11 +7,12 @@ on a machine without confluent-kafka.
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from typing import Any
 
 from cdc.plugin import setting
+from cdc.settings import template_check
+from cdc.settings import template_fields as settings_template_fields
 
 #: settings that would weaken the delivery guarantee (acks=all, idempotence, bounded in-flight)
 GUARANTEE_KEYS = frozenset(
@@ -64,39 +65,23 @@ def _check_positive(value: int) -> str | None:
     return None if value > 0 else "must be greater than 0"
 
 
+def _literal_problem(literal: str) -> str | None:
+    if _LEGAL.search(literal):
+        bad = sorted(set(_LEGAL.findall(literal)))
+        return (
+            f"{''.join(bad)!r} cannot appear in a Kafka topic name (letters, digits, '.', '_' "
+            "and '-' only)"
+        )
+    return None
+
+
 def template_fields(template: str) -> list[str]:
     """The placeholders of a topic template; raises ValueError for a malformed one."""
-    fields = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        if _LEGAL.search(literal):
-            bad = sorted(set(_LEGAL.findall(literal)))
-            raise ValueError(
-                f"{''.join(bad)!r} cannot appear in a Kafka topic name (letters, digits, '.', '_' "
-                "and '-' only)"
-            )
-        if field is None:
-            continue
-        if spec or conversion:
-            raise ValueError(f"{{{field}}} takes no format spec or conversion")
-        fields.append(field)
-    return fields
+    return settings_template_fields(template, _literal_problem)
 
 
 def _template_check(allowed: tuple[str, ...]) -> Any:
-    def check(value: str) -> str | None:
-        try:
-            fields = template_fields(value)
-        except ValueError as exc:
-            return f"not a valid topic template: {exc}"
-        unknown = sorted({f for f in fields if f not in allowed})
-        if unknown:
-            names = " ".join(f"{{{f}}}" for f in allowed)
-            return f"unknown placeholder {', '.join('{' + f + '}' for f in unknown)}; use {names}"
-        if not value:
-            return "must not be empty"
-        return None
-
-    return check
+    return template_check(allowed, "topic template", template_fields)
 
 
 def render_topic(template: str, **values: str) -> str:

@@ -12,12 +12,13 @@ inside one token and the stream can cover a table's subjects with a ``*`` wildca
 from __future__ import annotations
 
 import re
-import string
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from cdc.plugin import setting
+from cdc.settings import template_check
+from cdc.settings import template_fields as settings_template_fields
 
 SUBJECT_FIELDS = ("pipeline", "schema", "table")
 _LEGAL_LITERAL = re.compile(r"[^A-Za-z0-9_.\-]")
@@ -26,42 +27,26 @@ _STREAM_NAME = re.compile(r"^[A-Za-z0-9_\-]{1,255}$")
 _HOLE = "\x00"
 
 
+def _literal_problem(literal: str) -> str | None:
+    bad = sorted(set(_LEGAL_LITERAL.findall(literal)))
+    if bad:
+        return (
+            f"{''.join(bad)!r} cannot appear in a NATS subject template (letters, digits, "
+            "'.', '_' and '-' only)"
+        )
+    return None
+
+
 def template_fields(template: str) -> list[str]:
     """The placeholders of a subject template; raises ValueError for a malformed one."""
-    fields = []
-    for literal, field, spec, conversion in string.Formatter().parse(template):
-        bad = sorted(set(_LEGAL_LITERAL.findall(literal)))
-        if bad:
-            raise ValueError(
-                f"{''.join(bad)!r} cannot appear in a NATS subject template (letters, digits, "
-                "'.', '_' and '-' only)"
-            )
-        if field is None:
-            continue
-        if spec or conversion:
-            raise ValueError(f"{{{field}}} takes no format spec or conversion")
-        fields.append(field)
-    tokens = template.split(".")
-    if any(not t for t in tokens):
+    fields = settings_template_fields(template, _literal_problem)
+    if any(not t for t in template.split(".")):
         raise ValueError("a subject has no empty tokens (no leading, trailing or double '.')")
     return fields
 
 
 def _template_check(allowed: tuple[str, ...]) -> Any:
-    def check(value: str) -> str | None:
-        if not value:
-            return "must not be empty"
-        try:
-            fields = template_fields(value)
-        except ValueError as exc:
-            return f"not a valid subject template: {exc}"
-        unknown = sorted({f for f in fields if f not in allowed})
-        if unknown:
-            names = " ".join(f"{{{f}}}" for f in allowed)
-            return f"unknown placeholder {', '.join('{' + f + '}' for f in unknown)}; use {names}"
-        return None
-
-    return check
+    return template_check(allowed, "subject template", template_fields)
 
 
 def _check_url(value: str) -> str | None:

@@ -6,12 +6,13 @@ a machine without aiormq.
 
 from __future__ import annotations
 
-import string
 from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from cdc.plugin import setting
+from cdc.settings import template_check
+from cdc.settings import template_fields as settings_template_fields
 
 ROUTING_FIELDS = ("pipeline", "schema", "table")
 #: AMQP 0-9-1 routing keys and exchange names are short strings: at most 255 bytes
@@ -45,33 +46,11 @@ def _check_exchange(value: str) -> str | None:
     return None
 
 
-def template_fields(template: str) -> list[str]:
-    """The placeholders of a routing-key template; raises ValueError for a malformed one."""
-    fields = []
-    for _literal, field, spec, conversion in string.Formatter().parse(template):
-        if field is None:
-            continue
-        if spec or conversion:
-            raise ValueError(f"{{{field}}} takes no format spec or conversion")
-        fields.append(field)
-    return fields
+template_fields = settings_template_fields
 
 
 def _template_check(allowed: tuple[str, ...]) -> Callable[[str], str | None]:
-    def check(value: str) -> str | None:
-        try:
-            fields = template_fields(value)
-        except ValueError as exc:
-            return f"not a valid routing key template: {exc}"
-        unknown = sorted({f for f in fields if f not in allowed})
-        if unknown:
-            names = " ".join(f"{{{f}}}" for f in allowed)
-            return f"unknown placeholder {', '.join('{' + f + '}' for f in unknown)}; use {names}"
-        if not value:
-            return "must not be empty"
-        return None
-
-    return check
+    return template_check(allowed, "routing key template")
 
 
 def render_key(template: str, **values: str) -> str:

@@ -6,12 +6,13 @@ a machine without redis-py.
 
 from __future__ import annotations
 
-import string
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from cdc.plugin import setting
+from cdc.settings import template_check
+from cdc.settings import template_fields as settings_template_fields
 
 STREAM_FIELDS = ("pipeline", "schema", "table")
 
@@ -28,30 +29,9 @@ def _check_url(value: str) -> str | None:
     return None
 
 
-def template_fields(template: str) -> list[str]:
-    """The placeholders of a key template; raises ValueError for a malformed one."""
-    fields = []
-    for _literal, field, spec, conversion in string.Formatter().parse(template):
-        if field is None:
-            continue
-        if spec or conversion:
-            raise ValueError(f"{{{field}}} takes no format spec or conversion")
-        fields.append(field)
-    return fields
+template_fields = settings_template_fields
 
-
-def _check_template(value: str) -> str | None:
-    try:
-        fields = template_fields(value)
-    except ValueError as exc:
-        return f"not a valid key template: {exc}"
-    unknown = sorted({f for f in fields if f not in STREAM_FIELDS})
-    if unknown:
-        names = " ".join(f"{{{f}}}" for f in STREAM_FIELDS)
-        return f"unknown placeholder {', '.join('{' + f + '}' for f in unknown)}; use {names}"
-    if not value:
-        return "must not be empty"
-    return None
+_check_template = template_check(STREAM_FIELDS, "key template")
 
 
 def _check_maxlen(value: int | None) -> str | None:
