@@ -16,21 +16,18 @@ and ``events()``/``schemas()`` inside the block return that content.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ctypes
-import os
 import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from cdc_local.postgres import free_port
+from tests.server_process import PausedServerOutage, ServerProcess
 from tests.sink_harness import SinkHarness
 
 NATS_SERVER = "/usr/sbin/nats-server"
@@ -44,8 +41,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-class LocalNats:
+class LocalNats(ServerProcess):
     """One nats-server process with JetStream on 127.0.0.1, its store in ``folder``."""
+
+    name = "nats-server"
 
     def __init__(
         self,
@@ -119,19 +118,6 @@ class LocalNats:
             preexec_fn=_die_with_parent,
         )
 
-    def start(self, timeout: float = 30.0) -> LocalNats:
-        last = ""
-        for _ in range(3):  # another process may take the free port first
-            self.port = free_port()
-            self._spawn()
-            try:
-                self.wait_ready(timeout)
-                return self
-            except RuntimeError as exc:
-                last = str(exc)
-                self.stop()
-        raise RuntimeError(f"nats-server did not start: {last}")
-
     def wait_ready(self, timeout: float = 30.0) -> None:
         """Return once the server greets a client and JetStream answers."""
         deadline = time.monotonic() + timeout
@@ -176,53 +162,6 @@ class LocalNats:
         return await nats.connect(
             self.url, connect_timeout=2, allow_reconnect=False, **self.client_options()
         )
-
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.paused = False
-        self.wait_ready(30)
-
-    def kill9(self) -> None:
-        assert self.proc is not None
-        if self.paused:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.paused = False
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def restart(self, timeout: float = 30.0) -> None:
-        """Start again on the same port with the same store (after :meth:`kill9`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._spawn()
-            try:
-                self.wait_ready(max(1.0, deadline - time.monotonic()))
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                self.stop()
-                time.sleep(0.2)
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if self.paused:
-            os.kill(proc.pid, signal.SIGCONT)
-            self.paused = False
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
 
 
 # -- reading back -------------------------------------------------------------------------------
@@ -300,7 +239,7 @@ def stream_info(server: LocalNats, stream: str = "CDC") -> Any:
     return asyncio.run(get())
 
 
-class NatsHarness(SinkHarness):
+class NatsHarness(PausedServerOutage, SinkHarness):
     """The NATS sink on a server of its own, default stream and subjects."""
 
     name = "nats"
@@ -334,30 +273,6 @@ class NatsHarness(SinkHarness):
     def streams(self) -> list[list[dict[str, Any]]]:
         """The events of the JetStream stream, in stream order (one stream)."""
         return [self.events()]
-
-    def _settled(self, timeout: float = 30.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        deadline = time.monotonic() + timeout
-        last: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
-        while True:
-            now = (self.events(), self.schemas())
-            if last is not None and len(now[0]) == len(last[0]) and len(now[1]) == len(last[1]):
-                return now
-            if time.monotonic() > deadline:
-                raise AssertionError("the stream did not settle before the outage")
-            last = now
-            time.sleep(0.3)
-
-    @contextlib.contextmanager
-    def outage(self) -> Iterator[None]:
-        """The server hangs (SIGSTOP) inside the block; reads return what it held then."""
-        frozen = self._settled()
-        self.server.pause()
-        self._frozen = frozen
-        try:
-            yield
-        finally:
-            self._frozen = None
-            self.server.resume()
 
     def close(self) -> None:
         self.server.stop()

@@ -15,19 +15,16 @@ pauses the server, and ``events()``/``schemas()`` inside the block return that c
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
-import os
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from cdc_local.postgres import free_port
+from tests.server_process import PausedServerOutage, ServerProcess
 from tests.sink_harness import SinkHarness
 
 REDIS_SERVER = "/usr/bin/redis-server"
@@ -41,8 +38,10 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
         pass
 
 
-class LocalRedis:
+class LocalRedis(ServerProcess):
     """One redis-server process on 127.0.0.1 with its data in ``folder``."""
+
+    name = "redis-server"
 
     def __init__(
         self,
@@ -117,19 +116,6 @@ class LocalRedis:
             preexec_fn=_die_with_parent,
         )
 
-    def start(self, timeout: float = 30.0) -> LocalRedis:
-        last = ""
-        for _ in range(3):  # another process may take the free port first
-            self.port = free_port()
-            self._spawn()
-            try:
-                self.wait_ready(timeout)
-                return self
-            except RuntimeError as exc:
-                last = str(exc)
-                self.stop()
-        raise RuntimeError(f"redis-server did not start: {last}")
-
     def client(self) -> Any:
         import redis
 
@@ -166,54 +152,6 @@ class LocalRedis:
                 raise RuntimeError(f"redis-server on port {self.port} did not answer in {timeout}s")
             time.sleep(0.05)
 
-    def pause(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, signal.SIGCONT)
-        self.paused = False
-        self.wait_ready(30)
-
-    def kill9(self) -> None:
-        """SIGKILL: the server dies at once (what it wrote to its AOF stays)."""
-        assert self.proc is not None
-        if self.paused:
-            os.kill(self.proc.pid, signal.SIGCONT)
-            self.paused = False
-        self.proc.kill()
-        self.proc.wait(10)
-
-    def restart(self, timeout: float = 30.0) -> None:
-        """Start again on the same port with the same folder (after :meth:`kill9`)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            self._spawn()
-            try:
-                self.wait_ready(max(1.0, deadline - time.monotonic()))
-                return
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                self.stop()
-                time.sleep(0.2)  # the port may still be in TIME_WAIT-ish use
-
-    def stop(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        if self.paused:
-            os.kill(proc.pid, signal.SIGCONT)
-            self.paused = False
-        proc.terminate()
-        try:
-            proc.wait(5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
-
 
 # -- reading back -------------------------------------------------------------------------------
 
@@ -248,7 +186,7 @@ def read_stream(client: Any, key: str) -> list[dict[str, bytes]]:
         start = "(" + chunk[-1][0].decode()
 
 
-class RedisHarness(SinkHarness):
+class RedisHarness(PausedServerOutage, SinkHarness):
     """The Redis sink on a server of its own (AOF on)."""
 
     name = "redis"
@@ -292,30 +230,6 @@ class RedisHarness(SinkHarness):
         finally:
             c.close()
         return [orjson.loads(v) for v in raw.values()]
-
-    def _settled(self, timeout: float = 30.0) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-        deadline = time.monotonic() + timeout
-        last: tuple[list[dict[str, Any]], list[dict[str, Any]]] | None = None
-        while True:
-            now = (self.events(), self.schemas())
-            if last is not None and len(now[0]) == len(last[0]) and len(now[1]) == len(last[1]):
-                return now
-            if time.monotonic() > deadline:
-                raise AssertionError("the streams did not settle before the outage")
-            last = now
-            time.sleep(0.3)
-
-    @contextlib.contextmanager
-    def outage(self) -> Iterator[None]:
-        """The server hangs (SIGSTOP) inside the block; reads return what it held then."""
-        frozen = self._settled()
-        self.server.pause()
-        self._frozen = frozen
-        try:
-            yield
-        finally:
-            self._frozen = None
-            self.server.resume()
 
     def close(self) -> None:
         self.server.stop()
