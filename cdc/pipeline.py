@@ -274,7 +274,17 @@ class Checkpointer:
         boundary; None: flush only, e.g. a stop in the middle of a transaction)."""
         if position is None:
             position = self.pending
-        self.pipeline._commit(self.source, self.sink, position, snapshots)
+        pipeline = self.pipeline
+        pipeline._check_lease()
+        token = self.sink.flush()  # durable first
+        if position is not None:
+            serialized = self.source.serialize_position(position)
+            pipeline.store.save_checkpoint(pipeline.name, serialized, token, snapshots or ())
+            pipeline.status.checkpoint = serialized
+            pipeline.status.checkpoint_at = time.time()
+            self.source.ack(position)  # only what the checkpoint covers
+            if pipeline.status.state is State.RETRYING:
+                pipeline._enter(State.RUNNING, reason="recovered")
         self.pending = None
         self.unflushed = 0
 
@@ -753,21 +763,6 @@ class Pipeline:
             for (sv, op), n in by_version.items():
                 counts[(sv.name, op)] += n
             self._on_events(self.name, counts)
-
-    def _commit(
-        self, source: Source, sink: Sink, position: Any, snapshots: list[dict[str, Any]] | None = None
-    ) -> None:
-        self._check_lease()
-        token = sink.flush()
-        if position is None:
-            return
-        serialized = source.serialize_position(position)
-        self.store.save_checkpoint(self.name, serialized, token, snapshots or ())
-        self.status.checkpoint = serialized
-        self.status.checkpoint_at = time.time()
-        source.ack(position)
-        if self.status.state is State.RETRYING:
-            self._enter(State.RUNNING, reason="recovered")
 
     def _sink_degraded(self) -> bool:
         """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows
