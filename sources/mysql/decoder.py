@@ -201,9 +201,9 @@ class MySQLDecoder:
         self._out_cost = 0
         self._out_since = 0.0
         self._handlers: dict[type, Any] = {
-            P.WriteRows: self._on_write,
+            P.WriteRows: self._on_write_or_delete,
             P.UpdateRows: self._on_update,
-            P.DeleteRows: self._on_delete,
+            P.DeleteRows: self._on_write_or_delete,
             P.TableMap: self._on_table_map,
             P.Xid: self._on_xid,
             P.XaPrepare: self._on_xid,
@@ -588,7 +588,8 @@ class MySQLDecoder:
         self._out_cost += ev.end - ev.start
         return table
 
-    def _on_write(self, ev: P.WriteRows) -> Batch | None:
+    def _on_write_or_delete(self, ev: P.WriteRows | P.DeleteRows) -> Batch | None:
+        """Inserts and deletes: one whole row image per row (the new row, or the old one)."""
         table = self._rows_table(ev)
         if table is None:
             return None
@@ -598,22 +599,12 @@ class MySQLDecoder:
             raise self._decode_error(table, exc) from exc
         emit = self._emit
         version = table.version
-        for row, key in rows:
-            emit(table, version, "c", key, None, row)
-        return self._after_rows()
-
-    def _on_delete(self, ev: P.DeleteRows) -> Batch | None:
-        table = self._rows_table(ev)
-        if table is None:
-            return None
-        try:
-            rows = table.codec.rows(ev.data, ev.start, ev.end, ev.present)
-        except (IndexError, ValueError, UnicodeDecodeError) as exc:
-            raise self._decode_error(table, exc) from exc
-        emit = self._emit
-        version = table.version
-        for row, key in rows:
-            emit(table, version, "d", key, row, None)
+        if isinstance(ev, P.WriteRows):
+            for row, key in rows:
+                emit(table, version, "c", key, None, row)
+        else:
+            for row, key in rows:
+                emit(table, version, "d", key, row, None)
         return self._after_rows()
 
     def _on_update(self, ev: P.UpdateRows) -> Batch | None:
