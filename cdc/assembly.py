@@ -18,7 +18,7 @@ keeps a row under a key that no longer exists.
 back (:meth:`TxAssembler.take`), and a batch only carries a position when it ends at a
 transaction end: the events up to the last commit go together, the rest wait.
 
-*Batch size.* A batch is due (:meth:`TxAssembler.full`) after ``batch_events`` events or about
+*Batch size.* A batch is due (:meth:`TxAssembler.full`; :meth:`TxAssembler.emit` says it too) after ``batch_events`` events or about
 ``batch_bytes`` of them (the decoder adds each event's cost to :attr:`TxAssembler.cost`: the
 bytes it came from plus a rough size of its Python objects).
 
@@ -122,12 +122,13 @@ class TxAssembler:
         after: dict[str, Any] | None,
         unchanged: list[str] | None = None,
         key_change: dict[str, Any] | None = None,
-    ) -> None:
-        """One event of the open transaction."""
+    ) -> bool:
+        """One event of the open transaction; True when a batch is due (:meth:`full`)."""
         seq = self.seq
         self.seq = seq + 1
         tx = self.tx_id
-        self.out.append(
+        out = self.out
+        out.append(
             ChangeEvent(
                 f"{self.prefix}:{tx}:{seq}",
                 op,
@@ -142,6 +143,8 @@ class TxAssembler:
                 key_change,
             )
         )
+        # full(), written out: this runs once per event
+        return len(out) >= self.batch_events or (self.cost >= self.batch_bytes and len(out) > 1)
 
     def update(
         self,
@@ -152,14 +155,14 @@ class TxAssembler:
         after: dict[str, Any],
         new_key: dict[str, Any] | None,
         unchanged: list[str] | None = None,
-    ) -> None:
+    ) -> bool:
         """An updated row: a ``u`` event, or ``d`` + ``c`` linked by ``key_change`` when the
-        key changed (``old_key`` None: the old key is not known, so it did not change)."""
+        key changed (``old_key`` None: the old key is not known, so it did not change). True
+        when a batch is due."""
         if old_key is not None and new_key is not None and old_key != new_key:
             self.emit("d", source, version, old_key, before, None, None, {"to": new_key})
-            self.emit("c", source, version, new_key, None, after, unchanged, {"from": old_key})
-        else:
-            self.emit("u", source, version, new_key, before, after, unchanged)
+            return self.emit("c", source, version, new_key, None, after, unchanged, {"from": old_key})
+        return self.emit("u", source, version, new_key, before, after, unchanged)
 
     # -- batches --------------------------------------------------------------------------------
 

@@ -248,7 +248,8 @@ class MySQLDecoder:
         return self.tx.in_tx
 
     @property
-    def pending_events(self) -> int:
+    def pending(self) -> int:
+        """Events gathered and not handed over yet."""
         return len(self.tx.out)
 
     # -- positions --------------------------------------------------------------------------------

@@ -41,6 +41,8 @@ def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
     """Map a connection failure to Fatal (auth, missing database) or Retriable (the rest)."""
     state = getattr(exc, "sqlstate", None)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    # libpq reports a failed connection attempt as text only (there is no result, so no
+    # SQLSTATE): the refused password is the one case told by its text
     if state in _FATAL_CONNECT_STATES or "password authentication failed" in message:
         return FatalSourceError(
             f"cannot connect to {dsn_display} for {what}: {message}; check the DSN's user, "

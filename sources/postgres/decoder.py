@@ -191,14 +191,12 @@ class PgDecoder:
             if cls is Insert:
                 # the hottest path: an Insert never carries UNCHANGED
                 after = rel.fast_row(msg.new)
-                tx.emit("c", source, rel.version, rel.key(after), None, after)
+                due = tx.emit("c", source, rel.version, rel.key(after), None, after)
             elif cls is Update:
-                self._on_update(rel, source, msg)
+                due = self._on_update(rel, source, msg)
             else:
-                self._on_delete(rel, source, msg)
-            if tx.full():
-                return self.cut()
-            return None
+                due = self._on_delete(rel, source, msg)
+            return self.cut() if due else None
         if cls is Begin:
             self._tx_lsn = msg.final_lsn
             self._tx_xid = str(msg.xid)
@@ -248,7 +246,7 @@ class PgDecoder:
         }
         return block
 
-    def _on_update(self, rel: StreamRelation, source: dict[str, Any], msg: Update) -> None:
+    def _on_update(self, rel: StreamRelation, source: dict[str, Any], msg: Update) -> bool:
         after, unchanged = rel.row(msg.new)
         before: dict[str, Any] | None = None
         old_key: dict[str, Any] | None = None
@@ -269,9 +267,9 @@ class PgDecoder:
                 else:
                     still.append(name)
             unchanged = still or None
-        self.tx.update(source, rel.version, before, old_key, after, rel.key(after), unchanged)
+        return self.tx.update(source, rel.version, before, old_key, after, rel.key(after), unchanged)
 
-    def _on_delete(self, rel: StreamRelation, source: dict[str, Any], msg: Delete) -> None:
+    def _on_delete(self, rel: StreamRelation, source: dict[str, Any], msg: Delete) -> bool:
         if msg.old_kind == "O":
             before, _ = rel.row(msg.old)
         elif msg.old_kind == "K":
@@ -279,7 +277,7 @@ class PgDecoder:
         else:
             before = None
         key = rel.key(before) if before is not None else None
-        self.tx.emit("d", source, rel.version, key, before, None)
+        return self.tx.emit("d", source, rel.version, key, before, None)
 
     # -- relations ------------------------------------------------------------------------------
 

@@ -98,6 +98,7 @@ class ReplicationStream:
         if repl.status != pq.ConnStatus.OK:
             message = repl.get_error_message().strip()
             repl.finish()
+            # a failed connection attempt has no result, so no SQLSTATE: told by its text
             if (
                 "password authentication failed" in message
                 or "no pg_hba.conf entry for replication" in message
