@@ -255,6 +255,75 @@ class EventFold(SinkView):
         return self._table(table).watched.get(rid, [(None, None)])
 
 
+class PartitionedFold(SinkView):
+    """The folds of a sink whose events are ordered per partition only (Kafka): each partition
+    is folded on its own (so a partition's copy of a ``t`` empties exactly its rows, as
+    docs/events.md says) and a table is the union of the partitions' rows. ``read_new()``
+    yields ``(partition, event)`` pairs; a partition is any hashable name."""
+
+    def __init__(self, read_new: Callable[[], Iterable[tuple[Any, dict[str, Any]]]]) -> None:
+        self._read_new = read_new
+        self._parts: dict[Any, EventFold] = {}
+        self._watched: dict[str, list[bytes]] = {}
+        self._whole_watched: set[str] = set()
+
+    def _part(self, name: Any) -> EventFold:
+        fold = self._parts.get(name)
+        if fold is None:
+            fold = self._parts[name] = EventFold(lambda: ())
+            for table, ids in self._watched.items():
+                fold.watch(table, ids)
+            for table in self._whole_watched:
+                fold.watch_whole(table)
+        return fold
+
+    def refresh(self) -> None:
+        for part, event in self._read_new():
+            self._part(part).apply(event)
+
+    def rows(self, table: str) -> dict[bytes, dict[str, Any]]:
+        if len(self._parts) == 1:
+            return next(iter(self._parts.values())).rows(table)
+        out: dict[bytes, dict[str, Any]] = {}
+        for fold in self._parts.values():
+            out.update(fold.rows(table))
+        return out
+
+    def whole_rows(self, table: str) -> Counter[bytes]:
+        out: Counter[bytes] = Counter()
+        for fold in self._parts.values():
+            out.update(fold.whole_rows(table))
+        return out
+
+    def whole_rows_at(self, table: str, before: Callable[[dict[str, Any]], bool]) -> Counter[bytes]:
+        out: Counter[bytes] = Counter()
+        for fold in self._parts.values():
+            out.update(fold.whole_rows_at(table, before))
+        return out
+
+    def watch_whole(self, table: str) -> None:
+        self._whole_watched.add(table)
+        for fold in self._parts.values():
+            fold.watch_whole(table)
+
+    def watch(self, table: str, ids: Iterable[bytes]) -> None:
+        self._watched[table] = list(ids)
+        for fold in self._parts.values():
+            fold.watch(table, self._watched[table])
+
+    def history(self, table: str, rid: bytes) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
+        """The partition that changed the key (a key lives in one partition), else the one
+        that holds it."""
+        held: list[tuple[dict[str, Any] | None, dict[str, Any] | None]] = [(None, None)]
+        for fold in self._parts.values():
+            hist = fold.history(table, rid)
+            if len(hist) > 1:
+                return hist
+            if hist[0][1] is not None:
+                held = hist
+        return held
+
+
 # -- the comparison ---------------------------------------------------------------------------------
 
 

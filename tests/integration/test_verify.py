@@ -272,3 +272,47 @@ def test_a_row_the_sink_kept_is_extra(pgdb: str, tmp_path: Path, free_port: int)
         assert code == 3, stdout + stderr
         assert stdout.strip() == 'public.t: 49 compared, 0 missing, 1 extra, 0 differing; extra {"id": 30}', stdout
         assert svc.stop() == 0
+
+
+# -- Kafka -----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pg", ["pg15"], indirect=True)
+def test_postgres_kafka_sink_healthy_then_damaged(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    from confluent_kafka import Producer
+
+    from tests.kafka_harness import KafkaHarness, shared_broker
+
+    _pg_setup(pgdb)
+    harness = KafkaHarness(tmp_path, shared_broker())
+    p = pg_pipeline("p", pgdb, ["public.t", "public.k"], tmp_path / "unused")
+    p["snapshot"] = {"mode": "initial", "chunk_rows": 64}
+    p["sink"] = harness.sink_config()
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        wait_for(lambda: sum(1 for e in harness.events() if e["op"] == "r") >= ROWS + 40 or None,
+                 timeout=90, interval=0.5, what="the snapshot in the topics")
+        with _writer(_pg_step(pgdb)) as done:
+            code, stdout, stderr = _verify(cfg, "p")
+            assert done[0] > 20, done
+        assert code == 0, stdout + stderr
+        assert [line.split(":")[0] for line in stdout.splitlines()] == ["public.t", "public.k"], stdout
+        assert all(line.endswith(" 0 missing, 0 extra, 0 differing") for line in stdout.splitlines()), stdout
+
+        # damage the topic: a delete of id 7 and a changed id 9, on their keys' partitions
+        topic = f"{harness.prefix}.p.public.t"
+        by_key = {orjson.dumps(e["key"]): e for e in harness.events() if e["schema"]["name"] == "public.t" and e["key"]}
+        gone = dict(by_key[b'{"id":7}'], op="d", after=None, id="fake-7")
+        changed = dict(by_key[b'{"id":9}'], id="fake-9")
+        changed["after"] = dict(changed["after"], v="x9")
+        producer = Producer({"bootstrap.servers": harness.bootstrap, "partitioner": "murmur2_random"})
+        for event in (gone, changed):
+            producer.produce(topic, key=orjson.dumps(event["key"]), value=orjson.dumps(event))
+        assert producer.flush(30) == 0
+        code, stdout, stderr = _verify(cfg, "p", "public.t")
+        assert code == 3, stdout + stderr
+        assert stdout.strip().endswith(
+            ' compared, 1 missing, 0 extra, 1 differing; missing {"id": 7}; differing {"id": 9}'
+        ), stdout
+        assert svc.stop() == 0
