@@ -189,8 +189,8 @@ def test_verify_refuses_what_it_cannot_run(pgdb: str, tmp_path: Path, free_port:
     assert code == 1 and "nope" in stderr
     code, _, stderr = _verify(cfg, "p", "public.other")
     assert code == 1 and "public.other" in stderr
-    code, _, stderr = _verify(cfg, "p")
-    assert code == 1 and "cannot read the state store" in stderr, stderr
+    code, _, stderr = _verify(cfg, "p", "--timeout", "1")
+    assert code == 1 and "no checkpoint to wait for" in stderr and "did not reach the source position" in stderr, stderr
     # the service ran once, then stopped: the sink never reaches a later read's position
     with CdcService(cfg) as svc:
         svc.wait_state("p", "running")
@@ -316,3 +316,89 @@ def test_postgres_kafka_sink_healthy_then_damaged(pgdb: str, tmp_path: Path, fre
             ' compared, 1 missing, 0 extra, 1 differing; missing {"id": 7}; differing {"id": 9}'
         ), stdout
         assert svc.stop() == 0
+
+
+# -- the postgres sink's target layout (contract section 11) ----------------------------------------
+
+
+def _copy_to_target(source_dsn: str, target_dsn: str, create: str, table: str, soft: bool) -> None:
+    """Lay out ``table`` in the target as the postgres sink does (same columns, types and key;
+    ``__deleted`` with ``deletes: soft``) and copy the source's rows into it."""
+    import psycopg
+
+    with psycopg.connect(source_dsn) as src, psycopg.connect(target_dsn, autocommit=True) as dst:
+        dst.execute(create)
+        if soft:
+            dst.execute(f"ALTER TABLE {table} ADD COLUMN __deleted boolean NOT NULL DEFAULT false")
+        cols = [r[0] for r in src.execute(
+            "SELECT attname FROM pg_attribute WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped "
+            "ORDER BY attnum", (table,)).fetchall()]
+        col_list = ", ".join(cols)
+        with src.cursor().copy(f"COPY {table} ({col_list}) TO STDOUT") as out, dst.cursor().copy(
+            f"COPY {table} ({col_list}) FROM STDIN"
+        ) as into:
+            for data in out:
+                into.write(data)
+
+
+@pytest.fixture
+def target_db(pg: object, pg15: object, pg18: object) -> Iterator[str]:
+    """A database for the sink's tables on the other server (PostgreSQL 15 and 18 as targets)."""
+    from tests.helpers import create_database, drop_database
+
+    server = pg18 if pg is pg15 else pg15
+    name, dsn = create_database(server)
+    try:
+        yield dsn
+    finally:
+        drop_database(server, name)
+
+
+def test_postgres_sink_tables_by_checksums(pgdb: str, target_db: str, tmp_path: Path, free_port: int) -> None:
+    _pg_setup(pgdb)
+    execute(pgdb, "CREATE TABLE w (a text, b int, PRIMARY KEY (b, a))", "INSERT INTO w SELECT 'k' || i, i % 9 FROM generate_series(1, 300) i")
+    _copy_to_target(pgdb, target_db, PG_TABLE, "t", soft=True)
+    _copy_to_target(pgdb, target_db, "CREATE TABLE k (a int, b text)", "k", soft=True)
+    _copy_to_target(pgdb, target_db, "CREATE TABLE w (a text, b int, PRIMARY KEY (b, a))", "w", soft=True)
+    execute(
+        target_db,
+        "CREATE TABLE public.cdc_sink_positions (pipeline text PRIMARY KEY, position text, updated_at timestamptz)",
+        # a target that holds every change up to a position beyond the source's current one
+        "INSERT INTO public.cdc_sink_positions VALUES ('p', '{\"count\": 1, \"source\": \"FFFFFFFF/0\"}', now())",
+    )
+    p = pg_pipeline("p", pgdb, ["public.t", "public.k", "public.w"], tmp_path / "unused")
+    p["snapshot"] = {"mode": "never", "chunk_rows": 50}
+    p["sink"] = {"type": "postgres", "dsn": target_db, "deletes": "soft"}
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+
+    code, stdout, stderr = _verify(cfg, "p")
+    assert code == 0, stdout + stderr
+    assert stdout.splitlines() == [
+        f"public.t: {ROWS} compared, 0 missing, 0 extra, 0 differing",
+        "public.k: 40 compared, 0 missing, 0 extra, 0 differing",
+        "public.w: 300 compared, 0 missing, 0 extra, 0 differing",
+    ], stdout
+
+    execute(
+        target_db,
+        "UPDATE t SET __deleted = true WHERE id = 7",  # soft-deleted: not a held row
+        "UPDATE t SET n = n + 0.01 WHERE id = 9",
+        "INSERT INTO t (id, v) VALUES (100000, 'ghost')",
+        "DELETE FROM w WHERE a = 'k10'",
+        "DELETE FROM k WHERE ctid = (SELECT min(ctid) FROM k WHERE a = 3)",
+    )
+    code, stdout, stderr = _verify(cfg, "p", "--json")
+    assert code == 3, stdout + stderr
+    t, k, w = orjson.loads(stdout)["tables"]
+    assert t == {
+        "table": "public.t", "compared": ROWS, "missing": 1, "extra": 1, "differing": 1,
+        "examples": {"missing": [{"id": 7}], "extra": [{"id": 100000}], "differing": [{"id": 9}]},
+    }, t
+    assert (k["missing"], k["extra"], k["examples"]["missing"]) == (1, 0, [{"a": 3, "b": "k3"}]), k
+    assert w["examples"] == {"missing": [{"b": 1, "a": "k10"}], "extra": [], "differing": []}, w
+    code, stdout, _ = _verify(cfg, "p", "public.t")
+    assert code == 3
+    assert stdout.strip() == (
+        f'public.t: {ROWS} compared, 1 missing, 1 extra, 1 differing; missing {{"id": 7}}; '
+        'extra {"id": 100000}; differing {"id": 9}'
+    ), stdout
