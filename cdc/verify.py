@@ -46,7 +46,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import FatalError
+from cdc.errors import FatalError, NotAvailableYet
 
 if TYPE_CHECKING:
     from cdc.config import ServiceConfig
@@ -478,7 +478,12 @@ class Verifier:
 
     def verify_table(self, table: str) -> TableReport:
         info = self.reader.describe(table)
-        if self.view.checksums and hasattr(self.reader, "range_checksum"):
+        if self.view.checksums:
+            if not hasattr(self.reader, "range_checksum"):
+                raise NotAvailableYet(
+                    f"cdc verify compares this sink by checksums, which the "
+                    f"{self.source.connector or type(self.source).__name__} source cannot compute yet"
+                )
             return self._by_checksums(table, bool(info.key))
         if not info.key:
             return self._keyless(table)
