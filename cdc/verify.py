@@ -467,8 +467,7 @@ class Verifier:
             if time.monotonic() > deadline:
                 raise FatalError(
                     f"the sink did not reach the source position {high} within {self.timeout:g} s "
-                    f"(its position: {self._sink_position() or 'none'}); is the pipeline running?",
-                    kind="verify_timeout",
+                    f"(its position: {self._sink_position() or 'none'}); is the pipeline running?"
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 0.5)

@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, Kind, RetriableError, RetriableSinkError
 from cdc.events import encode_line_chunks
 from cdc.plugin import PluginContext, Sink
 from cdc.verify import EventFold
@@ -170,10 +170,10 @@ class FileSink(Sink):
     # ------------------------------------------------------------------ errors
 
     def _io_error(self, what: str, path: str, e: OSError) -> RetriableError:
-        return RetriableError(
+        return RetriableSinkError(
             f"file sink: cannot {what} {path}: {e.strerror or e}",
             pipeline=self.ctx.name,
-            kind="sink_io",
+            kind=Kind.SINK_IO,
         )
 
     def _fatal(self, what: str, path: str, e: OSError) -> FatalError:
@@ -403,8 +403,8 @@ class FileSink(Sink):
 
     def _require(self, fh: IO[bytes] | None) -> IO[bytes]:
         if fh is None:
-            raise RetriableError(
-                f"file sink for {self.folder} is not open", pipeline=self.ctx.name, kind="sink_io"
+            raise RetriableSinkError(
+                f"file sink for {self.folder} is not open", pipeline=self.ctx.name, kind=Kind.SINK_IO
             )
         return fh
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from cdc.errors import RetriableError
+from cdc.errors import RetriableSinkError
 from cdc.verify import PartitionedFold
 
 #: seconds one refresh may take to read every partition to its end
@@ -51,9 +51,7 @@ class TopicsReader:
         try:
             parts = self._partitions()
         except ck.KafkaException as exc:
-            raise RetriableError(
-                f"cannot read the topics {', '.join(self._topics)}: {exc}", kind="sink_unreachable"
-            ) from exc
+            raise RetriableSinkError(f"cannot read the topics {', '.join(self._topics)}: {exc}") from exc
         if not parts:
             return
         self._consumer.assign(
@@ -63,10 +61,9 @@ class TopicsReader:
         deadline = time.monotonic() + READ_TIMEOUT_S
         while pending:
             if time.monotonic() > deadline:
-                raise RetriableError(
+                raise RetriableSinkError(
                     f"cannot read {len(pending)} partitions of {', '.join(self._topics)} to their end "
-                    f"within {READ_TIMEOUT_S:.0f} s",
-                    kind="sink_unreachable",
+                    f"within {READ_TIMEOUT_S:.0f} s"
                 )
             for m in self._consumer.consume(10000, 0.2):
                 err = m.error()

@@ -26,7 +26,7 @@ from typing import Any
 
 import orjson
 
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSinkError, RetriableSinkError
 from cdc.log import mask_dsn
 from cdc.names import split as split_table_name
 from cdc.verify import SinkView
@@ -67,9 +67,8 @@ class PostgresTablesView(SinkView):
                 self.dsn, autocommit=True, options=SESSION_OPTIONS, application_name="cdc verify"
             )
         except psycopg.Error as exc:
-            raise RetriableError(
-                f"cannot connect to the postgres sink's database {mask_dsn(self.dsn)}: {str(exc).strip()}",
-                kind="sink_unreachable",
+            raise RetriableSinkError(
+                f"cannot connect to the postgres sink's database {mask_dsn(self.dsn)}: {str(exc).strip()}"
             ) from exc
         return conn
 
@@ -79,7 +78,7 @@ class PostgresTablesView(SinkView):
         try:
             rows: list[tuple[Any, ...]] = self._connect().execute(text, list(params)).fetchall()
         except psycopg.Error as exc:
-            raise FatalError(f"cannot read the postgres sink's tables: {str(exc).strip()}", kind="sink") from exc
+            raise FatalSinkError(f"cannot read the postgres sink's tables: {str(exc).strip()}") from exc
         return rows
 
     def close(self) -> None:
@@ -186,19 +185,19 @@ class PostgresTablesView(SinkView):
         """Nothing to read ahead: every question is answered by the database."""
 
     def rows(self, table: str) -> dict[bytes, dict[str, Any]]:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")
 
     def whole_rows(self, table: str) -> Counter[bytes]:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")
 
     def whole_rows_at(self, table: str, before: Callable[[dict[str, Any]], bool]) -> Counter[bytes]:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")
 
     def watch_whole(self, table: str) -> None:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")
 
     def watch(self, table: str, ids: Iterable[bytes]) -> None:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")
 
     def history(self, table: str, rid: bytes) -> list[tuple[dict[str, Any] | None, dict[str, Any] | None]]:
-        raise FatalError("the postgres sink is compared by checksums", kind="verify")
+        raise FatalError("the postgres sink is compared by checksums")

@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 
 from .relations import RelationFacts, TypeFacts, typmods_wanted
 
@@ -41,14 +41,16 @@ def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
     """Map a connection failure to Fatal (auth, missing database) or Retriable (the rest)."""
     state = getattr(exc, "sqlstate", None)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    # libpq reports a failed connection attempt as text only (there is no result, so no
+    # SQLSTATE): the refused password is the one case told by its text
     if state in _FATAL_CONNECT_STATES or "password authentication failed" in message:
-        return FatalError(
+        return FatalSourceError(
             f"cannot connect to {dsn_display} for {what}: {message}; check the DSN's user, "
             "password and database",
-            kind="source_auth",
+            kind=Kind.SOURCE_AUTH,
         )
-    return RetriableError(
-        f"cannot connect to {dsn_display} for {what}: {message}", kind="source_unreachable"
+    return RetriableSourceError(
+        f"cannot connect to {dsn_display} for {what}: {message}"
     )
 
 
@@ -58,7 +60,7 @@ def conninfo(dsn: str, dsn_display: str, pipeline: str, **extra: str) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise FatalError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind="config") from exc
+        raise FatalError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind=Kind.CONFIG) from exc
     options = params.get("options")
     params["options"] = f"{options} {SESSION_OPTIONS}" if options else SESSION_OPTIONS
     params.setdefault("connect_timeout", "10")
@@ -113,28 +115,28 @@ def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
 
 def check_server(facts: ServerFacts) -> None:
     if facts.version < MIN_SERVER_VERSION:
-        raise FatalError(
+        raise FatalSourceError(
             f"PostgreSQL {facts.version // 10000} is not supported; cdc needs PostgreSQL 14 or newer",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         )
     if facts.wal_level != "logical":
-        raise FatalError(
+        raise FatalSourceError(
             f"the server's wal_level is {facts.wal_level!r}, logical decoding needs 'logical': "
             "set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET wal_level = "
             "logical) and restart PostgreSQL",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         )
     if not (facts.superuser or facts.replication):
-        raise FatalError(
+        raise FatalSourceError(
             f"the role {facts.user!r} lacks the REPLICATION attribute needed to stream changes: "
             f'run `ALTER ROLE "{facts.user}" WITH REPLICATION` as a superuser',
-            kind="source_permission",
+            kind=Kind.SOURCE_PERMISSION,
         )
     if facts.encoding != "UTF8":
-        raise FatalError(
+        raise FatalSourceError(
             f"the database encoding is {facts.encoding}; cdc needs a UTF8 database so that text "
             "values are exact",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         )
 
 
@@ -167,34 +169,34 @@ def check_tables(
             (schema, table),
         ).fetchone()
         if row is None and renamed and name in renamed:
-            raise FatalError(
+            raise FatalSourceError(
                 f"table {name} does not exist: the pipeline followed it when it was renamed to "
                 f"{renamed[name]} (every change was delivered, the later ones under the new "
                 f"name); list {renamed[name]} in `tables` instead of {name} and start again",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             )
         if row is None:
-            raise FatalError(
+            raise FatalSourceError(
                 f"table {name} does not exist in this database (names are exact catalog names: "
                 "schema.table, case-sensitive; quote a name with a dot, a space or a quote); "
                 "create it or remove it from `tables`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             )
         oid, relkind, replident, is_partition, has_pk, can_select = row
         if relkind not in ("r", "p"):
-            raise FatalError(
+            raise FatalSourceError(
                 f"{name} is not a table (relkind {relkind!r}); only tables and partitioned "
                 "tables can be captured",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             )
         if not can_select:
-            raise FatalError(
+            raise FatalSourceError(
                 f"the connecting role lacks SELECT on {name}: run `GRANT SELECT ON {name} TO "
                 "<cdc role>`",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
                 table=name,
             )
         ancestors: tuple[str, ...] = ()
@@ -212,10 +214,10 @@ def check_tables(
     for f in facts.values():
         listed = [a for a in f.ancestors if a in facts]
         if listed:
-            raise FatalError(
+            raise FatalSourceError(
                 f"{f.name} is a partition of {listed[0]}, which is also listed: events of a "
                 f"partitioned table use the root's name; remove {f.name} from `tables`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=f.name,
             )
     for f in facts.values():
@@ -236,7 +238,7 @@ def check_tables(
             if problem:
                 problems.append(problem)
     if problems:
-        raise FatalError("; ".join(problems), kind="source_config")
+        raise FatalSourceError("; ".join(problems), kind=Kind.SOURCE_CONFIG)
     return facts
 
 
@@ -290,12 +292,12 @@ def ensure_publication(
                 )
             )
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot create the publication {name}: {str(exc).strip()}. Creating a "
                 "publication needs ownership of the tables: create it as their owner "
                 f"(`CREATE PUBLICATION {name} FOR TABLE {', '.join(wanted)} WITH "
                 "(publish_via_partition_root = true)`) and cdc will use it as it is",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
             ) from exc
         return "created"
     oid, alltables, ins, upd, dele, trunc, viaroot, comment = row
@@ -327,19 +329,19 @@ def ensure_publication(
                 )
                 done = "altered"
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot alter the publication {name} to match `tables`: {str(exc).strip()}; "
                 "alter it as the owner of the tables",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
             ) from exc
         return done
     # Someone else's publication: check only.
     missing_ops = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on]
     if missing_ops:
-        raise FatalError(
+        raise FatalSourceError(
             f"publication {name} (not created by cdc) does not publish {', '.join(missing_ops)}: "
             f"run `ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')`",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         )
     published = {
         names.join(r[0], r[1])
@@ -356,10 +358,10 @@ def ensure_publication(
                     " (if it is a partitioned table: the publication publishes its partitions; "
                     f"run `ALTER PUBLICATION {name} SET (publish_via_partition_root = true)`)"
                 )
-            raise FatalError(
+            raise FatalSourceError(
                 f"publication {name} (not created by cdc) does not include {t}{hint}: run "
                 f"`ALTER PUBLICATION {name} ADD TABLE {t}`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=t,
             )
     if version >= 150000 and not alltables:
@@ -373,17 +375,17 @@ def ensure_publication(
             if tname not in tables:
                 continue
             if has_filter:
-                raise FatalError(
+                raise FatalSourceError(
                     f"publication {name} has a row filter on {tname}: cdc would miss rows; run "
                     f"`ALTER PUBLICATION {name} SET TABLE ...` without a WHERE clause for it",
-                    kind="source_config",
+                    kind=Kind.SOURCE_CONFIG,
                     table=tname,
                 )
             if has_cols:
-                raise FatalError(
+                raise FatalSourceError(
                     f"publication {name} has a column list on {tname}: cdc would miss columns; "
                     f"publish the whole table (use columns.exclude in the pipeline instead)",
-                    kind="source_config",
+                    kind=Kind.SOURCE_CONFIG,
                     table=tname,
                 )
     return "checked"
@@ -436,16 +438,16 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
             "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise FatalError(
+        raise FatalSourceError(
             f"cannot create the replication slot {slot}: {str(exc).strip()}",
-            kind="source_permission",
+            kind=Kind.SOURCE_PERMISSION,
         ) from exc
     except psycopg.errors.ConfigurationLimitExceeded as exc:
-        raise FatalError(
+        raise FatalSourceError(
             f"cannot create the replication slot {slot}: {str(exc).strip()}; raise "
             "max_replication_slots (and max_wal_senders) in postgresql.conf, or drop unused "
             "slots (`cdc status --json` and /metrics list unused cdc_* slots)",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ) from exc
     assert row is not None
     return str(row[0])

@@ -39,7 +39,7 @@ import psycopg
 from psycopg import pq, sql
 
 from cdc._codegen import make_function
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 from cdc.events import ChangeEvent
 from cdc.log import mask_dsn
 from cdc.names import split as split_table_name
@@ -195,7 +195,7 @@ class PostgresSnapshotReader(SnapshotReader):
         except FatalError:
             raise
         except psycopg.Error as exc:
-            raise RetriableError(f"snapshot connection failed: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"snapshot connection failed: {exc}") from exc
 
     # -- describe ---------------------------------------------------------------------------
 
@@ -204,7 +204,7 @@ class PostgresSnapshotReader(SnapshotReader):
             t = self._table(table, refresh=True)
             estimate = self._estimate(table)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         return TableInfo(table, t.key, estimate)
 
     def _table(self, table: str, refresh: bool = False) -> _Table:
@@ -220,15 +220,15 @@ class PostgresSnapshotReader(SnapshotReader):
             (schema_name, table_name),
         ).fetchone()
         if row is None:
-            raise FatalError(
-                f"cannot snapshot {table}: the table does not exist", kind="snapshot_refused", table=table
+            raise FatalSourceError(
+                f"cannot snapshot {table}: the table does not exist", kind=Kind.SNAPSHOT_REFUSED, table=table
             )
         relid, relkind, replident, database, can_select = row
         if not can_select:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot snapshot {table}: the role has no SELECT privilege on it (GRANT SELECT "
                 f"ON {table} TO <role>)",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=table,
             )
         self._database = database
@@ -309,9 +309,9 @@ class PostgresSnapshotReader(SnapshotReader):
         try:
             return self._read(table, cursor, limit)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         except psycopg.Error as exc:
-            raise FatalError(f"cannot read {table}: {str(exc).strip()}", kind="snapshot_refused", table=table) from exc
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
 
     def _read(self, table: str, cursor: Any, limit: int | None, upto: Any = None) -> Chunk:
         t = self._table(table)
@@ -363,8 +363,8 @@ class PostgresSnapshotReader(SnapshotReader):
                     conn.execute("ROLLBACK")
                     if state in ("42703", "42P01"):  # a column or the table went away meanwhile
                         self._tables.pop(table, None)
-                        raise RetriableError(f"{table} changed while it was read: {message}", kind="source_schema")
-                    raise FatalError(f"cannot read {table}: {message}", kind="snapshot_refused", table=table)
+                        raise RetriableSourceError(f"{table} changed while it was read: {message}", kind=Kind.SOURCE_SCHEMA)
+                    raise FatalSourceError(f"cannot read {table}: {message}", kind=Kind.SNAPSHOT_REFUSED, table=table)
                 conn.execute("COMMIT")
             except psycopg.Error:
                 if not conn.closed and not conn.broken:
@@ -374,10 +374,10 @@ class PostgresSnapshotReader(SnapshotReader):
                         pass
                 raise
             return res, snap_text, Lsn.parse(insert_lsn), read_at
-        raise RetriableError(
+        raise RetriableSourceError(
             f"snapshot of {table}: a committed transaction stayed invisible to {RACE_RETRIES} "
             "reads in a row (a synchronous standby not answering?)",
-            kind="source_busy",
+            kind=Kind.SOURCE_BUSY,
         )
 
     # -- cdc verify: checksums of key ranges (see cdc.verify) ---------------------------------------
@@ -421,9 +421,9 @@ class PostgresSnapshotReader(SnapshotReader):
             )
             res, _, high, _ = self._consistent(table, query.as_string(conn), params)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         except psycopg.Error as exc:
-            raise FatalError(f"cannot read {table}: {str(exc).strip()}", kind="snapshot_refused", table=table) from exc
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
         count = int(res.get_value(0, 0).decode())
         digest = (res.get_value(0, 1) or b"").decode()
         end = [(res.get_value(0, 2 + j) or b"").decode() for j in range(len(key))] if count else None
@@ -436,7 +436,9 @@ class PostgresSnapshotReader(SnapshotReader):
         try:
             return self._read(table, after, None, upto)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
+        except psycopg.Error as exc:
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
 
     def rows_from_text(self, table: str, rows: list[list[bytes | None]]) -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
         """Rows of the table's columns in text form (another database's copy with the same

@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableError, RetriableSourceError
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 
@@ -101,13 +101,12 @@ class PostgresSource(Source):
                 log.info("publication", publication=self.publication, action=done)
                 start = self._prepare_slot(conn, checkpoint, adopt)
         except psycopg.OperationalError as exc:
-            raise RetriableError(
+            raise RetriableSourceError(
                 f"lost the connection to {self.dsn_display} while starting: {exc}",
-                kind="source_unreachable",
             ) from exc
         except psycopg.Error as exc:
-            raise FatalError(
-                f"PostgreSQL refused a start-up query: {str(exc).strip()}", kind="source_error"
+            raise FatalSourceError(
+                f"PostgreSQL refused a start-up query: {str(exc).strip()}"
             ) from exc
         assert self.ctx.registry is not None
         decoder = self._decoder = PgDecoder(
@@ -151,61 +150,61 @@ class PostgresSource(Source):
             "snapshot.mode: initial to re-read the tables"
         )
         if slot is not None and (slot.slot_type != "logical" or slot.plugin != "pgoutput"):
-            raise FatalError(
+            raise FatalSourceError(
                 f"replication slot {self.slot} exists but is not a logical pgoutput slot "
                 f"(type {slot.slot_type}, plugin {slot.plugin}); choose another `slot` name",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             )
         if slot is not None and slot.database != self._facts.database:
-            raise FatalError(
+            raise FatalSourceError(
                 f"replication slot {self.slot} belongs to database {slot.database}, not "
                 f"{self._facts.database}; choose another `slot` name",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             )
         if checkpoint is not None:
             ckpt = Lsn.parse(checkpoint)
             if slot is None:
-                raise FatalError(
+                raise FatalSourceError(
                     f"replication slot {self.slot} is missing (dropped by someone?): changes "
                     f"committed after the last checkpoint {ckpt} may be gone; {way_back}",
-                    kind="slot_missing",
+                    kind=Kind.SLOT_MISSING,
                     position=str(ckpt),
                 )
             if slot.wal_status == "lost":
-                raise FatalError(
+                raise FatalSourceError(
                     f"replication slot {self.slot} is invalidated (wal_status lost: the server "
                     f"removed WAL it still needed, see max_slot_wal_keep_size); changes after "
                     f"the last checkpoint {ckpt} are gone; {way_back}",
-                    kind="slot_lost",
+                    kind=Kind.SLOT_LOST,
                     position=str(ckpt),
                 )
             confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
             if ckpt < confirmed:
-                raise FatalError(
+                raise FatalSourceError(
                     f"the saved checkpoint {ckpt} is behind the slot's confirmed position "
                     f"{confirmed} (was the state restored from a backup?): the changes in "
                     f"between can no longer be read; {way_back}",
-                    kind="state_behind_slot",
+                    kind=Kind.STATE_BEHIND_SLOT,
                     position=str(ckpt),
                 )
             self._check_slot_idle(slot)
             return ckpt
         if slot is not None:
             if slot.wal_status == "lost":
-                raise FatalError(
+                raise FatalSourceError(
                     f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
                     f"(`cdc drop CONFIG {self.ctx.name} --yes`) and start again",
-                    kind="slot_lost",
+                    kind=Kind.SLOT_LOST,
                 )
             self._check_slot_idle(slot)
             confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
             log.warning("slot_adopted", slot=self.slot, position=str(confirmed))
             return confirmed
         if adopt:
-            raise FatalError(
+            raise FatalSourceError(
                 f"--adopt {self.ctx.name}: there is no replication slot {self.slot} to continue "
                 f"from; {way_back}",
-                kind="slot_missing",
+                kind=Kind.SLOT_MISSING,
             )
         created = Lsn.parse(catalog.create_slot(conn, self.slot))
         log.info("slot_created", slot=self.slot, position=str(created))
@@ -213,11 +212,11 @@ class PostgresSource(Source):
 
     def _check_slot_idle(self, slot: catalog.SlotFacts) -> None:
         if slot.active_pid is not None:
-            raise RetriableError(
+            raise RetriableSourceError(
                 f"replication slot {self.slot} is in use by another connection (server PID "
                 f"{slot.active_pid}): is another cdc instance running this pipeline? Stop it, "
                 f"or give this pipeline another `slot`",
-                kind="slot_in_use",
+                kind=Kind.SLOT_IN_USE,
             )
 
     # -- reading --------------------------------------------------------------------------------
@@ -225,7 +224,7 @@ class PostgresSource(Source):
     def read(self, timeout: float) -> Batch | None:
         stream = self._stream
         if stream is None:
-            raise RetriableError("the replication connection is closed", kind="source_unreachable")
+            raise RetriableSourceError("the replication connection is closed")
         return stream.read(timeout)
 
     # -- relations and renames ----------------------------------------------------------------
@@ -245,9 +244,8 @@ class PostgresSource(Source):
                 )
             except psycopg.OperationalError as exc:
                 name = names.join(msg.namespace, msg.name)
-                raise RetriableError(
+                raise RetriableSourceError(
                     f"lost the catalog connection while describing {name}: {exc}",
-                    kind="source_unreachable",
                 ) from exc
 
     def _record_rename(self, listed: str, name: str) -> None:
