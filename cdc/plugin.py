@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cdc.schema import SchemaRegistry, SchemaVersion
     from cdc.snapshot_api import SnapshotReader
     from cdc.state import CheckpointStore
+    from cdc.verify import SinkView
 
 class Batch:
     """What a source's reader hands to the pipeline.
@@ -166,6 +167,22 @@ class Source(ABC):
     def poll(self) -> None:  # noqa: B027 - optional hook
         """Called every few seconds from the supervisor thread to refresh :meth:`status`."""
 
+    # -- cdc verify (see cdc.verify) -------------------------------------------------------------
+
+    def parse_position(self, text: str) -> Any:
+        """The position a checkpoint string (from :meth:`serialize_position`) stands for, in the
+        form :meth:`position_reached` compares. Sources without ``cdc verify`` keep this."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot be verified")
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        """Whether an event carrying this ``source`` block (as the sink stored it) stands before
+        ``high`` (a chunk's high watermark) in the stream."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot be verified")
+
     @classmethod
     def describe_drop(cls, config: Any, ctx: PluginContext) -> list[str]:
         """What ``cdc drop`` would remove at the source, one line each."""
@@ -218,6 +235,13 @@ class Sink(ABC):
     def held_schemas(self) -> list[dict[str, Any]]:
         """Schema definitions the sink holds (``cdc run --adopt`` continues after them)."""
         return []
+
+    def verify_view(self) -> SinkView:
+        """What the sink holds, for ``cdc verify`` (see :mod:`cdc.verify`); called without
+        :meth:`open`. Sinks that cannot be read back keep this default."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"cdc verify cannot read back the {type(self).__name__} sink")
 
     def describe_drop(self) -> list[str]:
         """What ``cdc drop`` would move away at the sink, one line each."""

@@ -868,6 +868,13 @@ class KafkaSink(Sink):
             )
         return sorted(set(names))
 
+    def verify_view(self) -> Any:
+        """The per-partition folds of the pipeline's data topics, for ``cdc verify`` (see
+        :mod:`sinks.kafka.verify`)."""
+        from sinks.kafka.verify import KafkaView, TopicsReader
+
+        return KafkaView(TopicsReader(self._new_consumer(), _kafka(), self._data_topics()))
+
     def _kept_line(self, verb: str) -> str:
         topics = ", ".join(self._data_topics()) or "none"
         return (

@@ -36,7 +36,7 @@ class PostgresSink(Sink):
     Config = PostgresSinkConfig
     available: ClassVar[bool] = False
 
-    def __init__(self, config: Any, ctx: PluginContext) -> None:  # pragma: no cover - refused first
+    def __init__(self, config: Any, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
 
     def open(self, resume: str | None) -> None:  # pragma: no cover
@@ -53,6 +53,14 @@ class PostgresSink(Sink):
 
     def close(self) -> None:  # pragma: no cover
         pass
+
+    def verify_view(self) -> Any:
+        """The target tables as the contract lays them out, for ``cdc verify`` (works before
+        the sink itself is built: see :mod:`sinks.postgres.verify`)."""
+        from sinks.postgres.verify import PostgresTablesView
+
+        cfg: PostgresSinkConfig = self.config
+        return PostgresTablesView(cfg.dsn, cfg.schema, cfg.table, self.ctx.name)
 
 
 __all__ = ["PostgresSink", "PostgresSinkConfig"]

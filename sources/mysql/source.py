@@ -555,6 +555,17 @@ class MySQLSource(Source):
     def serialize_position(self, position: Any) -> str:
         return str(position)
 
+    def parse_position(self, text: str) -> Position:
+        return parse_position(text)
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        """Events carry the start of their transaction (``file``, ``pos``); ``high`` is a binlog
+        position: the event is before it when it starts before it."""
+        try:
+            return bool((file_index(str(source["file"])), int(source["pos"])) < high.order)
+        except (KeyError, TypeError, ValueError):
+            return False
+
     def poll(self) -> None:
         if self._facts is None or self._settings is None:
             return

@@ -287,6 +287,13 @@ class PostgresSource(Source):
     def serialize_position(self, position: Any) -> str:
         return str(position)
 
+    def parse_position(self, text: str) -> Lsn:
+        return Lsn.parse(text)
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        lsn = source.get("lsn")
+        return isinstance(lsn, str) and Lsn.parse(lsn) < high
+
     # -- monitoring -------------------------------------------------------------------------------
 
     def poll(self) -> None:

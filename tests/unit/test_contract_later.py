@@ -122,7 +122,6 @@ def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
-        ["verify", "c.yaml", "p", "public.t"],
         ["replay", "c.yaml", "--archive", "a", "--to", "p"],
         ["version"],
         ["--version"],
