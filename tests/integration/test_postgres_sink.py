@@ -78,6 +78,18 @@ def _service(tmp_path: Path, port: int, pipeline: dict[str, Any]) -> CdcService:
     return CdcService(write_config(tmp_path, [pipeline], api_port=port))
 
 
+def _failure(svc: CdcService, timeout: float = 30) -> str:
+    """The error of the pipeline's failure (the service exits once its only pipeline failed)."""
+
+    def failed() -> str | None:
+        for e in svc.log_events():
+            if e.get("event") == "pipeline_failed":
+                return str(e.get("error"))
+        return None
+
+    return str(wait_for(failed, timeout, what="the pipeline's failure"))
+
+
 def _same(src: str, target: str, table: str, order: str = "1") -> bool:
     try:
         return _rows(src, table, order) == _rows(target, table, order)
@@ -172,7 +184,7 @@ def test_tables_follow_the_source_in_commit_order(
 def test_restart_resumes_without_duplicates_on_a_keyless_table(
     tmp_path: Path, src: str, pgdb: str, free_port: int
 ) -> None:
-    _run(src, "CREATE TABLE public.logs (at int, message text)")
+    _run(src, "CREATE TABLE public.logs (at int, message text)", "ALTER TABLE logs REPLICA IDENTITY FULL")
     pipeline = _pipeline(_pg_source(src, ["public.logs"]), pgdb)
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
@@ -228,8 +240,8 @@ def test_schema_changes_reach_the_target_table(
             "ALTER TABLE items ALTER COLUMN note TYPE int4range USING NULL",
             "INSERT INTO items VALUES (5, 5, '[1,2)')",
         )
-        failed = svc.wait_state("model", "failed", timeout=30)
-        assert "note" in str(failed) and "cast" in str(failed), failed
+        text = _failure(svc)
+        assert "note" in text and "cast" in text, text
     assert _one(pgdb, "SELECT count(*) FROM items") == 4
 
 
@@ -261,8 +273,7 @@ def test_an_existing_table_of_another_shape_is_refused_and_a_compatible_one_adop
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
         _run(src, "INSERT INTO items VALUES (1, 'a', 1)")
-        failed = svc.wait_state("model", "failed", timeout=30)
-        text = str(failed["error"])
+        text = _failure(svc)
         assert "public.items" in text and "column qty" in text and "column name is character varying(3)" in text
         assert "extra is NOT NULL" in text, text
     # a compatible table (an extra nullable column, a CHECK) is adopted; a value it refuses
@@ -278,8 +289,7 @@ def test_an_existing_table_of_another_shape_is_refused_and_a_compatible_one_adop
         _run(src, "INSERT INTO items VALUES (2, 'b', 2)")
         wait_for(lambda: _one(pgdb, "SELECT count(*) FROM items") == 2, 30, what="adopted")
         _run(src, "INSERT INTO items VALUES (3, 'c', -3)")
-        failed = svc.wait_state("model", "failed", timeout=30)
-        text = str(failed["error"])
+        text = _failure(svc)
         assert "refused event pg:" in text and "23514" in text, text
 
 
@@ -291,8 +301,8 @@ def test_an_existing_table_is_not_adopted_unless_asked(
     with _service(tmp_path, free_port, _pipeline(_pg_source(src, ["public.items"]), pgdb)) as svc:
         svc.wait_state("model", "running")
         _run(src, "INSERT INTO items VALUES (1, 'a')")
-        failed = svc.wait_state("model", "failed", timeout=30)
-        assert "adopt_tables: true" in str(failed["error"]), failed
+        text = _failure(svc)
+        assert "adopt_tables: true" in text, text
 
 
 def test_a_target_user_without_create_is_told_the_grant(
@@ -315,8 +325,8 @@ def test_a_target_user_without_create_is_told_the_grant(
         with _service(tmp_path, free_port, pipeline) as svc:
             svc.wait_state("model", "running")
             _run(src, "INSERT INTO items VALUES (1, 'a')")
-            failed = svc.wait_state("model", "failed", timeout=30)
-            assert "GRANT CREATE ON DATABASE" in str(failed["error"]), failed
+            text = _failure(svc)
+            assert "GRANT CREATE ON DATABASE" in text, text
     finally:
         _run(pgdb, f"DROP OWNED BY {user}", f"DROP ROLE {user}")
 
@@ -403,8 +413,7 @@ def test_mariadb_source_types_map_to_postgres(
                 f"ALTER TABLE {mydb.name}.things ADD COLUMN spot point",
                 f"INSERT INTO {mydb.name}.things (id, spot) VALUES (2, POINT(1, 2))",
             )
-            failed = svc.wait_state("model", "failed", timeout=30)
-            text = str(failed["error"])
+            text = _failure(svc)
             assert "column spot" in text and "point" in text, text
     finally:
         _drop_database(pg15, target_name)
