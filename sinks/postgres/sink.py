@@ -221,7 +221,7 @@ class PostgresSink(Sink):
         self.config: PostgresSinkConfig = config
         self._log = ctx.log.bind(sink="postgres")
         self._conn: psycopg.Connection[Any] | None = None
-        self._mysql = ctx.pipeline.source_type == "mysql"
+        self._mysql = getattr(ctx.pipeline, "source_type", "") == "mysql"
         self._targets: dict[str, Target] = {}
         self._types: dict[str, str] = {}
         self._count = 0  # events applied and committed, ever
