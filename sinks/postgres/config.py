@@ -33,7 +33,7 @@ def render_name(template: str, **values: Any) -> str:
 @dataclass
 class PostgresSinkConfig:
     dsn: str = setting(
-        doc="libpq connection string of the target database (a password in it is never logged)",
+        doc="libpq connection string of the target database",
         secret=True,
         check=_check_dsn,
         example="postgresql://cdc:${TARGET_PASSWORD}@readmodel:5432/app",
@@ -63,7 +63,7 @@ class PostgresSinkConfig:
     )
     timeout_s: float = setting(
         30,
-        doc="connect timeout, and the longest one statement may wait for a lock or run before "
-        "the batch is retried (never skipped)",
+        doc="connect timeout, and the longest a statement waits for a lock held by someone "
+        "else before the batch is retried (never skipped)",
         check=_check_positive,
     )
