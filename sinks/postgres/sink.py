@@ -180,7 +180,8 @@ class _Run:
     def __init__(self, target: Target, version: SchemaVersion) -> None:
         self.target = target
         self.version = version
-        #: key -> (op "u"/"d", row or key, unchanged columns)
+        #: key -> (op "u"/"d"/"s", row or key, unchanged columns); "s": with soft deletes, a
+        #: row written and then deleted within the run (upserted with ``__deleted = true``)
         self.ops: dict[Any, tuple[str, dict[str, Any], frozenset[str]]] = {}
         #: keyless inserts
         self.inserts: list[dict[str, Any]] = []
@@ -236,6 +237,8 @@ class PostgresSink(Sink):
         self._skip_last: str | None = None
         self._skipped = 0
         self._warned_keyless: set[str] = set()
+        #: keyless source table -> the snapshot whose rows replaced its target rows
+        self._replaced: dict[str, str] = {}
 
     # ------------------------------------------------------------------ connection
 
@@ -326,6 +329,8 @@ class PostgresSink(Sink):
         except pg.Error as exc:
             raise classify(exc, "reading cdc_sink_positions", self.ctx.name) from exc
         self._count = int(position.get("count", 0) or 0)
+        replaced = position.get("replaced")
+        self._replaced = dict(replaced) if isinstance(replaced, dict) else {}
         token: int | None
         try:
             token = int(resume) if resume is not None else None
@@ -542,6 +547,7 @@ class PostgresSink(Sink):
                 "tx_start": self._count,
                 "first_id": self._first_id,
                 "last_id": self._last_id,
+                "replaced": self._replaced,
                 "source": {
                     k: source[k]
                     for k in ("connector", "lsn", "file", "pos", "gtid", "tx")
@@ -594,6 +600,14 @@ class PostgresSink(Sink):
                     self.conn.execute(_sql().SQL("TRUNCATE {}").format(target.ident))
                 continue
             if target.keyless:
+                if op == "r" and e.after is not None:
+                    snapshot = str(e.source.get("snapshot_id", ""))
+                    if self._replaced.get(sv.name) != snapshot:
+                        # a keyless table's snapshot is its whole content (docs/snapshots.md):
+                        # its rows replace what the target holds
+                        self._apply_run(run)
+                        self.conn.execute(_sql().SQL("DELETE FROM {}").format(target.ident))
+                        self._replaced[sv.name] = snapshot
                 if op in ("c", "r") and e.after is not None:
                     run.inserts.append(e.after)
                 else:
@@ -607,7 +621,13 @@ class PostgresSink(Sink):
                     self._apply_run(run)
                     self._rekey(target, e.key, e.key_change["to"])
                     continue
-                run.ops[_key_of(e.key)] = ("d", e.key, frozenset())
+                k = _key_of(e.key)
+                prev = run.ops.get(k) if soft else None
+                if prev is not None and prev[0] in ("u", "s"):
+                    # soft: the row written earlier in this run stays, marked deleted
+                    run.ops[k] = ("s", prev[1], prev[2])
+                else:
+                    run.ops[k] = ("d", e.key, frozenset())
                 continue
             after = e.after
             if after is None:
@@ -617,7 +637,7 @@ class PostgresSink(Sink):
             unchanged = frozenset(e.unchanged) if e.unchanged else frozenset()
             if unchanged:
                 prev = run.ops.get(k)
-                if prev is not None and prev[0] == "u":
+                if prev is not None and prev[0] in ("u", "s"):
                     had = {c: prev[1][c] for c in unchanged if c in prev[1]}
                     if had:
                         after = {**after, **had}
@@ -644,18 +664,20 @@ class PostgresSink(Sink):
         if not run.ops:
             return
         deletes: list[dict[str, Any]] = []
-        upserts: dict[frozenset[str], list[dict[str, Any]]] = {}
+        upserts: dict[tuple[frozenset[str], bool], list[dict[str, Any]]] = {}
         for op, row, unchanged in run.ops.values():
             if op == "d":
                 deletes.append(row)
             else:
-                upserts.setdefault(unchanged, []).append(row)
+                upserts.setdefault((unchanged, op == "s"), []).append(row)
         run.ops = {}
         if deletes:
             self.conn.execute(self._delete_sql(target), (self._rows(target, deletes),))
-        for unchanged, rows in upserts.items():
+        for (unchanged, deleted), rows in upserts.items():
             cols = self._cols(target, run.version, unchanged)
-            self.conn.execute(self._insert_sql(target, tuple(cols), True), (self._rows(target, rows),))
+            self.conn.execute(
+                self._insert_sql(target, tuple(cols), True, deleted), (self._rows(target, rows),)
+            )
 
     def _match(self, target: Target, left: str, right: str) -> Any:
         sql = _sql()
@@ -666,17 +688,28 @@ class PostgresSink(Sink):
             for c in target.key
         )
 
-    def _insert_sql(self, target: Target, cols: tuple[str, ...], upsert: bool) -> Any:
-        cache_key = ("insert", upsert, cols)
+    def _insert_sql(
+        self, target: Target, cols: tuple[str, ...], upsert: bool, deleted: bool = False
+    ) -> Any:
+        """``INSERT`` of the rows of a JSON array parameter, an upsert by key when ``upsert``;
+        with soft deletes it sets ``__deleted`` (to ``deleted``)."""
+        cache_key = ("insert", upsert, deleted, cols)
         found = target.statements.get(cache_key)
         if found is not None:
             return found
         sql = _sql()
         soft = self.config.deletes == "soft" and DELETED in target.columns
         names_ = [sql.Identifier(c) for c in cols]
+        flag = sql.SQL("true" if deleted else "false")
         query = sql.SQL(
-            "INSERT INTO {t} ({cols}) SELECT {cols} FROM json_populate_recordset(NULL::{t}, %s::json)"
-        ).format(t=target.ident, cols=sql.SQL(", ").join(names_))
+            "INSERT INTO {t} ({cols}{d}) SELECT {cols}{v} FROM "
+            "json_populate_recordset(NULL::{t}, %s::json)"
+        ).format(
+            t=target.ident,
+            cols=sql.SQL(", ").join(names_),
+            d=sql.SQL(", {}").format(sql.Identifier(DELETED)) if soft else sql.SQL(""),
+            v=sql.SQL(", {}").format(flag) if soft else sql.SQL(""),
+        )
         if upsert and target.key:
             sets = [
                 sql.SQL("{} = EXCLUDED.{}").format(sql.Identifier(c), sql.Identifier(c))
@@ -684,7 +717,7 @@ class PostgresSink(Sink):
                 if c not in target.key
             ]
             if soft:
-                sets.append(sql.SQL("{} = false").format(sql.Identifier(DELETED)))
+                sets.append(sql.SQL("{} = {}").format(sql.Identifier(DELETED), flag))
             conflict = sql.SQL(", ").join(sql.Identifier(c) for c in target.key)
             if sets:
                 query = query + sql.SQL(" ON CONFLICT ({}) DO UPDATE SET {}").format(
@@ -1056,7 +1089,7 @@ class PostgresSink(Sink):
             )
             for name, typ in desired.items()
         ]
-        if self.config.deletes == "soft":
+        if self.config.deletes == "soft" and sv.key:
             parts.append(sql.SQL("{} boolean NOT NULL DEFAULT false").format(sql.Identifier(DELETED)))
         if sv.key:
             parts.append(
@@ -1141,7 +1174,7 @@ class PostgresSink(Sink):
                     )
                 )
                 changes.append(f"kept {name}, now nullable")
-        if self.config.deletes == "soft" and DELETED not in target.columns:
+        if self.config.deletes == "soft" and sv.key and DELETED not in target.columns:
             conn.execute(
                 sql.SQL("ALTER TABLE {} ADD COLUMN {} boolean NOT NULL DEFAULT false").format(
                     target.ident, sql.Identifier(DELETED)
