@@ -448,6 +448,13 @@ def test_a_batch_committed_after_the_checkpoint_is_not_applied_again(pgdb: str) 
     sink.close()
     assert _one(pgdb, "SELECT count(*) FROM public.log") == 11
     assert _one(pgdb, "SELECT count(*) FROM public.orders") == 2
+    # `cdc drop`: the position row is moved aside (kept), the tables stay
+    assert sink.holds_events()
+    assert any("cdc_sink_positions" in line for line in sink.describe_drop())
+    assert sink.drop()[0].startswith("renamed the row shop")
+    assert not sink.holds_events()
+    assert _one(pgdb, "SELECT count(*) FROM public.cdc_sink_positions WHERE pipeline LIKE 'shop:dropped-%'") == 1
+    assert _one(pgdb, "SELECT count(*) FROM public.log") == 11
 
 
 def test_snapshots_fill_the_tables_and_a_keyless_snapshot_replaces_its_rows(
