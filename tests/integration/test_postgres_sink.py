@@ -268,6 +268,20 @@ def test_soft_deletes_keep_rows_and_a_reinsert_revives_them(
             wait_for(lambda: state() == want, 30, what=f"{want}")
         except AssertionError:
             assert state() == want
+        # a key change: the old key's row stays, deleted; the new key's row is live
+        _run(src, "UPDATE items SET id = 30 WHERE id = 3")
+        want = [(1, "a", True), (2, "again", False), (3, "c", True), (4, "d", True), (30, "c", False)]
+        try:
+            wait_for(lambda: state() == want, 30, what=f"{want}")
+        except AssertionError:
+            assert state() == want
+        # a truncate marks every row deleted
+        _run(src, "TRUNCATE items", "INSERT INTO items VALUES (5, 'e')")
+        want = [(1, "a", True), (2, "again", True), (3, "c", True), (4, "d", True), (5, "e", False), (30, "c", True)]
+        try:
+            wait_for(lambda: state() == want, 30, what=f"{want}")
+        except AssertionError:
+            assert state() == want
         assert svc.stop() == 0
 
 
