@@ -58,3 +58,31 @@ def test_postgres_types_pass_as_written_and_nothing_else() -> None:
         with pytest.raises(Unmappable):
             postgres_type(bad)
     assert is_bytea("bytea") and is_bytea("bytea[]") and not is_bytea("text")
+
+
+@pytest.mark.parametrize(
+    ("sqlstate", "retriable", "kind"),
+    [
+        (None, True, "sink_unavailable"),  # no SQLSTATE: the connection failed or was lost
+        ("08006", True, "sink_unavailable"),
+        ("57P01", True, "sink_unavailable"),  # admin shutdown
+        ("53300", True, "sink_unavailable"),  # too many connections
+        ("40P01", True, "sink_unavailable"),  # deadlock
+        ("55P03", True, "sink_unavailable"),  # lock_timeout
+        ("28P01", False, "sink_auth"),
+        ("42501", False, "sink_auth"),
+        ("23514", False, "sink_rejected"),
+        ("22007", False, "sink_rejected"),
+        ("42P01", False, "sink_rejected"),
+    ],
+)
+def test_errors_are_classified_by_sqlstate(sqlstate: str | None, retriable: bool, kind: str) -> None:
+    import psycopg
+
+    from sinks.postgres.sink import classify
+
+    exc = psycopg.OperationalError("gone") if sqlstate is None else psycopg.errors.lookup(sqlstate)("x")
+    err = classify(exc, "applying", "shop", event="pg:0/1:0", table="public.t")
+    assert err.retriable is retriable and err.kind == kind
+    if sqlstate in ("23514", "22007"):
+        assert "pg:0/1:0" in err.message and "dead letters" in err.message
