@@ -33,7 +33,7 @@ class PostgresSinkHarness(SinkHarness):
         self.dsn = self.server.dsn("model")
 
     def sink_config(self) -> dict[str, Any]:
-        return {"type": "postgres", "dsn": self.dsn, "timeout_s": 2}
+        return {"type": "postgres", "dsn": self.dsn}
 
     def rows(self, table: str) -> dict[bytes, dict[str, Any]]:
         """The target table's rows by key (``{"id": ...}``, as tests.helpers.fold keys them)."""

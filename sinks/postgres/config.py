@@ -40,12 +40,12 @@ class PostgresSinkConfig:
     )
     schema: str = setting(
         "{schema}",
-        doc="target schema, a template (`{schema}`, `{table}`, `{pipeline}`); created when "
-        "missing",
+        doc="target schema, a template (`{schema}`, `{table}`, `{pipeline}`); created when missing",
         check=_check_template,
     )
     table: str = setting(
-        "{table}", doc="target table, a template (`{schema}`, `{table}`, `{pipeline}`)",
+        "{table}",
+        doc="target table, a template (`{schema}`, `{table}`, `{pipeline}`)",
         check=_check_template,
     )
     drop_columns: bool = setting(

@@ -44,14 +44,17 @@ kept nullable or dropped (``drop_columns``), a changed key re-declared.
 deadlocks and server shutdowns are retriable (the pipeline reconnects and resumes from its
 checkpoint; the open transaction is lost with the connection, nothing is skipped); a value the
 target refuses is fatal and names the event (the batch is re-applied one event at a time, under
-savepoints, to find it).
+savepoints, to find it). A batch the target leaves unanswered for :data:`DEGRADED_AFTER_S`
+(a lock held by someone else, a hung server) makes the pipeline show ``retrying`` meanwhile.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +75,8 @@ if TYPE_CHECKING:
 
 POSITIONS = "public.cdc_sink_positions"
 DELETED = "__deleted"
+#: a batch the target has not answered for this long makes the pipeline show `retrying`
+DEGRADED_AFTER_S = 3.0
 
 #: SQLSTATE classes and codes that pass: connection, resources, operator intervention,
 #: system errors, and the transaction conflicts a retry resolves
@@ -239,6 +244,12 @@ class PostgresSink(Sink):
         self._warned_keyless: set[str] = set()
         #: keyless source table -> the snapshot whose rows replaced its target rows
         self._replaced: dict[str, str] = {}
+        # the watchdog of unanswered statements (see _busy)
+        self._busy_since: float | None = None
+        self._busy_what = ""
+        self._degraded = False
+        self._closing = threading.Event()
+        self._watchdog: threading.Thread | None = None
 
     # ------------------------------------------------------------------ connection
 
@@ -284,19 +295,10 @@ class PostgresSink(Sink):
             )
         return self._conn
 
-    def _exec(self, query: Any, params: Any = None, what: str = "a statement") -> Any:
-        pg = _psycopg()
-        try:
-            return self.conn.execute(query, params)
-        except pg.Error as exc:
-            raise classify(exc, what, self.ctx.name) from exc
-
     # ------------------------------------------------------------------ open / close
 
     def _read_position(self, conn: psycopg.Connection[Any]) -> dict[str, Any] | None:
-        row = conn.execute(
-            "SELECT to_regclass('public.cdc_sink_positions') IS NOT NULL"
-        ).fetchone()
+        row = conn.execute("SELECT to_regclass('public.cdc_sink_positions') IS NOT NULL").fetchone()
         if not row or not row[0]:
             return None
         found = conn.execute(
@@ -310,9 +312,50 @@ class PostgresSink(Sink):
             return None
         return value if isinstance(value, dict) else None
 
+    @contextlib.contextmanager
+    def _busy(self, what: str) -> Iterator[None]:
+        """Around a round of statements: the watchdog reports it when it takes too long; once
+        it went through, a reported sink is ``running`` again."""
+        self._busy_what = what
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
+        if self._degraded:
+            self._degraded = False
+            self._log.info("postgres sink writes again")
+            self.ctx.degraded(None)
+
+    def _watch(self) -> None:
+        while not self._closing.wait(0.25):
+            since = self._busy_since
+            if since is None or self._degraded:
+                continue
+            waited = time.monotonic() - since
+            if waited >= DEGRADED_AFTER_S:
+                self._degraded = True
+                self._log.warning(
+                    "postgres sink: the target does not answer", waited_s=round(waited, 1)
+                )
+                self.ctx.degraded(
+                    RetriableError(
+                        f"postgres sink: {self._busy_what}: no answer from {self._where} for "
+                        f"{waited:.0f}s (a lock held by someone else, or a hung server); "
+                        "waiting, nothing is skipped",
+                        pipeline=self.ctx.name,
+                        kind="sink_unavailable",
+                    )
+                )
+
     def open(self, resume: str | None) -> None:
         self.close()
         pg = _psycopg()
+        self._closing.clear()
+        self._watchdog = threading.Thread(
+            target=self._watch, name=f"pg-sink-watch-{self.ctx.name}", daemon=True
+        )
+        self._watchdog.start()
         self._conn = self._connect()
         self._targets.clear()
         self._in_tx = False
@@ -385,6 +428,12 @@ class PostgresSink(Sink):
             conn.rollback()
 
     def close(self) -> None:
+        self._closing.set()
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.join(2)
+        self._busy_since = None
+        self._degraded = False
         conn, self._conn = self._conn, None
         self._in_tx = False
         self._applied = 0
@@ -463,9 +512,10 @@ class PostgresSink(Sink):
         self._begin()
         conn = self.conn
         try:
-            conn.execute("SAVEPOINT cdc_write")
-            self._apply(events)
-            conn.execute("RELEASE SAVEPOINT cdc_write")
+            with self._busy(f"applying {len(events)} events"):
+                conn.execute("SAVEPOINT cdc_write")
+                self._apply(events)
+                conn.execute("RELEASE SAVEPOINT cdc_write")
         except CDCError:
             raise
         except pg.Error as exc:
@@ -557,13 +607,14 @@ class PostgresSink(Sink):
         ).decode()
         conn = self.conn
         try:
-            conn.execute(
-                "INSERT INTO public.cdc_sink_positions (pipeline, position, updated_at) "
-                "VALUES (%s, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET "
-                "position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
-                (self.ctx.name, position),
-            )
-            conn.commit()
+            with self._busy("committing a batch"):
+                conn.execute(
+                    "INSERT INTO public.cdc_sink_positions (pipeline, position, updated_at) "
+                    "VALUES (%s, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET "
+                    "position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
+                    (self.ctx.name, position),
+                )
+                conn.commit()
         except pg.Error as exc:
             self.close()
             raise classify(exc, "committing a batch", self.ctx.name) from exc
@@ -592,7 +643,9 @@ class PostgresSink(Sink):
                 runs[sv.name] = _Run(target, sv)
                 if soft:
                     self.conn.execute(
-                        _sql().SQL("UPDATE {} SET {} = true WHERE NOT {}").format(
+                        _sql()
+                        .SQL("UPDATE {} SET {} = true WHERE NOT {}")
+                        .format(
                             target.ident, _sql().Identifier(DELETED), _sql().Identifier(DELETED)
                         )
                     )
@@ -659,7 +712,9 @@ class PostgresSink(Sink):
         target = run.target
         if run.inserts:
             cols = self._cols(target, run.version, frozenset())
-            self.conn.execute(self._insert_sql(target, tuple(cols), False), (self._rows(target, run.inserts),))
+            self.conn.execute(
+                self._insert_sql(target, tuple(cols), False), (self._rows(target, run.inserts),)
+            )
             run.inserts = []
         if not run.ops:
             return
@@ -812,10 +867,14 @@ class PostgresSink(Sink):
                 kind="sink_rejected",
             )
         matched = [c for c in before if c in target.columns]
-        match = sql.SQL(" AND ").join(
-            sql.SQL("x.{c}::text IS NOT DISTINCT FROM b.{c}::text").format(c=sql.Identifier(c))
-            for c in matched
-        ) if matched else sql.SQL("true")
+        match = (
+            sql.SQL(" AND ").join(
+                sql.SQL("x.{c}::text IS NOT DISTINCT FROM b.{c}::text").format(c=sql.Identifier(c))
+                for c in matched
+            )
+            if matched
+            else sql.SQL("true")
+        )
         pick = sql.SQL(
             "(SELECT x.ctid FROM {t} AS x, json_populate_recordset(NULL::{t}, %s::json) AS b "
             "WHERE {m} LIMIT 1)"
@@ -831,9 +890,7 @@ class PostgresSink(Sink):
         cols = [c for c in after if c in target.columns]
         if not cols:
             return
-        sets = sql.SQL(", ").join(
-            sql.SQL("{c} = a.{c}").format(c=sql.Identifier(c)) for c in cols
-        )
+        sets = sql.SQL(", ").join(sql.SQL("{c} = a.{c}").format(c=sql.Identifier(c)) for c in cols)
         self.conn.execute(
             sql.SQL(
                 "UPDATE {t} SET {sets} FROM json_populate_recordset(NULL::{t}, %s::json) AS a "
@@ -864,8 +921,9 @@ class PostgresSink(Sink):
                 self._reconcile(target, sv)
         except pg.Error as exc:
             self._targets.pop(sv.name, None)
-            raise classify(exc, f"preparing the target table of {sv.name}", self.ctx.name,
-                           table=sv.name) from exc
+            raise classify(
+                exc, f"preparing the target table of {sv.name}", self.ctx.name, table=sv.name
+            ) from exc
         target.version = sv
         return target
 
@@ -1072,7 +1130,9 @@ class PostgresSink(Sink):
                     table=sv.name,
                     kind="sink_auth",
                 )
-            conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema)))
+            conn.execute(
+                sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema))
+            )
         elif not exists[0]:
             user = conn.execute("SELECT current_user").fetchone()
             raise FatalError(
@@ -1090,16 +1150,22 @@ class PostgresSink(Sink):
             for name, typ in desired.items()
         ]
         if self.config.deletes == "soft" and sv.key:
-            parts.append(sql.SQL("{} boolean NOT NULL DEFAULT false").format(sql.Identifier(DELETED)))
+            parts.append(
+                sql.SQL("{} boolean NOT NULL DEFAULT false").format(sql.Identifier(DELETED))
+            )
         if sv.key:
             parts.append(
                 sql.SQL("PRIMARY KEY ({})").format(
                     sql.SQL(", ").join(sql.Identifier(c) for c in sv.key)
                 )
             )
-        conn.execute(sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts)))
         conn.execute(
-            sql.SQL("COMMENT ON TABLE {} IS {}").format(target.ident, sql.Literal(self._mark(sv.name)))
+            sql.SQL("CREATE TABLE {} ({})").format(target.ident, sql.SQL(", ").join(parts))
+        )
+        conn.execute(
+            sql.SQL("COMMENT ON TABLE {} IS {}").format(
+                target.ident, sql.Literal(self._mark(sv.name))
+            )
         )
         self._log.info("postgres sink created a table", table=sv.name, target=target.display)
 
@@ -1125,9 +1191,9 @@ class PostgresSink(Sink):
                 conn.execute("SAVEPOINT cdc_alter")
                 try:
                     conn.execute(
-                        sql.SQL("ALTER TABLE {t} ALTER COLUMN {c} TYPE {typ} USING {c}::{typ}").format(
-                            t=target.ident, c=sql.Identifier(name), typ=sql.SQL(typ)
-                        )
+                        sql.SQL(
+                            "ALTER TABLE {t} ALTER COLUMN {c} TYPE {typ} USING {c}::{typ}"
+                        ).format(t=target.ident, c=sql.Identifier(name), typ=sql.SQL(typ))
                     )
                     conn.execute("RELEASE SAVEPOINT cdc_alter")
                 except pg.Error as exc:
@@ -1164,7 +1230,9 @@ class PostgresSink(Sink):
                 continue
             if self.config.drop_columns:
                 conn.execute(
-                    sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(target.ident, sql.Identifier(name))
+                    sql.SQL("ALTER TABLE {} DROP COLUMN {}").format(
+                        target.ident, sql.Identifier(name)
+                    )
                 )
                 changes.append(f"dropped {name}")
             elif name in target.notnull and name not in sv.key:

@@ -72,8 +72,17 @@ MYSQL_TYPES: dict[str, str] = {
 
 #: MySQL spatial types: no mapping (PostGIS is not assumed); exclude such columns
 MYSQL_SPATIAL = frozenset(
-    {"geometry", "point", "linestring", "polygon", "multipoint", "multilinestring",
-     "multipolygon", "geometrycollection", "geomcollection"}
+    {
+        "geometry",
+        "point",
+        "linestring",
+        "polygon",
+        "multipoint",
+        "multilinestring",
+        "multipolygon",
+        "geometrycollection",
+        "geomcollection",
+    }
 )
 
 

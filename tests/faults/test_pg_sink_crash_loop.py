@@ -109,8 +109,12 @@ def test_postgres_sink_kill9_loop_applies_every_change_once(
         conn.execute("CREATE TABLE orders (id int PRIMARY KEY, v bigint)")
     pipeline = {
         "name": NAME,
-        "source": {"type": "postgres", "dsn": pg15db, "tables": ["public.events", "public.orders"],
-                   "heartbeat_s": 1},
+        "source": {
+            "type": "postgres",
+            "dsn": pg15db,
+            "tables": ["public.events", "public.orders"],
+            "heartbeat_s": 1,
+        },
         "snapshot": {"mode": "never"},
         "sink": {"type": "postgres", "dsn": target18},
     }
@@ -138,8 +142,10 @@ def test_postgres_sink_kill9_loop_applies_every_change_once(
             recoveries.append(time.monotonic() - t0)
         writer.stop()
         wait_for(
-            lambda: _count(target18, "events") >= _count(pg15db, "events")
-            and _orders(target18) == _orders(pg15db),
+            lambda: (
+                _count(target18, "events") >= _count(pg15db, "events")
+                and _orders(target18) == _orders(pg15db)
+            ),
             90,
             what="the target caught up",
         )

@@ -161,7 +161,9 @@ def test_tables_follow_the_source_in_commit_order(
         assert svc.stop() == 0
         logs = svc.logs()
     assert "no primary key" in logs and "public.logs" in logs
-    position = _one(pgdb, "SELECT position::jsonb FROM public.cdc_sink_positions WHERE pipeline = 'model'")
+    position = _one(
+        pgdb, "SELECT position::jsonb FROM public.cdc_sink_positions WHERE pipeline = 'model'"
+    )
     assert position["count"] > 300 and position["last_id"].startswith("pg:")
     assert position["source"]["lsn"]
     with psycopg.connect(pgdb, autocommit=True) as conn:
@@ -184,7 +186,11 @@ def test_tables_follow_the_source_in_commit_order(
 def test_restart_resumes_without_duplicates_on_a_keyless_table(
     tmp_path: Path, src: str, pgdb: str, free_port: int
 ) -> None:
-    _run(src, "CREATE TABLE public.logs (at int, message text)", "ALTER TABLE logs REPLICA IDENTITY FULL")
+    _run(
+        src,
+        "CREATE TABLE public.logs (at int, message text)",
+        "ALTER TABLE logs REPLICA IDENTITY FULL",
+    )
     pipeline = _pipeline(_pg_source(src, ["public.logs"]), pgdb)
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
@@ -233,7 +239,12 @@ def test_schema_changes_reach_the_target_table(
             assert cols["qty"][0] == "bigint" and cols["note"][0] == "text"
             assert cols["name"] == ("text", False), "a dropped column stays, nullable"
             rows = conn.execute("SELECT id, name, qty, note FROM items ORDER BY id").fetchall()
-        assert rows == [(1, "a", 10000000000, None), (2, "b", 2, None), (3, "c", 3, "n3"), (4, None, 4, "n4")]
+        assert rows == [
+            (1, "a", 10000000000, None),
+            (2, "b", 2, None),
+            (3, "c", 3, "n3"),
+            (4, None, 4, "n4"),
+        ]
         # a type change PostgreSQL cannot cast: the pipeline stops naming the column
         _run(
             src,
@@ -253,7 +264,11 @@ def test_soft_deletes_keep_rows_and_a_reinsert_revives_them(
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
         # inserted and deleted within one batch, or across batches: the row stays, deleted
-        _run(src, "INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')", "DELETE FROM items WHERE id < 3")
+        _run(
+            src,
+            "INSERT INTO items VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+            "DELETE FROM items WHERE id < 3",
+        )
         _run(src, "INSERT INTO items VALUES (2, 'again')")
         with psycopg.connect(src) as conn:
             conn.execute("INSERT INTO items VALUES (4, 'd')")
@@ -270,14 +285,27 @@ def test_soft_deletes_keep_rows_and_a_reinsert_revives_them(
             assert state() == want
         # a key change: the old key's row stays, deleted; the new key's row is live
         _run(src, "UPDATE items SET id = 30 WHERE id = 3")
-        want = [(1, "a", True), (2, "again", False), (3, "c", True), (4, "d", True), (30, "c", False)]
+        want = [
+            (1, "a", True),
+            (2, "again", False),
+            (3, "c", True),
+            (4, "d", True),
+            (30, "c", False),
+        ]
         try:
             wait_for(lambda: state() == want, 30, what=f"{want}")
         except AssertionError:
             assert state() == want
         # a truncate marks every row deleted
         _run(src, "TRUNCATE items", "INSERT INTO items VALUES (5, 'e')")
-        want = [(1, "a", True), (2, "again", True), (3, "c", True), (4, "d", True), (5, "e", False), (30, "c", True)]
+        want = [
+            (1, "a", True),
+            (2, "again", True),
+            (3, "c", True),
+            (4, "d", True),
+            (5, "e", False),
+            (30, "c", True),
+        ]
         try:
             wait_for(lambda: state() == want, 30, what=f"{want}")
         except AssertionError:
@@ -289,13 +317,19 @@ def test_an_existing_table_of_another_shape_is_refused_and_a_compatible_one_adop
     tmp_path: Path, src: str, pgdb: str, free_port: int
 ) -> None:
     _run(src, "CREATE TABLE public.items (id int PRIMARY KEY, name text, qty int)")
-    _run(pgdb, "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(3), extra int NOT NULL)")
+    _run(
+        pgdb, "CREATE TABLE public.items (id int PRIMARY KEY, name varchar(3), extra int NOT NULL)"
+    )
     pipeline = _pipeline(_pg_source(src, ["public.items"]), pgdb, adopt_tables=True)
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
         _run(src, "INSERT INTO items VALUES (1, 'a', 1)")
         text = _failure(svc)
-        assert "public.items" in text and "column qty" in text and "column name is character varying(3)" in text
+        assert (
+            "public.items" in text
+            and "column qty" in text
+            and "column name is character varying(3)" in text
+        )
         assert "extra is NOT NULL" in text, text
     # a compatible table (an extra nullable column, a CHECK) is adopted; a value it refuses
     # stops the pipeline naming the event
@@ -352,11 +386,15 @@ def test_a_target_user_without_create_is_told_the_grant(
         _run(pgdb, f"DROP OWNED BY {user}", f"DROP ROLE {user}")
 
 
-def test_format_debezium_and_unwrap_are_refused_for_this_sink(tmp_path: Path, free_port: int) -> None:
+def test_format_debezium_and_unwrap_are_refused_for_this_sink(
+    tmp_path: Path, free_port: int
+) -> None:
     from cdc.config_loader import load_config
     from cdc.errors import ConfigError
 
-    pipeline = _pipeline(_pg_source("postgresql://u@127.0.0.1:1/db", ["public.a"]), "postgresql://u@127.0.0.1:1/t")
+    pipeline = _pipeline(
+        _pg_source("postgresql://u@127.0.0.1:1/db", ["public.a"]), "postgresql://u@127.0.0.1:1/t"
+    )
     pipeline["sink"]["format"] = "debezium"
     pipeline["transforms"] = [{"unwrap": {}}]
     with pytest.raises(ConfigError) as info:
@@ -400,12 +438,15 @@ def test_mariadb_source_types_map_to_postgres(
                 f"DELETE FROM {mydb.name}.things WHERE id = 1",
             )
             wait_for(
-                lambda: _one(target, "SELECT count(*) FROM mirror.things WHERE id = 4000000000")
-                == 1,
+                lambda: (
+                    _one(target, "SELECT count(*) FROM mirror.things WHERE id = 4000000000") == 1
+                ),
                 60,
                 what="the row",
             )
-            wait_for(lambda: _one(target, "SELECT count(*) FROM mirror.things") == 1, 30, what="delete")
+            wait_for(
+                lambda: _one(target, "SELECT count(*) FROM mirror.things") == 1, 30, what="delete"
+            )
             with psycopg.connect(target, autocommit=True) as conn:
                 row = conn.execute(
                     "SELECT id, small, big::text, price::text, ratio, name, fixed, body, "
@@ -420,8 +461,18 @@ def test_mariadb_source_types_map_to_postgres(
                 )
             assert row is not None
             assert row[:12] == (
-                4000000000, -5, "18446744073709551615", "12.345", 0.5, "héllo", "ab", "text",
-                "00ff10", "cafe", "2026-11-28", "2026-11-28 13:45:01.123",
+                4000000000,
+                -5,
+                "18446744073709551615",
+                "12.345",
+                0.5,
+                "héllo",
+                "ab",
+                "text",
+                "00ff10",
+                "cafe",
+                "2026-11-28",
+                "2026-11-28 13:45:01.123",
             )
             assert row[12].isoformat() == "2026-11-28T12:45:01.123456+00:00"
             assert row[13] == "-838:59:59" and row[14] == 2026 and row[15] == "10110"
@@ -467,7 +518,13 @@ def test_a_batch_committed_after_the_checkpoint_is_not_applied_again(pgdb: str) 
     assert any("cdc_sink_positions" in line for line in sink.describe_drop())
     assert sink.drop()[0].startswith("renamed the row shop")
     assert not sink.holds_events()
-    assert _one(pgdb, "SELECT count(*) FROM public.cdc_sink_positions WHERE pipeline LIKE 'shop:dropped-%'") == 1
+    assert (
+        _one(
+            pgdb,
+            "SELECT count(*) FROM public.cdc_sink_positions WHERE pipeline LIKE 'shop:dropped-%'",
+        )
+        == 1
+    )
     assert _one(pgdb, "SELECT count(*) FROM public.log") == 11
 
 
@@ -486,16 +543,25 @@ def test_snapshots_fill_the_tables_and_a_keyless_snapshot_replaces_its_rows(
     pipeline["snapshot"] = {"mode": "initial", "chunk_rows": 100}
     with _service(tmp_path, free_port, pipeline) as svc:
         svc.wait_state("model", "running")
-        _run(src, "UPDATE items SET name = 'changed' WHERE id % 10 = 0", "DELETE FROM items WHERE id > 450")
+        _run(
+            src,
+            "UPDATE items SET name = 'changed' WHERE id % 10 = 0",
+            "DELETE FROM items WHERE id > 450",
+        )
         _run(src, "INSERT INTO logs VALUES (99, 'streamed')")
         _wait_same(svc, src, pgdb, "public.items")
         _wait_same(svc, src, pgdb, "public.logs", "to_jsonb(t)::text")
         # an on-demand snapshot of the keyless table: its rows replace the target's, once
-        status, doc = svc.get("/pipelines/model/snapshots", method="POST", body={"tables": ["public.logs"]})
+        status, doc = svc.get(
+            "/pipelines/model/snapshots", method="POST", body={"tables": ["public.logs"]}
+        )
         assert status in (200, 201, 202), doc
         wait_for(
-            lambda: (svc.pipeline("model").get("snapshot") or {}).get("state") in ("done", "finished", "idle", None)
-            and _same(src, pgdb, "public.logs", "to_jsonb(t)::text"),
+            lambda: (
+                (svc.pipeline("model").get("snapshot") or {}).get("state")
+                in ("done", "finished", "idle", None)
+                and _same(src, pgdb, "public.logs", "to_jsonb(t)::text")
+            ),
             30,
             what="the second snapshot",
         )

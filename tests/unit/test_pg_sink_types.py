@@ -54,7 +54,7 @@ def test_a_mysql_type_without_a_mapping_is_refused_by_name(mysql: str) -> None:
 def test_postgres_types_pass_as_written_and_nothing_else() -> None:
     for t in ("int4", "varchar(50)", "numeric(12,2)", "int4[]", "public.mood", '"my schema"."T"'):
         assert postgres_type(t) == t
-    for bad in ("int4; DROP TABLE x", "text -- x", "int4)"  + "'"):
+    for bad in ("int4; DROP TABLE x", "text -- x", "int4)" + "'"):
         with pytest.raises(Unmappable):
             postgres_type(bad)
     assert is_bytea("bytea") and is_bytea("bytea[]") and not is_bytea("text")
@@ -76,12 +76,18 @@ def test_postgres_types_pass_as_written_and_nothing_else() -> None:
         ("42P01", False, "sink_rejected"),
     ],
 )
-def test_errors_are_classified_by_sqlstate(sqlstate: str | None, retriable: bool, kind: str) -> None:
+def test_errors_are_classified_by_sqlstate(
+    sqlstate: str | None, retriable: bool, kind: str
+) -> None:
     import psycopg
 
     from sinks.postgres.sink import classify
 
-    exc = psycopg.OperationalError("gone") if sqlstate is None else psycopg.errors.lookup(sqlstate)("x")
+    exc = (
+        psycopg.OperationalError("gone")
+        if sqlstate is None
+        else psycopg.errors.lookup(sqlstate)("x")
+    )
     err = classify(exc, "applying", "shop", event="pg:0/1:0", table="public.t")
     assert err.retriable is retriable and err.kind == kind
     if sqlstate in ("23514", "22007"):
