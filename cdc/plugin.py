@@ -200,6 +200,10 @@ class Sink(ABC):
     Config: ClassVar[type]
     #: False for a plugin whose settings validate but which `cdc run` refuses (not built yet)
     available: ClassVar[bool] = True
+    #: the ``format`` values the sink takes; another one is a validation error
+    formats: ClassVar[tuple[str, ...]] = ("cdc", "debezium")
+    #: transforms that do not apply to the sink; listing one is a validation error
+    refused_transforms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config
