@@ -104,6 +104,11 @@ class PostgresTablesView(SinkView):
             return str(text)
         if isinstance(doc, dict):
             source = doc.get("source")
+            if isinstance(source, dict):
+                # the postgres sink's own record: the last applied event's source block, whose
+                # commit LSN is a position (a binlog block has none: the checkpoint decides)
+                lsn = source.get("lsn")
+                return str(lsn) if lsn else None
             return str(source) if source else None
         return str(text)
 

@@ -402,3 +402,42 @@ def test_postgres_sink_tables_by_checksums(pgdb: str, target_db: str, tmp_path: 
         f'public.t: {ROWS} compared, 1 missing, 1 extra, 1 differing; missing {{"id": 7}}; '
         'extra {"id": 100000}; differing {"id": 9}'
     ), stdout
+
+
+def test_running_postgres_sink_healthy_then_damaged(
+    pgdb: str, target_db: str, tmp_path: Path, free_port: int
+) -> None:
+    """The real postgres sink, kept up to date by a running pipeline under a concurrent writer:
+    verify finds nothing; a target row deleted and one changed are found with their keys."""
+    import psycopg
+
+    _pg_setup(pgdb)
+    p = pg_pipeline("p", pgdb, ["public.t", "public.k"], tmp_path / "unused")
+    p["snapshot"] = {"mode": "initial", "chunk_rows": 64}
+    p["sink"] = {"type": "postgres", "dsn": target_db}
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+
+    def target_rows() -> int:
+        with psycopg.connect(target_db) as conn:
+            if conn.execute("SELECT to_regclass('public.t')").fetchone() == (None,):
+                return 0
+            return int(conn.execute("SELECT count(*) FROM public.t").fetchone()[0])
+
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        wait_for(lambda: target_rows() == ROWS or None, timeout=90, interval=0.3, what="the snapshot in the target")
+        with _writer(_pg_step(pgdb)) as done:
+            code, stdout, stderr = _verify(cfg, "p")
+            assert done[0] > 20, done
+        assert code == 0, stdout + stderr
+        lines = stdout.splitlines()
+        assert [line.split(":")[0] for line in lines] == ["public.t", "public.k"], stdout
+        assert all(line.endswith(" 0 missing, 0 extra, 0 differing") for line in lines), stdout
+
+        execute(target_db, "DELETE FROM t WHERE id = 7", "UPDATE t SET v = 'x9' WHERE id = 9")
+        code, stdout, stderr = _verify(cfg, "p", "public.t")
+        assert code == 3, stdout + stderr
+        assert stdout.strip().endswith(
+            ' 1 missing, 0 extra, 1 differing; missing {"id": 7}; differing {"id": 9}'
+        ), stdout
+        assert svc.stop() == 0
