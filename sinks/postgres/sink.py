@@ -61,7 +61,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from cdc import names
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalSinkError,
+    Kind,
+    RetriableSinkError,
+)
 from cdc.log import redact
 from cdc.plugin import PluginContext, Sink
 from sinks.postgres.config import PostgresSinkConfig, render_name
@@ -108,29 +113,28 @@ def classify(
     state = getattr(exc, "sqlstate", None)
     message = _text(exc)
     if state is None or state[:2] in _RETRIABLE_CLASSES or state in _RETRIABLE_STATES:
-        return RetriableError(
+        return RetriableSinkError(
             f"postgres sink: {what}: {message}; retrying, nothing is skipped",
             pipeline=pipeline,
             table=table,
-            kind="sink_unavailable",
         )
     if state[:2] == "28":
-        return FatalError(
+        return FatalSinkError(
             f"postgres sink: {what}: {message} (SQLSTATE {state}); check the DSN's user and "
             "password",
             pipeline=pipeline,
-            kind="sink_auth",
+            kind=Kind.SINK_AUTH,
         )
     if state == "42501":
-        return FatalError(
+        return FatalSinkError(
             f"postgres sink: {what}: {message} (SQLSTATE {state}); the target user needs the "
             "privilege named above (GRANT it, see docs/postgres-sink.md)",
             pipeline=pipeline,
             table=table,
-            kind="sink_auth",
+            kind=Kind.SINK_AUTH,
         )
     if state[:2] in ("22", "23") and event is not None:
-        return FatalError(
+        return FatalSinkError(
             f"postgres sink: the target refused event {event}"
             + (f" of {table}" if table else "")
             + f": {message} (SQLSTATE {state}). It is not skipped (dead letters are not "
@@ -138,14 +142,14 @@ def classify(
             pipeline=pipeline,
             table=table,
             position=event,
-            kind="sink_rejected",
+            kind=Kind.SINK_REJECTED,
         )
-    return FatalError(
+    return FatalSinkError(
         f"postgres sink: {what}: {message} (SQLSTATE {state})",
         pipeline=pipeline,
         table=table,
         position=event,
-        kind="sink_rejected",
+        kind=Kind.SINK_REJECTED,
     )
 
 
@@ -264,10 +268,9 @@ class PostgresSink(Sink):
         try:
             params = conninfo_to_dict(self.config.dsn)
         except pg.ProgrammingError as exc:
-            raise FatalError(
+            raise FatalSinkError(
                 f"postgres sink: invalid DSN {self._where}: {_text(exc)}",
                 pipeline=self.ctx.name,
-                kind="sink_config",
             ) from exc
         timeout = max(1, int(self.config.timeout_s))
         options = (
@@ -290,8 +293,8 @@ class PostgresSink(Sink):
     @property
     def conn(self) -> psycopg.Connection[Any]:
         if self._conn is None:
-            raise RetriableError(
-                "postgres sink: not connected", pipeline=self.ctx.name, kind="sink_unavailable"
+            raise RetriableSinkError(
+                "postgres sink: not connected", pipeline=self.ctx.name
             )
         return self._conn
 
@@ -339,12 +342,11 @@ class PostgresSink(Sink):
                     "postgres sink: the target does not answer", waited_s=round(waited, 1)
                 )
                 self.ctx.degraded(
-                    RetriableError(
+                    RetriableSinkError(
                         f"postgres sink: {self._busy_what}: no answer from {self._where} for "
                         f"{waited:.0f}s (a lock held by someone else, or a hung server); "
                         "waiting, nothing is skipped",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     )
                 )
 
@@ -415,14 +417,14 @@ class PostgresSink(Sink):
             )
         except pg.errors.InsufficientPrivilege as exc:
             conn.rollback()
-            raise FatalError(
+            raise FatalSinkError(
                 "postgres sink: the target user cannot create public.cdc_sink_positions (where "
                 "the sink keeps its position): GRANT CREATE ON SCHEMA public TO <user>, or create "
                 "it once as another user: CREATE TABLE public.cdc_sink_positions (pipeline text "
                 "PRIMARY KEY, position text, updated_at timestamptz) and GRANT SELECT, INSERT, "
                 f"UPDATE on it ({_text(exc)})",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             ) from exc
         except pg.errors.UniqueViolation:  # created concurrently by another pipeline
             conn.rollback()
@@ -864,14 +866,14 @@ class PostgresSink(Sink):
         sql = _sql()
         before = e.before
         if before is None:
-            raise FatalError(
+            raise FatalSinkError(
                 f"postgres sink: event {e.id} ({e.op}) of the keyless table {sv.name} carries no "
                 "old row, so the sink cannot find the target row to change; give the source "
                 "table a primary key or REPLICA IDENTITY FULL",
                 pipeline=self.ctx.name,
                 table=sv.name,
                 position=e.id,
-                kind="sink_rejected",
+                kind=Kind.SINK_REJECTED,
             )
         matched = [c for c in before if c in target.columns]
         match = (
@@ -941,12 +943,11 @@ class PostgresSink(Sink):
             try:
                 wanted[c.name] = target_type(c.type, self._mysql)
             except Unmappable as exc:
-                raise FatalError(
+                raise FatalSinkError(
                     f"postgres sink: column {c.name} of {sv.name}: {exc}; see the type mapping "
                     "in docs/postgres-sink.md",
                     pipeline=self.ctx.name,
                     table=sv.name,
-                    kind="sink_config",
                 ) from exc
         normal = self._normalize(sorted(set(wanted.values())), sv)
         return {name: normal[t] for name, t in wanted.items()}
@@ -980,12 +981,11 @@ class PostgresSink(Sink):
                     raise
                 columns = [c.name for c in sv.columns if target_type(c.type, self._mysql) == t]
                 if self._mysql:
-                    raise FatalError(
+                    raise FatalSinkError(
                         f"postgres sink: the target does not accept the type {t} of "
                         f"{sv.name} column(s) {', '.join(columns)}: {_text(exc)}",
                         pipeline=self.ctx.name,
                         table=sv.name,
-                        kind="sink_config",
                     ) from exc
                 self._log.warning(
                     "postgres sink: the target does not know a source type; its columns are "
@@ -1079,12 +1079,11 @@ class PostgresSink(Sink):
                     if not differences
                     else "change the table, or point sink.schema / sink.table elsewhere"
                 )
-                raise FatalError(
+                raise FatalSinkError(
                     f"postgres sink: the target table {target.display} (for {sv.name}) exists and "
                     f"{owner}; {shape}; {hint}",
                     pipeline=self.ctx.name,
                     table=sv.name,
-                    kind="sink_config",
                 )
             self._log.warning(
                 "postgres sink adopts an existing table", table=sv.name, target=target.display
@@ -1128,27 +1127,27 @@ class PostgresSink(Sink):
                 "current_database()"
             ).fetchone()
             if not can or not can[0]:
-                raise FatalError(
+                raise FatalSinkError(
                     f"postgres sink: the target user {can[1] if can else '?'} cannot create the "
                     f"schema {target.schema!r} (for {sv.name}): GRANT CREATE ON DATABASE "
                     f"{can[2] if can else '?'} TO {can[1] if can else '<user>'}, or create the "
                     "schema yourself and grant CREATE on it",
                     pipeline=self.ctx.name,
                     table=sv.name,
-                    kind="sink_auth",
+                    kind=Kind.SINK_AUTH,
                 )
             conn.execute(
                 sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(target.schema))
             )
         elif not exists[0]:
             user = conn.execute("SELECT current_user").fetchone()
-            raise FatalError(
+            raise FatalSinkError(
                 f"postgres sink: the target user {user[0] if user else '?'} cannot create tables "
                 f"in the schema {target.schema!r} (for {sv.name}): GRANT CREATE ON SCHEMA "
                 f"{target.schema} TO {user[0] if user else '<user>'}",
                 pipeline=self.ctx.name,
                 table=sv.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         parts = [
             sql.SQL("{} {}{}").format(
@@ -1208,14 +1207,14 @@ class PostgresSink(Sink):
                     if state[:2] not in ("42", "22", "23", "0A"):
                         raise
                     conn.execute("ROLLBACK TO SAVEPOINT cdc_alter")
-                    raise FatalError(
+                    raise FatalSinkError(
                         f"postgres sink: the type of column {name} of {sv.name} changed from "
                         f"{target.columns[name]} to {typ} and the target table "
                         f"{target.display} cannot be altered with a cast: {_text(exc)}; alter "
                         "or rebuild the target table yourself, then restart",
                         pipeline=self.ctx.name,
                         table=sv.name,
-                        kind="sink_rejected",
+                        kind=Kind.SINK_REJECTED,
                     ) from exc
                 changes.append(f"altered {name} to {typ}")
         if tuple(sv.key) != target.key:
