@@ -152,7 +152,7 @@ DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "unavailable.value.placeholder": str,
 }
 
-#: the built-in transforms (not built yet); plugins add theirs under ``cdc.transforms``
+#: the built-in transforms; plugins add theirs under ``cdc.transforms``
 TRANSFORMS = ("filter", "mask", "route", "unwrap", "outbox")
 
 
@@ -204,8 +204,7 @@ class PipelineConfig:
     transforms: list[dict[str, object]] = setting(
         default_factory=list,
         doc="ordered transforms applied to every event before the sink (filter, mask, route, "
-        "unwrap, outbox, or a plugin's name); not available yet in this build: accepted here, "
-        "refused by `cdc run`",
+        "unwrap, outbox, or a plugin's name); see docs/transforms.md",
         check=_check_transforms,
     )
     dead_letter: dict[str, object] | None = setting(

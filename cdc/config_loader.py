@@ -1246,6 +1246,7 @@ class _Checker:
                             self.lines.get(key_path),
                             f"table {table!r} is not in this pipeline's source.tables",
                         )
+            self._check_transforms(base)
         listen = self.values.get("api.listen")
         token = self.values.get("api.token")
         if listen is not None and not listen.placeholder and isinstance(listen.value, str):
@@ -1257,6 +1258,33 @@ class _Checker:
                     self.lines.get("api.listen"),
                     "listening on a non-loopback address needs api.token",
                 )
+
+    def _check_transforms(self, base: str) -> None:
+        """The transforms list in depth (CEL compiled and type-checked, masks, route against
+        the sink's destinations): see :func:`cdc.transforms.check`."""
+        found = self.values.get(f"{base}.transforms")
+        sink_type = self.plugin_types.get(f"{base}.sink")
+        if found is None or found.placeholder or not found.value or sink_type is None:
+            return
+        from cdc import transforms
+
+        try:
+            sink_cls = registry.load("sink", sink_type)
+        except FatalError:
+            return
+        for sub, message in transforms.check(found.value, sink_type, sink_cls):
+            path = f"{base}.transforms{sub}"
+            self.problem(path, self._transform_line(base, sub), message)
+
+    def _transform_line(self, base: str, sub: str) -> int | None:
+        """The line of ``sub`` (``[0].filter.rules[1].when``) below a pipeline's transforms:
+        the deepest part of it whose key line was recorded."""
+        key_path = f"{base}.transforms"
+        best = self.lines.get(key_path)
+        for part in re.findall(r"\[\d+\]|\[\"[^\"]*\"\]|\.[^.\[]+", sub):
+            key_path += part if part.startswith("[") else _key_path("", part[1:])
+            best = self.lines.get(key_path, best)
+        return best
 
     def _resolve_paths(self, obj: Any, path: str) -> None:
         """Make every ``path`` setting absolute against the config file's folder (defaults

@@ -63,6 +63,7 @@ class Kind(StrEnum):
     BINLOG_PURGED = "binlog_purged"
     SERVER_ID_COLLISION = "server_id_collision"
     SNAPSHOT_REFUSED = "snapshot_refused"
+    TRANSFORM_FAILED = "transform_failed"
     # the sink
     SINK_UNAVAILABLE = "sink_unavailable"
     SINK_CONFIG = "sink_config"
@@ -93,7 +94,7 @@ _SERVICE_KINDS = frozenset(
     k.value
     for k in (Kind.ERROR, Kind.RETRYING, Kind.FATAL, Kind.CONFIG, Kind.INTERNAL,
               Kind.NOT_AVAILABLE_YET, Kind.LEASE_LOST, Kind.PLUGIN_MISSING, Kind.PLUGIN_IMPORT,
-              Kind.PLUGIN_INVALID)
+              Kind.PLUGIN_INVALID, Kind.TRANSFORM_FAILED)
 )
 
 

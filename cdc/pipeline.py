@@ -31,7 +31,7 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from cdc import registry
+from cdc import registry, transforms
 from cdc.config import PipelineConfig, ServiceConfig
 from cdc.errors import (
     CDCError,
@@ -326,6 +326,8 @@ class Pipeline:
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._registry: SchemaRegistry | None = None
+        #: the pipeline's transforms (None: none; built with the registry, which knows masks)
+        self._chain: transforms.Chain | None = None
         #: the snapshot driver of the current run (None before the first)
         self.snapshots: SnapshotDriver | None = None
         self._wake_buffer: BoundedBuffer | None = None
@@ -459,7 +461,9 @@ class Pipeline:
 
     def _run_once(self) -> str | None:
         if self._registry is None:
-            self._registry = SchemaRegistry(self.store, self.name)
+            self._chain = transforms.build(self.config.transforms, self.name)
+            masks = self._chain.masks if self._chain is not None else None
+            self._registry = SchemaRegistry(self.store, self.name, masks)
         ctx = PluginContext(
             self.config,
             self.store,
@@ -483,7 +487,6 @@ class Pipeline:
                 )
         for feature, wanted in (
             ("the sink's `format: debezium`", self.config.sink_format == "debezium"),
-            ("`transforms`", bool(self.config.transforms)),
             ("`dead_letter`", self.config.dead_letter is not None),
         ):
             if wanted:
@@ -752,6 +755,10 @@ class Pipeline:
 
     def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
         self._check_lease()
+        if self._chain is not None:
+            events = self._transform(events)
+            if not events:
+                return
         # one C-level pass: events by (schema version, op), for new schemas and for metrics
         by_version = Counter(zip(map(_schema_of, events), map(_op_of, events), strict=True))
         new = {sv for sv, _ in by_version} - delivered
@@ -766,6 +773,22 @@ class Pipeline:
             for (sv, op), n in by_version.items():
                 counts[(sv.name, op)] += n
             self._on_events(self.name, counts)
+
+    def _transform(self, events: list[ChangeEvent]) -> list[ChangeEvent]:
+        """The events through the transform chain. A transform's error on one event stops the
+        pipeline naming the event's id (never its values)."""
+        assert self._chain is not None
+        try:
+            return self._chain.apply(events)
+        except transforms.TransformFailed as exc:
+            raise FatalError(
+                f"transform {exc.transform} failed on event {exc.event.id} (table "
+                f"{exc.event.schema.name}): {exc.message}; set `dead_letter` to set such events "
+                "aside and go on",
+                pipeline=self.name,
+                table=exc.event.schema.name,
+                kind=Kind.TRANSFORM_FAILED,
+            ) from None
 
     def _sink_degraded(self) -> bool:
         """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows

@@ -183,6 +183,9 @@ class Sink(ABC):
     Config: ClassVar[type]
     #: False for a plugin whose settings validate but which `cdc run` refuses (not built yet)
     available: ClassVar[bool] = True
+    #: True when the sink delivers each event to a named destination (topic, subject, stream,
+    #: routing key) and honours ``event.dest`` (set by the ``route`` and ``outbox`` transforms)
+    destinations: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config
