@@ -737,6 +737,7 @@ class _Checker:
         if isinstance(instance, PipelineConfig):
             instance.source_type = self.plugin_types.get(_join(path, "source"), "")
             instance.sink_type = self.plugin_types.get(_join(path, "sink"), "")
+            instance.dead_letter_type = self.plugin_types.get(_join(path, "dead_letter"), "")
             fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
             instance.sink_format, instance.debezium = fmt, debezium
         return _V(instance)
@@ -761,8 +762,8 @@ class _Checker:
         meta = f.metadata
         if cls is ServiceConfig and f.name == "pipelines" and isinstance(node, SequenceNode):
             self.pipeline_count = len(node.value)
-        if cls is PipelineConfig and f.name in ("source", "sink"):
-            result = self._plugin(f.name, node, path, key_line)
+        if cls is PipelineConfig and f.name in ("source", "sink", "dead_letter"):
+            result = self._plugin("source" if f.name == "source" else "sink", node, path, key_line)
         else:
             result = self._value(hint, node, path, bool(meta.get("secret")))
         if isinstance(result, _Bad):

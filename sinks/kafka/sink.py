@@ -77,6 +77,7 @@ import orjson
 
 from cdc.errors import (
     CDCError,
+    EventUndeliverable,
     FatalError,
     FatalSinkError,
     Kind,
@@ -399,7 +400,12 @@ class KafkaSink(Sink):
         )
 
     def _too_large(
-        self, event_id: str | None, size: int, topic: str, broker: bool = False
+        self,
+        event_id: str | None,
+        size: int,
+        topic: str,
+        broker: bool = False,
+        event: ChangeEvent | None = None,
     ) -> FatalError:
         what = f"event {event_id}" if event_id else "a record"
         why = (
@@ -407,14 +413,19 @@ class KafkaSink(Sink):
             if broker
             else f"larger than the producer's message.max.bytes ({self._max_bytes})"
         )
-        return FatalSinkError(
+        message = (
             f"kafka sink: {what} is {size} bytes, {why}. It is not skipped: raise "
             "`config: {message.max.bytes: N}` in the sink section and the topic's "
             f"max.message.bytes (broker: message.max.bytes) for {topic}, and the consumers' "
-            "fetch limits, then restart",
-            pipeline=self.ctx.name,
-            position=event_id,
-            kind=Kind.EVENT_TOO_LARGE,
+            "fetch limits, then restart"
+        )
+        if event is not None:  # found before producing it: the pipeline may dead-letter it
+            return EventUndeliverable(
+                message, event=event, pipeline=self.ctx.name, position=event_id,
+                kind=Kind.EVENT_TOO_LARGE,
+            )
+        return FatalSinkError(
+            message, pipeline=self.ctx.name, position=event_id, kind=Kind.EVENT_TOO_LARGE
         )
 
     # ------------------------------------------------------------------ open / close
@@ -708,7 +719,9 @@ class KafkaSink(Sink):
                 route = self._dest_route(e.dest, e.schema)
             value = e.json
             if len(value) > limit:
-                raise self._too_large(e.id, len(value), route.topic)
+                producer.poll(0)
+                self._raise_failures()  # what came before it first
+                raise self._too_large(e.id, len(value), route.topic, event=e)
             op = e.op
             headers = [("cdc-id", e.id), ("cdc-op", op), ("cdc-schema-version", route.version)]
             if e.headers:
