@@ -11,7 +11,7 @@ own rules (its topic from the event's table, its key, its schema definitions fir
 
 The dead-letter sink is flushed in the pipeline's commit sequence before the checkpoint is
 saved, so a checkpoint never covers an event that is neither delivered nor durably set aside.
-Any error of the dead-letter sink stops the pipeline (a :class:`FatalError`): a second failure
+Any error of the dead-letter sink stops the pipeline (a :class:`FatalSinkError`): a second failure
 path would otherwise lose events silently.
 """
 
@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, Kind
+from cdc.errors import CDCError, FatalSinkError, Kind
 
 if TYPE_CHECKING:
     import structlog
@@ -85,7 +85,7 @@ class DeadLetters:
         try:
             fn()
         except CDCError as exc:
-            raise FatalError(
+            raise FatalSinkError(
                 f"the dead-letter sink ({self.sink_type}) failed to {what}: {exc.message}; "
                 "the pipeline stops so that no event is lost",
                 pipeline=self.pipeline,

@@ -44,21 +44,15 @@ class TransformFailed(Exception):
         self.message = message
 
 
+_new = object.__new__
+
+
 def derive(e: ChangeEvent, **changes: Any) -> TransformedEvent:
     """A copy of ``e`` (as a :class:`TransformedEvent`) with ``changes`` applied."""
-    out = TransformedEvent(
-        e.id,
-        e.op,
-        e.ts_ms,
-        e.source,
-        e.transaction,
-        e.schema,
-        e.key,
-        e.before,
-        e.after,
-        e.unchanged,
-        e.key_change,
-    )
+    out: TransformedEvent = _new(TransformedEvent)
+    out.id, out.op, out.ts_ms, out.source = e.id, e.op, e.ts_ms, e.source
+    out.transaction, out.schema, out.key = e.transaction, e.schema, e.key
+    out.before, out.after, out.unchanged, out.key_change = e.before, e.after, e.unchanged, e.key_change
     out.dest, out.value, out.raw_key, out.headers = e.dest, e.value, e.raw_key, e.headers
     for name, value in changes.items():
         setattr(out, name, value)
@@ -214,8 +208,8 @@ def check(items: list[dict[str, Any]], sink_type: str, sink_cls: Any) -> list[tu
                 problems.append((f"{base}{sub}", message))
             if name == "route" and not getattr(sink_cls, "destinations", False):
                 problems.append(
-                    (base, f"the {sink_type} sink has no destinations to route to (route works "
-                     "with sinks that have topics, subjects, streams or routing keys, e.g. kafka)")
+                    (base, f"the {sink_type} sink does not take per-event destinations, so "
+                     "route cannot apply (route works with: kafka)")
                 )
             if name in ("unwrap", "outbox") and sink_type == "postgres":
                 problems.append((base, f"{name} does not apply to the postgres sink"))

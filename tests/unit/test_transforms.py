@@ -330,7 +330,7 @@ def test_validation_reports_cel_errors_with_their_line(tmp_path: Path) -> None:
 
 def test_route_is_refused_on_a_sink_without_destinations(tmp_path: Path) -> None:
     path = write(tmp_path, "      - route: {rules: [{when: 'true', to: x}]}\n")
-    assert any("file sink has no destinations" in p for p in problems(path))
+    assert any("file sink does not take per-event destinations" in p for p in problems(path))
     ok = write(
         tmp_path,
         "      - route: {rules: [{when: 'true', to: x}]}\n",
