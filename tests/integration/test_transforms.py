@@ -1,7 +1,7 @@
 """Transforms on real servers (contract section 10): PostgreSQL through the file sink (filter,
 mask over snapshot reads and the stream, the checkpoint moving past filtered-out transactions,
 no unmasked value anywhere), through the Kafka sink on the Tansu broker (route, outbox,
-unwrap), MariaDB through the file sink, and the failures: a filter's runtime error stops the
+unwrap), MariaDB through the file sink (with a dead letter), and the failures: a filter's runtime error stops the
 pipeline naming the event, a mask on a missing column names table and column."""
 
 from __future__ import annotations
@@ -32,7 +32,9 @@ from tests.helpers import (
     wait_for,
     write_config,
 )
+from tests.integration.test_mysql_source import my_pipeline
 from tests.kafka_harness import KafkaHarness, TansuBroker, read_topics, shared_broker
+from tests.mariadb_fixtures import MyDB
 
 KEY = "mask-key-7f3a"
 SECRET_EMAIL = "zz-secret-mail@example.org"
@@ -224,3 +226,47 @@ def test_route_outbox_and_unwrap_through_kafka(
     # the outbox table's own change events are not delivered
     # (the sink may create the table's default topic with its schema; it stays empty)
     assert read_topics(tansu.bootstrap, [f"{pre}.p.public.outbox"]) == []
+
+
+def test_mariadb_filter_mask_and_dead_letter_through_the_file_sink(
+    mydb: MyDB, tmp_path: Path, free_port: int
+) -> None:
+    """The same chain on a MariaDB source: snapshot reads and binlog changes are filtered and
+    masked, and a transform's error on one event sets it aside (masked) in the dead letters."""
+    mydb.execute(
+        "CREATE TABLE customers (id INT PRIMARY KEY, email VARCHAR(80), status VARCHAR(20))",
+        f"INSERT INTO customers VALUES (1, '{SECRET_EMAIL}', 'new'), (2, 'b@x.org', 'draft')",
+    )
+    table = mydb.table("customers")
+    out, dead = tmp_path / "out", tmp_path / "dead"
+    p = my_pipeline("m", mydb.dsn(), [table], out)
+    p["snapshot"] = {"mode": "initial"}
+    p["transforms"] = [
+        # `after.status` of a delete is an error: those events go to the dead letters
+        {"filter": {"when": 'after.status != "draft"'}},
+        {"mask": {"key": KEY, "columns": {table: {"email": "hash"}}}},
+    ]
+    p["dead_letter"] = {"type": "file", "path": str(dead)}
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+    assert run_cli("validate", str(cfg)).returncode == 0
+    with CdcService(cfg) as svc:
+        wait_for(lambda: len(read_events(out)) >= 1, 60, what="the snapshot row")
+        mydb.execute(
+            f"INSERT INTO customers VALUES (3, '{SECRET_STREAM}', 'new')",
+            "UPDATE customers SET status = 'draft' WHERE id = 3",
+            "DELETE FROM customers WHERE id = 1",
+        )
+        wait_for(lambda: len(read_events(out)) >= 2 and len(read_events(dead)) >= 1, 30,
+                 what="the stream and the dead letter")
+        assert svc.stop() == 0
+    events = read_events(out)
+    assert [(e["op"], e["key"]["id"]) for e in events] == [("r", 1), ("c", 3)]
+    assert events[0]["after"]["email"] == _hash(SECRET_EMAIL)
+    assert events[1]["after"]["email"] == _hash(SECRET_STREAM)
+    (letter,) = read_events(dead)
+    assert letter["sink"] == "transform:filter"
+    assert letter["event"]["op"] == "d"
+    assert letter["event"]["before"]["email"] == _hash(SECRET_EMAIL)
+    for folder in (out, dead):
+        data = b"".join(f.read_bytes() for f in folder.iterdir())
+        assert SECRET_EMAIL.encode() not in data and SECRET_STREAM.encode() not in data
