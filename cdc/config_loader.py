@@ -1265,7 +1265,7 @@ class _Checker:
         the sink's destinations): see :func:`cdc.transforms.check`."""
         found = self.values.get(f"{base}.transforms")
         sink_type = self.plugin_types.get(f"{base}.sink")
-        if found is None or found.placeholder or not found.value or sink_type is None:
+        if found is None or not found.value or sink_type is None:
             return
         from cdc import transforms
 
@@ -1273,7 +1273,14 @@ class _Checker:
             sink_cls = registry.load("sink", sink_type)
         except FatalError:
             return
-        for sub, message in transforms.check(found.value, sink_type, sink_cls):
+        listed = self.values.get(f"{base}.source.tables")
+        tables = None
+        if listed is not None and not listed.placeholder and isinstance(listed.value, list):
+            tables = {table_name(t) for t in listed.value if isinstance(t, str)}
+        problems = transforms.check(
+            found.value, sink_type, sink_cls, tables=tables, lenient=found.placeholder
+        )
+        for sub, message in problems:
             path = f"{base}.transforms{sub}"
             self.problem(path, self._transform_line(base, sub), message)
 

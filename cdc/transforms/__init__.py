@@ -191,9 +191,18 @@ def _norm(table: str) -> str:
     return names.normalize(table)
 
 
-def check(items: list[dict[str, Any]], sink_type: str, sink_cls: Any) -> list[tuple[str, str]]:
+def check(
+    items: list[dict[str, Any]],
+    sink_type: str,
+    sink_cls: Any,
+    *,
+    tables: set[str] | None = None,
+    lenient: bool = False,
+) -> list[tuple[str, str]]:
     """Problems of a pipeline's ``transforms`` list found from the file alone, as
-    ``(path below transforms, message)``; paths like ``[0].filter.when``."""
+    ``(path below transforms, message)``; paths like ``[0].filter.when``. ``tables``: the
+    source's tables (names a transform gives must be among them); ``lenient``: some values are
+    placeholders of unset variables (``cdc validate --no-env``), not checked as CEL."""
     from cdc.transforms import builtin
 
     problems: list[tuple[str, str]] = []
@@ -204,7 +213,7 @@ def check(items: list[dict[str, Any]], sink_type: str, sink_cls: Any) -> list[tu
         base = f"[{i}].{name}"
         settings = settings if isinstance(settings, dict) else {}
         if name in BUILTIN:
-            for sub, message in builtin.check(name, settings):
+            for sub, message in builtin.check(name, settings, tables=tables, lenient=lenient):
                 problems.append((f"{base}{sub}", message))
             if name == "route" and not getattr(sink_cls, "destinations", False):
                 problems.append(

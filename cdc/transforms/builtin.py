@@ -250,29 +250,46 @@ def _text(value: Any) -> str:
 # validation from the file alone
 
 
-def _when(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
+def _when(value: Any, path: str, problems: list[tuple[str, str]], lenient: bool) -> None:
     if not isinstance(value, str):
         problems.append((path, "expected a CEL expression (a string)"))
         return
+    if lenient and "${" in value:
+        return  # an unset variable's placeholder (`cdc validate --no-env`)
     message = cel_check(value)
     if message:
         problems.append((path, f"CEL: {message}"))
 
 
-def _tables(value: Any, path: str, problems: list[tuple[str, str]]) -> None:
+def _table(value: str, path: str, problems: list[tuple[str, str]], tables: set[str] | None) -> None:
     from cdc import names
 
+    problem = names.problem(value)
+    if problem:
+        problems.append((path, problem))
+    elif tables is not None and names.normalize(value) not in tables:
+        problems.append((path, f"table {value!r} is not in this pipeline's source.tables"))
+
+
+def _tables(
+    value: Any, path: str, problems: list[tuple[str, str]], tables: set[str] | None
+) -> None:
     if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
         problems.append((path, "expected a list of tables (schema.table)"))
         return
     for t in value:
-        problem = names.problem(t)
-        if problem:
-            problems.append((path, problem))
+        _table(t, path, problems, tables)
 
 
-def check(name: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
-    """Problems of one built-in's settings, as ``(sub-path, message)``."""
+def check(
+    name: str,
+    settings: dict[str, Any],
+    *,
+    tables: set[str] | None = None,
+    lenient: bool = False,
+) -> list[tuple[str, str]]:
+    """Problems of one built-in's settings, as ``(sub-path, message)``; see
+    :func:`cdc.transforms.check`."""
     problems: list[tuple[str, str]] = []
     allowed = KEYS[name]
     for key in settings:
@@ -284,9 +301,9 @@ def check(name: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
         if key not in settings:
             problems.append(("", f"{name} needs {key!r}"))
     if "tables" in settings and "tables" in allowed:
-        _tables(settings["tables"], ".tables", problems)
+        _tables(settings["tables"], ".tables", problems, tables)
     if name == "filter" and "when" in settings:
-        _when(settings["when"], ".when", problems)
+        _when(settings["when"], ".when", problems, lenient)
     elif name == "route" and "rules" in settings:
         rules = settings["rules"]
         if not isinstance(rules, list) or not rules:
@@ -297,7 +314,7 @@ def check(name: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
                 if not isinstance(rule, dict) or set(rule) != {"when", "to"}:
                     problems.append((path, "each rule is {when: CEL, to: destination}"))
                     continue
-                _when(rule["when"], f"{path}.when", problems)
+                _when(rule["when"], f"{path}.when", problems, lenient)
                 if not isinstance(rule["to"], str) or not rule["to"]:
                     problems.append((f"{path}.to", "expected a destination name"))
     elif name == "mask":
@@ -311,11 +328,7 @@ def check(name: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
             else:
                 for table, cols in columns.items():
                     path = f".columns[{orjson.dumps(table).decode()}]"
-                    from cdc import names
-
-                    problem = names.problem(table)
-                    if problem:
-                        problems.append((path, problem))
+                    _table(table, path, problems, tables)
                     if not isinstance(cols, dict) or not cols:
                         problems.append((path, "expected {column: mask}"))
                         continue
@@ -329,12 +342,12 @@ def check(name: str, settings: dict[str, Any]) -> list[tuple[str, str]]:
                             )
     elif name == "outbox":
         if "table" in settings:
-            from cdc import names
 
             table = settings["table"]
-            problem = names.problem(table) if isinstance(table, str) else "expected a table name"
-            if problem:
-                problems.append((".table", problem))
+            if isinstance(table, str):
+                _table(table, ".table", problems, tables)
+            else:
+                problems.append((".table", "expected a table name"))
         to = settings.get("to")
         if to is not None and not isinstance(to, str):
             problems.append((".to", "expected a destination template"))

@@ -346,3 +346,23 @@ def test_mask_validation_and_the_key_is_a_secret(tmp_path: Path) -> None:
     assert any("mask needs 'key'" in p for p in problems(missing))
     good = write(tmp_path, "      - mask: {key: s3cr3tkey, columns: {public.orders: {status: hash}}}\n")
     assert "s3cr3tkey" in load_config(str(good)).secrets
+
+
+def test_no_env_still_checks_expressions_and_tables(tmp_path: Path) -> None:
+    """`cdc validate --no-env` (CI): a mask key from an unset variable does not hide the CEL
+    and table checks; a `when` that is itself an unset variable is not checked."""
+    path = write(
+        tmp_path,
+        "      - filter: {when: 'op == 1'}\n"
+        "      - filter: {when: '${WHEN}'}\n"
+        "      - mask: {key: '${MASK_KEY}', columns: {public.other: {email: hash}}}\n",
+    )
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), no_env=True, environ={})
+    found = [f"{p.line}: {p.path}: {p.message}" for p in info.value.problems]
+    assert len(found) == 2, found
+    assert found[0].startswith("5: pipelines[0].transforms[0].filter.when: CEL:")
+    assert found[1] == (
+        '7: pipelines[0].transforms[2].mask.columns["public.other"]: '
+        "table 'public.other' is not in this pipeline's source.tables"
+    )
