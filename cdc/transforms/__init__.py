@@ -218,7 +218,7 @@ def check(
             if name == "route" and not getattr(sink_cls, "destinations", False):
                 problems.append(
                     (base, f"the {sink_type} sink does not take per-event destinations, so "
-                     "route cannot apply (route works with: kafka)")
+                     "route cannot apply (route works with: kafka, redis, rabbitmq)")
                 )
             if name in ("unwrap", "outbox") and sink_type == "postgres":
                 problems.append((base, f"{name} does not apply to the postgres sink"))
