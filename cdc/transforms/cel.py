@@ -304,7 +304,10 @@ class _Parser:
         self.take("]")
         if all(isinstance(x, str) for x in items):
             # a string is in a list of strings; anything else is in it only if equal, i.e. never
-            return _Node(f"({left.src} in {self.const(frozenset(items))})", left.raises, True)
+            const = self.const(frozenset(items))
+            if left.src in VARIABLES[:2]:  # op, table: always strings
+                return _Node(f"({left.src} in {const})", left.raises, True)
+            return _Node(f"_in_str({left.src}, {const})", left.raises, True)
         return _Node(f"_in({left.src}, {self.const(tuple(items))})", left.raises, True)
 
     def unary(self) -> _Node:
@@ -454,6 +457,10 @@ def _deep_eq(a: Any, b: Any) -> bool:
     return _eq(a, b)
 
 
+def _in_str(value: Any, items: frozenset[str]) -> bool:
+    return type(value) is str and value in items
+
+
 def _in(value: Any, items: tuple[Any, ...]) -> bool:
     return any(_eq(value, item) for item in items)
 
@@ -511,6 +518,7 @@ def _translate(text: str) -> Callable[..., bool] | None:
         "_bool": _bool,
         "_eq": _eq,
         "_in": _in,
+        "_in_str": _in_str,
         "_ord": _ord,
         "_or": _or,
         "_and": _and,

@@ -86,6 +86,8 @@ CASES = [
     "after.n == 3.0",
     "after.n == 3",
     "after.n in [1, 2, 3]",
+    'after.status in ["paid", "new"]',
+    'key in ["a"]',
     "!(after.n < 3)",
     "has(after.status)",
     "has(after.nothing)",
