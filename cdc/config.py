@@ -152,7 +152,7 @@ DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "unavailable.value.placeholder": str,
 }
 
-#: the built-in transforms (not built yet); plugins add theirs under ``cdc.transforms``
+#: the built-in transforms; plugins add theirs under ``cdc.transforms``
 TRANSFORMS = ("filter", "mask", "route", "unwrap", "outbox")
 
 
@@ -187,12 +187,6 @@ def _check_transforms(value: list[Any]) -> str | None:
     return None
 
 
-def _check_dead_letter(value: dict[str, object] | None) -> str | None:
-    if value is not None and not isinstance(value.get("type"), str):
-        return "a dead-letter sink is a sink section with a 'type' (e.g. {type: file, path: ./dead})"
-    return None
-
-
 @dataclass
 class PipelineConfig:
     name: str = setting(doc="pipeline name, unique; names the default slot and publication", check=_check_name)
@@ -204,19 +198,18 @@ class PipelineConfig:
     transforms: list[dict[str, object]] = setting(
         default_factory=list,
         doc="ordered transforms applied to every event before the sink (filter, mask, route, "
-        "unwrap, outbox, or a plugin's name); not available yet in this build: accepted here, "
-        "refused by `cdc run`",
+        "unwrap, outbox, or a plugin's name); see docs/transforms.md",
         check=_check_transforms,
     )
-    dead_letter: dict[str, object] | None = setting(
+    dead_letter: Any = setting(
         None,
-        doc="a sink section for events that cannot be delivered; not available yet in this "
-        "build: accepted here, refused by `cdc run`",
-        check=_check_dead_letter,
+        doc="a sink section (any sink type) for the events that cannot be delivered for a "
+        "reason of their own; see docs/transforms.md",
     )
     #: type names of source and sink, as written in the file (filled by the loader)
     source_type: str = field(default="", metadata={"internal": True})
     sink_type: str = field(default="", metadata={"internal": True})
+    dead_letter_type: str = field(default="", metadata={"internal": True})
     #: the sink's ``format`` and ``debezium`` keys, common to every sink (filled by the loader)
     sink_format: str = field(default="cdc", metadata={"internal": True})
     debezium: dict[str, Any] = field(default_factory=dict, metadata={"internal": True})

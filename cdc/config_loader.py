@@ -739,6 +739,7 @@ class _Checker:
         if isinstance(instance, PipelineConfig):
             instance.source_type = self.plugin_types.get(_join(path, "source"), "")
             instance.sink_type = self.plugin_types.get(_join(path, "sink"), "")
+            instance.dead_letter_type = self.plugin_types.get(_join(path, "dead_letter"), "")
             fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
             instance.sink_format, instance.debezium = fmt, debezium
         return _V(instance)
@@ -763,8 +764,8 @@ class _Checker:
         meta = f.metadata
         if cls is ServiceConfig and f.name == "pipelines" and isinstance(node, SequenceNode):
             self.pipeline_count = len(node.value)
-        if cls is PipelineConfig and f.name in ("source", "sink"):
-            result = self._plugin(f.name, node, path, key_line)
+        if cls is PipelineConfig and f.name in ("source", "sink", "dead_letter"):
+            result = self._plugin("source" if f.name == "source" else "sink", node, path, key_line)
         else:
             result = self._value(hint, node, path, bool(meta.get("secret")))
         if isinstance(result, _Bad):
@@ -1250,6 +1251,7 @@ class _Checker:
                             self.lines.get(key_path),
                             f"table {table!r} is not in this pipeline's source.tables",
                         )
+            self._check_transforms(base)
         listen = self.values.get("api.listen")
         token = self.values.get("api.token")
         if listen is not None and not listen.placeholder and isinstance(listen.value, str):
@@ -1291,6 +1293,40 @@ class _Checker:
                         self.lines.get(path),
                         f"item {i}: the {name} transform does not apply to the {sink_type} sink",
                     )
+
+    def _check_transforms(self, base: str) -> None:
+        """The transforms list in depth (CEL compiled and type-checked, masks, route against
+        the sink's destinations): see :func:`cdc.transforms.check`."""
+        found = self.values.get(f"{base}.transforms")
+        sink_type = self.plugin_types.get(f"{base}.sink")
+        if found is None or not found.value or sink_type is None:
+            return
+        from cdc import transforms
+
+        try:
+            sink_cls = registry.load("sink", sink_type)
+        except FatalError:
+            return
+        listed = self.values.get(f"{base}.source.tables")
+        tables = None
+        if listed is not None and not listed.placeholder and isinstance(listed.value, list):
+            tables = {table_name(t) for t in listed.value if isinstance(t, str)}
+        problems = transforms.check(
+            found.value, sink_type, sink_cls, tables=tables, lenient=found.placeholder
+        )
+        for sub, message in problems:
+            path = f"{base}.transforms{sub}"
+            self.problem(path, self._transform_line(base, sub), message)
+
+    def _transform_line(self, base: str, sub: str) -> int | None:
+        """The line of ``sub`` (``[0].filter.rules[1].when``) below a pipeline's transforms:
+        the deepest part of it whose key line was recorded."""
+        key_path = f"{base}.transforms"
+        best = self.lines.get(key_path)
+        for part in re.findall(r"\[\d+\]|\[\"[^\"]*\"\]|\.[^.\[]+", sub):
+            key_path += part if part.startswith("[") else _key_path("", part[1:])
+            best = self.lines.get(key_path, best)
+        return best
 
     def _resolve_paths(self, obj: Any, path: str) -> None:
         """Make every ``path`` setting absolute against the config file's folder (defaults

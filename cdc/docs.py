@@ -92,8 +92,8 @@ def render() -> str:
         "| `snapshot` | section | | see `pipelines[].snapshot` |",
         "| `columns` | section | | see `pipelines[].columns` |",
         "| `values` | section | | see `pipelines[].values` |",
-        "| `transforms` | list | `[]` | ordered transforms (filter, mask, route, unwrap, outbox, a plugin's name); not available yet in this build: validated by name, refused by `cdc run` |",
-        "| `dead_letter` | section | | a sink section for undeliverable events; not available yet in this build: validated, refused by `cdc run` |",
+        "| `transforms` | list | `[]` | ordered transforms applied to every event before the sink: `filter`, `mask`, `route`, `unwrap`, `outbox` or a plugin's name, each with CEL expressions compiled and type-checked by `cdc validate` (docs/transforms.md) |",
+        "| `dead_letter` | section | | a sink section (any sink type, validated like `sink`) where events that cannot be delivered for a reason of their own go, with the reason (docs/transforms.md); without it such an event stops the pipeline |",
         "",
     ]
     out += section("pipelines[].snapshot", SnapshotConfig, "snapshot.")

@@ -63,6 +63,7 @@ class Kind(StrEnum):
     BINLOG_PURGED = "binlog_purged"
     SERVER_ID_COLLISION = "server_id_collision"
     SNAPSHOT_REFUSED = "snapshot_refused"
+    TRANSFORM_FAILED = "transform_failed"
     # the sink
     SINK_UNAVAILABLE = "sink_unavailable"
     SINK_CONFIG = "sink_config"
@@ -93,7 +94,7 @@ _SERVICE_KINDS = frozenset(
     k.value
     for k in (Kind.ERROR, Kind.RETRYING, Kind.FATAL, Kind.CONFIG, Kind.INTERNAL,
               Kind.NOT_AVAILABLE_YET, Kind.LEASE_LOST, Kind.PLUGIN_MISSING, Kind.PLUGIN_IMPORT,
-              Kind.PLUGIN_INVALID)
+              Kind.PLUGIN_INVALID, Kind.TRANSFORM_FAILED)
 )
 
 
@@ -236,6 +237,26 @@ class FatalSinkError(SinkError, FatalError):
     """The sink cannot take events until a person acts (settings, auth, a refused event)."""
 
     kind = Kind.SINK_CONFIG
+
+
+class EventUndeliverable(FatalSinkError):
+    """One event cannot be delivered for a reason of its own (larger than the broker takes, a
+    receiver refusing it, a value a target refuses). A sink raises it from ``write`` having
+    accepted every event before ``event`` and none after it. With ``dead_letter`` the pipeline
+    sets ``event`` aside there and hands the sink the events after it (unless ``kept_rest``:
+    then the sink kept them, which is the only way ``flush`` may raise it); without, the pipeline
+    stops (a fatal error naming the event's id, which the message must do)."""
+
+    kind = Kind.SINK_REJECTED
+
+    def __init__(
+        self, message: str, *, event: Any, kept_rest: bool = False, **kwargs: Any
+    ) -> None:
+        super().__init__(message, **kwargs)
+        self.event = event
+        #: True when the sink kept every other event it was given (only ``event`` is out):
+        #: the pipeline then hands it nothing again (a sink that batches, raising from flush)
+        self.kept_rest = kept_rest
 
 
 class RetriableStateError(StateError, RetriableError):

@@ -45,6 +45,14 @@ class ChangeEvent:
         "key_change",
     )
 
+    #: set by transforms only (on a :class:`TransformedEvent`; these class defaults cost the
+    #: untransformed events nothing): the destination a ``route`` chose, the record that
+    #: replaces the envelope (``unwrap``, ``outbox``), the record key as bytes, extra headers
+    dest: str | None = None
+    value: Any = None
+    raw_key: bytes | None = None
+    headers: tuple[tuple[str, str], ...] | None = None
+
     def __init__(
         self,
         id: str,
@@ -98,8 +106,30 @@ class ChangeEvent:
         return f"ChangeEvent({self.id!r}, {self.op!r}, {self.schema.name!r})"
 
 
+class TransformedEvent(ChangeEvent):
+    """An event a transform changed: it may carry a destination, a record that replaces the
+    envelope, its own record key and headers (see :mod:`cdc.transforms`)."""
+
+    __slots__ = ("dest", "value", "raw_key", "headers")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.dest = None
+        self.value = None
+        self.raw_key = None
+        self.headers = None
+
+    @property
+    def key_json(self) -> bytes | None:
+        if self.raw_key is not None:
+            return self.raw_key
+        return None if self.key is None else orjson.dumps(self.key)
+
+
 def encode_event(e: ChangeEvent) -> bytes:
-    """Encode one event in the envelope's key order."""
+    """Encode one event in the envelope's key order (or the record a transform made)."""
+    if e.value is not None:
+        return orjson.dumps(e.value)
     tx = e.transaction
     doc: dict[str, Any] = {
         "id": e.id,
@@ -134,7 +164,13 @@ def _encode_run(events: Sequence[ChangeEvent]) -> list[bytes]:
     shared: tuple[Any, ...] | None = None
     middle = b""
     for e in events:
-        if e.transaction is not None or e.before is not None or e.unchanged or e.key_change is not None:
+        if (
+            e.transaction is not None
+            or e.before is not None
+            or e.unchanged
+            or e.key_change is not None
+            or e.value is not None
+        ):
             append(encode_event(e))
             continue
         env = (e.op, e.ts_ms, e.source, e.schema)

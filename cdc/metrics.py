@@ -50,6 +50,7 @@ class _StatusCollector(Collector):
         retained = GaugeMetricFamily("cdc_pg_slot_retained_wal_bytes", "WAL the pipeline's replication slot holds back", labels=["pipeline", "slot"])
         unused = GaugeMetricFamily("cdc_pg_unused_slot_retained_wal_bytes", "WAL held by cdc_* slots that no pipeline of this file uses", labels=["slot", "database"])
         sink_errors = CounterMetricFamily("cdc_sink_errors", "sink failures that made the pipeline retry", labels=["pipeline"])
+        dead = CounterMetricFamily("cdc_dead_letters", "events set aside in the dead-letter sink (since the service started)", labels=["pipeline"])
         retries = CounterMetricFamily("cdc_pipeline_retries", "times the pipeline restarted from its checkpoint after an error", labels=["pipeline"])
         snap_done = GaugeMetricFamily("cdc_snapshot_rows_done", "rows the pipeline's current (or last) snapshot has emitted, per table", labels=["pipeline", "table", "snapshot"])
         snap_total = GaugeMetricFamily("cdc_snapshot_rows_total", "rows estimated for the pipeline's current (or last) snapshot, per table", labels=["pipeline", "table", "snapshot"])
@@ -75,12 +76,13 @@ class _StatusCollector(Collector):
                     unused.add_metric([u["slot"], str(u.get("database") or "")], float(u.get("retained_wal_bytes") or 0))
             sink_errors.add_metric([s.name], float(s.sink_errors))
             retries.add_metric([s.name], float(s.retries))
+            dead.add_metric([s.name], float(s.dead_letters))
             snap = s.snapshot
             if snap:
                 for table, t in snap.get("tables", {}).items():
                     snap_done.add_metric([s.name, table, snap["id"]], float(t.get("rows_done") or 0))
                     snap_total.add_metric([s.name, table, snap["id"]], float(t.get("rows_estimated") or 0))
-        return [state, lag, ckpt_age, ckpt_pos, retained, unused, sink_errors, retries, snap_done, snap_total]
+        return [state, lag, ckpt_age, ckpt_pos, retained, unused, sink_errors, retries, dead, snap_done, snap_total]
 
 
 class Metrics:

@@ -31,10 +31,12 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
-from cdc import registry
+from cdc import registry, transforms
 from cdc.config import PipelineConfig, ServiceConfig
+from cdc.dead_letters import DeadLetters
 from cdc.errors import (
     CDCError,
+    EventUndeliverable,
     FatalError,
     FatalStateError,
     Kind,
@@ -200,6 +202,8 @@ class PipelineStatus:
         self.source_info: dict[str, Any] = {}
         self.retries = 0
         self.sink_errors = 0
+        #: events set aside in the dead-letter sink since the service started
+        self.dead_letters = 0
         #: the running (or last) snapshot's progress, from the snapshot driver
         self.snapshot: dict[str, Any] | None = None
 
@@ -228,6 +232,7 @@ class PipelineStatus:
             "events_total": self.events_total,
             "events_per_s": round(self.events_per_s, 1),
             "retries": self.retries,
+            "dead_letters": self.dead_letters,
             "last_error": self.last_error,
             "snapshot": self.snapshot,
         }
@@ -276,7 +281,7 @@ class Checkpointer:
             position = self.pending
         pipeline = self.pipeline
         pipeline._check_lease()
-        token = self.sink.flush()  # durable first
+        token = pipeline._flush(self.sink)  # durable first (and the dead letters)
         if position is not None:
             serialized = self.source.serialize_position(position)
             pipeline.store.save_checkpoint(pipeline.name, serialized, token, snapshots or ())
@@ -326,6 +331,12 @@ class Pipeline:
         self._stop_deadline: float | None = None
         self._thread: threading.Thread | None = None
         self._registry: SchemaRegistry | None = None
+        #: the pipeline's transforms (None: none; built with the registry, which knows masks)
+        self._chain: transforms.Chain | None = None
+        #: the dead-letter sink of the current run (None without ``dead_letter``)
+        self._dead: DeadLetters | None = None
+        #: events set aside by earlier runs of this process
+        self._dead_before = 0
         #: the snapshot driver of the current run (None before the first)
         self.snapshots: SnapshotDriver | None = None
         self._wake_buffer: BoundedBuffer | None = None
@@ -459,7 +470,9 @@ class Pipeline:
 
     def _run_once(self) -> str | None:
         if self._registry is None:
-            self._registry = SchemaRegistry(self.store, self.name)
+            self._chain = transforms.build(self.config.transforms, self.name)
+            masks = self._chain.masks if self._chain is not None else None
+            self._registry = SchemaRegistry(self.store, self.name, masks)
         ctx = PluginContext(
             self.config,
             self.store,
@@ -483,8 +496,6 @@ class Pipeline:
                 )
         for feature, wanted in (
             ("the sink's `format: debezium`", self.config.sink_format == "debezium"),
-            ("`transforms`", bool(self.config.transforms)),
-            ("`dead_letter`", self.config.dead_letter is not None),
         ):
             if wanted:
                 raise NotAvailableYet(
@@ -494,6 +505,7 @@ class Pipeline:
                 )
         source: Source = source_cls(source_cfg, ctx)
         sink: Sink = sink_cls(sink_cfg, ctx)
+        self._dead = self._dead_letter_sink(ctx)
         self._source = source
         self._wake_buffer = None
         driver = SnapshotDriver(
@@ -521,6 +533,8 @@ class Pipeline:
         finally:
             driver.close()
             sink.close()
+            if self._dead is not None:
+                self._dead.close()
             source.close()
 
     def _wake(self) -> None:
@@ -543,6 +557,8 @@ class Pipeline:
         tokens = [r for r in records if r.get("sink_at")]
         resume = max(tokens, key=lambda r: r["sink_at"]).get("sink") if tokens else None
         sink.open(resume)
+        if self._dead is not None:
+            self._dead.open()
         driver.ensure_initial()
         self._enter(State.RUNNING)
         delivered: set[SchemaVersion] = set()
@@ -553,7 +569,7 @@ class Pipeline:
             if events:
                 self._deliver(sink, events, delivered)
             if dirty:
-                token = sink.flush()
+                token = self._flush(sink)
                 now = time.time()
                 for r in dirty:
                     r["sink"], r["sink_at"] = token, now
@@ -604,6 +620,8 @@ class Pipeline:
         start = source.open(checkpoint.position if checkpoint else None, adopt=adopting)
         self._start = start
         sink.open(checkpoint.sink if checkpoint else None)
+        if self._dead is not None:
+            self._dead.open()
         if checkpoint is None:
             if start is None:
                 raise FatalError("the source did not report a start position", pipeline=self.name)
@@ -752,6 +770,10 @@ class Pipeline:
 
     def _deliver(self, sink: Sink, events: list[ChangeEvent], delivered: set[SchemaVersion]) -> None:
         self._check_lease()
+        if self._chain is not None:
+            events = self._transform(events)
+            if not events:
+                return
         # one C-level pass: events by (schema version, op), for new schemas and for metrics
         by_version = Counter(zip(map(_schema_of, events), map(_op_of, events), strict=True))
         new = {sv for sv, _ in by_version} - delivered
@@ -759,13 +781,112 @@ class Pipeline:
             for sv in sorted(new, key=lambda s: (s.name, s.version)):
                 sink.write_schema(sv)
             delivered |= new
-        sink.write(events)
+        if self._dead is None:
+            sink.write(events)
+        else:
+            self._write_or_set_aside(sink, events)
         self.status.events_total += len(events)
         if self._on_events is not None:
             counts: Counter[tuple[str, str]] = Counter()
             for (sv, op), n in by_version.items():
                 counts[(sv.name, op)] += n
             self._on_events(self.name, counts)
+
+    def _transform(self, events: list[ChangeEvent]) -> list[ChangeEvent]:
+        """The events through the transform chain. A transform's error on one event stops the
+        pipeline naming the event's id (never its values)."""
+        chain = self._chain
+        assert chain is not None
+        try:
+            return chain.apply(events)
+        except transforms.TransformFailed as exc:
+            if self._dead is not None:
+                return self._transform_one_by_one(chain, events)
+            raise FatalError(
+                f"transform {exc.transform} failed on event {exc.event.id} (table "
+                f"{exc.event.schema.name}): {exc.message}; set `dead_letter` to set such events "
+                "aside and go on",
+                pipeline=self.name,
+                table=exc.event.schema.name,
+                kind=Kind.TRANSFORM_FAILED,
+            ) from None
+
+    def _transform_one_by_one(
+        self, chain: transforms.Chain, events: list[ChangeEvent]
+    ) -> list[ChangeEvent]:
+        """A transform failed in this list: each event on its own, the failing ones (with every
+        mask applied) to the dead-letter sink."""
+        dead = self._dead
+        assert dead is not None
+        out: list[ChangeEvent] = []
+        for e in events:
+            try:
+                out.extend(chain.apply([e]))
+            except transforms.TransformFailed as exc:
+                dead.put(chain.masked(e), exc.message, f"transform:{exc.transform}")
+                self.status.dead_letters = self._dead_before + dead.count
+        return out
+
+    def _write_or_set_aside(self, sink: Sink, events: list[ChangeEvent]) -> None:
+        """``sink.write`` with a dead-letter sink: an event the sink cannot deliver on its own
+        account goes there, and the sink gets the events after it."""
+        dead = self._dead
+        assert dead is not None
+        rest: list[ChangeEvent] = events
+        while rest:
+            try:
+                sink.write(rest)
+                return
+            except EventUndeliverable as exc:
+                self._set_aside(exc)
+                if exc.kept_rest:
+                    return
+                at = next((i for i, e in enumerate(rest) if e is exc.event), None)
+                if at is None:
+                    raise
+                rest = rest[at + 1 :]
+
+    def _set_aside(self, exc: EventUndeliverable) -> None:
+        dead = self._dead
+        assert dead is not None
+        dead.put(exc.event, exc.message, self.config.sink_type)
+        self.status.dead_letters = self._dead_before + dead.count
+
+    def _flush(self, sink: Sink) -> str | None:
+        """``sink.flush()``, then the dead-letter sink's: both durable before a checkpoint."""
+        while True:
+            try:
+                token = sink.flush()
+                break
+            except EventUndeliverable as exc:
+                if self._dead is None or not exc.kept_rest:
+                    raise
+                self._set_aside(exc)
+        if self._dead is not None:
+            self._dead.flush()
+        return token
+
+    def _dead_letter_sink(self, ctx: PluginContext) -> DeadLetters | None:
+        if self._dead is not None:
+            self._dead_before += self._dead.count
+        if self.config.dead_letter is None:
+            return None
+        cls = registry.load("sink", self.config.dead_letter_type)
+        dead_ctx = PluginContext(
+            self.config,
+            self.store,
+            self.log.bind(dead_letter=self.config.dead_letter_type),
+            self.service.config_dir,
+            self._registry,
+            self._stop,
+            self._shared,
+        )
+        return DeadLetters(
+            cls(self.config.dead_letter, dead_ctx),
+            self.config.dead_letter_type,
+            self.name,
+            self.log,
+        )
 
     def _sink_degraded(self) -> bool:
         """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows

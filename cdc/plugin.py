@@ -204,6 +204,9 @@ class Sink(ABC):
     formats: ClassVar[tuple[str, ...]] = ("cdc", "debezium")
     #: transforms that do not apply to the sink; listing one is a validation error
     refused_transforms: ClassVar[tuple[str, ...]] = ()
+    #: True when the sink delivers each event to a named destination (topic, subject, stream,
+    #: routing key) and honours ``event.dest`` (set by the ``route`` and ``outbox`` transforms)
+    destinations: ClassVar[bool] = False
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config

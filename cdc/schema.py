@@ -7,7 +7,9 @@ points in delivery order (PostgreSQL: ``(commit_lsn, seq)``).
 
 What makes a version (the *fingerprint*): column names, order and types with modifiers, the
 key, and the pipeline's column exclusions, because all of these are applied before the
-description reaches the registry. ``nullable`` is informational and not part of it.
+description reaches the registry, and the masks of the pipeline's ``mask`` transforms (the
+definition names each masked column's mask, so changing a mask makes a new version).
+``nullable`` is informational and not part of it.
 
 Versions are kept in the state store with the point where each was first used. After a crash
 the source replays from the checkpoint and describes tables again, possibly at points *before*
@@ -68,28 +70,34 @@ class SchemaVersion:
         return f"{self.name}@{self.version}"
 
     @classmethod
-    def build(cls, schema: TableSchema, version: int) -> SchemaVersion:
+    def build(
+        cls, schema: TableSchema, version: int, masks: dict[str, str] | None = None
+    ) -> SchemaVersion:
         return cls(
             name=schema.name,
             version=version,
             columns=schema.columns,
             key=schema.key,
             ref={"name": schema.name, "version": version},
-            definition=definition_of(schema, version),
+            definition=definition_of(schema, version, masks),
         )
 
     @classmethod
     def from_definition(cls, d: dict[str, Any]) -> SchemaVersion:
-        return cls.build(schema_of_definition(d), int(d["version"]))
+        masks = {c["name"]: c["masked"] for c in d["columns"] if "masked" in c}
+        return cls.build(schema_of_definition(d), int(d["version"]), masks or None)
 
 
-def definition_of(schema: TableSchema, version: int) -> dict[str, Any]:
-    return {
-        "name": schema.name,
-        "version": version,
-        "columns": [{"name": c.name, "type": c.type, "nullable": c.nullable} for c in schema.columns],
-        "key": list(schema.key),
-    }
+def definition_of(
+    schema: TableSchema, version: int, masks: dict[str, str] | None = None
+) -> dict[str, Any]:
+    columns: list[dict[str, Any]] = []
+    for c in schema.columns:
+        col: dict[str, Any] = {"name": c.name, "type": c.type, "nullable": c.nullable}
+        if masks and c.name in masks:
+            col["masked"] = masks[c.name]
+        columns.append(col)
+    return {"name": schema.name, "version": version, "columns": columns, "key": list(schema.key)}
 
 
 def schema_of_definition(d: dict[str, Any]) -> TableSchema:
@@ -105,9 +113,16 @@ def schema_of_definition(d: dict[str, Any]) -> TableSchema:
 class SchemaRegistry:
     """Assigns and records schema versions for one pipeline. Thread-safe."""
 
-    def __init__(self, store: CheckpointStore, pipeline: str) -> None:
+    def __init__(
+        self,
+        store: CheckpointStore,
+        pipeline: str,
+        masks: dict[str, dict[str, str]] | None = None,
+    ) -> None:
         self._store = store
         self._pipeline = pipeline
+        #: per table, column -> mask (``hash``, ``redact``, ``truncate(n)``) of the transforms
+        self._masks = masks or {}
         self._lock = threading.Lock()
         # table -> list of (at, version, fingerprint, SchemaVersion) in version order
         self._history: dict[str, list[tuple[tuple[int, ...], int, str, SchemaVersion]]] = {}
@@ -124,6 +139,22 @@ class SchemaRegistry:
         """
         at_t = tuple(at)
         fp = schema.fingerprint()
+        masks = self._masks.get(schema.name)
+        if masks:
+            present = {c.name for c in schema.columns}
+            for column in masks:
+                if column not in present:
+                    from cdc.errors import FatalError, Kind
+
+                    raise FatalError(
+                        f"transforms: mask names column {column!r} of table {schema.name}, "
+                        "which the table does not have (columns: "
+                        f"{', '.join(sorted(present))}); fix the mask's columns",
+                        pipeline=self._pipeline,
+                        table=schema.name,
+                        kind=Kind.CONFIG,
+                    )
+            fp = fp[:-1] + ',"masked":' + orjson.dumps(dict(sorted(masks.items()))).decode() + "}"
         with self._lock:
             history = self._history.setdefault(schema.name, [])
             in_effect = None
@@ -138,7 +169,7 @@ class SchemaRegistry:
                 if matching:
                     return min(matching, key=lambda e: e[0])[3]
             version = (max(e[1] for e in history) + 1) if history else 1
-            sv = SchemaVersion.build(schema, version)
+            sv = SchemaVersion.build(schema, version, masks)
             self._store.add_schema_version(
                 self._pipeline,
                 StoredSchemaVersion(schema.name, version, at_t, fp, sv.definition, time.time()),

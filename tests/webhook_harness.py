@@ -8,6 +8,8 @@ verifies ``X-CDC-Signature`` when it knows the secret (a bad or missing signatur
 * ``answer_next(Answer(503), times=3)``: the next requests get these answers, in order;
 * ``mode = Answer(503)``: every request gets this answer until ``mode = None``;
 * ``max_events = N``: a batch of more than N events is answered 413;
+* ``refuse = predicate``: a batch holding an event for which ``predicate(event)`` is true is
+  answered 400 (a receiver that cannot take one payload);
 * ``Answer(200, delay_s=3)``: sleep before answering (past the sink's ``timeout_s``);
 * ``down()`` / ``up()``: close the listening socket and every open connection (connections
   are refused), then listen again on the same port;
@@ -27,7 +29,7 @@ import subprocess
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -134,6 +136,7 @@ class Receiver:
         self.requests: list[Received] = []
         self.mode: Answer | None = None
         self.max_events: int | None = None
+        self.refuse: Callable[[dict[str, Any]], bool] | None = None
         self.in_flight = 0
         self.max_in_flight = 0
         self._planned: deque[Answer] = deque()
@@ -242,6 +245,8 @@ class Receiver:
                 answer = self._planned.popleft()
             elif self.mode is not None:
                 answer = self.mode
+            elif self.refuse is not None and any(map(self.refuse, received.events)):
+                answer = Answer(400, "cannot take one of these events")
             elif self.max_events is not None and len(received.events) > self.max_events:
                 answer = Answer(413, f"at most {self.max_events} events per request")
             else:

@@ -77,6 +77,7 @@ import orjson
 
 from cdc.errors import (
     CDCError,
+    EventUndeliverable,
     FatalError,
     FatalSinkError,
     Kind,
@@ -199,6 +200,7 @@ class KafkaSink(Sink):
     """Writes events to Kafka topics (see the module doc)."""
 
     Config = KafkaConfig
+    destinations = True  # `route` / `outbox` name the topic
 
     def __init__(self, config: KafkaConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
@@ -223,6 +225,7 @@ class KafkaSink(Sink):
         self._brokers = 0
         self._topics: dict[str, _Topic] = {}
         self._routes: dict[SchemaVersion, _Route] = {}
+        self._dest_routes: dict[tuple[str, SchemaVersion], _Route] = {}
         self._schemas_sent: set[str] = set()
         # the first failed record: (error, "topic partition N", event id, too large, size)
         self._failure: tuple[Any, str, str | None, bool, int] | None = None
@@ -397,7 +400,12 @@ class KafkaSink(Sink):
         )
 
     def _too_large(
-        self, event_id: str | None, size: int, topic: str, broker: bool = False
+        self,
+        event_id: str | None,
+        size: int,
+        topic: str,
+        broker: bool = False,
+        event: ChangeEvent | None = None,
     ) -> FatalError:
         what = f"event {event_id}" if event_id else "a record"
         why = (
@@ -405,14 +413,19 @@ class KafkaSink(Sink):
             if broker
             else f"larger than the producer's message.max.bytes ({self._max_bytes})"
         )
-        return FatalSinkError(
+        message = (
             f"kafka sink: {what} is {size} bytes, {why}. It is not skipped: raise "
             "`config: {message.max.bytes: N}` in the sink section and the topic's "
             f"max.message.bytes (broker: message.max.bytes) for {topic}, and the consumers' "
-            "fetch limits, then restart",
-            pipeline=self.ctx.name,
-            position=event_id,
-            kind=Kind.EVENT_TOO_LARGE,
+            "fetch limits, then restart"
+        )
+        if event is not None:  # found before producing it: the pipeline may dead-letter it
+            return EventUndeliverable(
+                message, event=event, pipeline=self.ctx.name, position=event_id,
+                kind=Kind.EVENT_TOO_LARGE,
+            )
+        return FatalSinkError(
+            message, pipeline=self.ctx.name, position=event_id, kind=Kind.EVENT_TOO_LARGE
         )
 
     # ------------------------------------------------------------------ open / close
@@ -424,6 +437,7 @@ class KafkaSink(Sink):
         self._stop_seen = None
         self._topics.clear()
         self._routes.clear()
+        self._dest_routes.clear()
         self._schemas_sent.clear()
         self._admin = self._new_admin()
         md = self._metadata()
@@ -635,11 +649,23 @@ class KafkaSink(Sink):
             self._warned.add(what)
             self._log.warning(message, **fields)
 
-    def _route(self, sv: SchemaVersion, schema: str, table: str) -> _Route:
-        route = self._routes.get(sv)
-        if route is not None:
-            return route
-        name = render_topic(self.config.topic, pipeline=self.ctx.name, schema=schema, table=table)
+    def _dest_route(self, dest: str, sv: SchemaVersion) -> _Route:
+        """The topic a transform chose (``route``, ``outbox``) for events of ``sv``."""
+        route = self._dest_routes.get((dest, sv))
+        if route is None:
+            route = self._route(sv, "", "", name=dest)
+            self._dest_routes[(dest, sv)] = route
+        return route
+
+    def _route(self, sv: SchemaVersion, schema: str, table: str, name: str = "") -> _Route:
+        chosen = bool(name)  # a transform's destination: cached by _dest_route
+        if not chosen:
+            route = self._routes.get(sv)
+            if route is not None:
+                return route
+            name = render_topic(
+                self.config.topic, pipeline=self.ctx.name, schema=schema, table=table
+            )
         info = self._topic(name, partitions=self.config.topic_partitions)
         if not sv.key and info.compacted:
             raise FatalError(
@@ -652,7 +678,8 @@ class KafkaSink(Sink):
                 kind=Kind.CONFIG,
             )
         route = _Route(name, info.partitions, info.compacted, sv.qualified)
-        self._routes[sv] = route
+        if not chosen:
+            self._routes[sv] = route
         return route
 
     # ------------------------------------------------------------------ writing
@@ -688,11 +715,17 @@ class KafkaSink(Sink):
             if route is None:
                 src = e.source
                 route = self._route(e.schema, str(src.get("schema", "")), str(src.get("table", "")))
+            if e.dest is not None:
+                route = self._dest_route(e.dest, e.schema)
             value = e.json
             if len(value) > limit:
-                raise self._too_large(e.id, len(value), route.topic)
+                producer.poll(0)
+                self._raise_failures()  # what came before it first
+                raise self._too_large(e.id, len(value), route.topic, event=e)
             op = e.op
             headers = [("cdc-id", e.id), ("cdc-op", op), ("cdc-schema-version", route.version)]
+            if e.headers:
+                headers.extend(e.headers)
             if op == "t":
                 key = TRUNCATE_KEY if route.compacted else None
                 for partition in range(route.partitions):

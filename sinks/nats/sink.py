@@ -70,6 +70,7 @@ import orjson
 
 from cdc.errors import (
     CDCError,
+    EventUndeliverable,
     FatalError,
     FatalSinkError,
     Kind,
@@ -552,11 +553,15 @@ class NatsSink(Sink):
         limit = self._max_payload
         if 0 < self._stream_max_msg < limit:
             limit = self._stream_max_msg
-        msgs = []
+        msgs: list[_Msg] = []
         for e in events:
             data = e.json
             if len(data) + HEADER_ALLOWANCE > limit:
-                raise self._too_large(e.id, len(data))
+                if msgs:  # what came before it goes first: the pipeline may go on after it
+                    if len(self._inflight) + len(msgs) > MAX_IN_FLIGHT:
+                        self._wait_acked(max(0, MAX_IN_FLIGHT - len(msgs)))
+                    self._publish(msgs)
+                raise self._too_large(e.id, len(data), event=e)
             key = e.key_json
             msgs.append(
                 _Msg(
@@ -576,7 +581,9 @@ class NatsSink(Sink):
             self._wait_acked(max(0, MAX_IN_FLIGHT - len(msgs)))
         self._publish(msgs)
 
-    def _too_large(self, event_id: str | None, size: int) -> FatalError:
+    def _too_large(
+        self, event_id: str | None, size: int, event: ChangeEvent | None = None
+    ) -> FatalError:
         stream_max = self._stream_max_msg
         if 0 < stream_max < self._max_payload:
             why = (
@@ -590,11 +597,14 @@ class NatsSink(Sink):
                 "included). It is not skipped: raise max_payload in the nats-server "
                 "configuration (up to 64 MB), then restart"
             )
+        message = f"nats sink: event {event_id} is {size} bytes, {why}"
+        if event is not None:  # found before publishing it: the pipeline may dead-letter it
+            return EventUndeliverable(
+                message, event=event, pipeline=self.ctx.name, position=event_id,
+                kind=Kind.EVENT_TOO_LARGE,
+            )
         return FatalSinkError(
-            f"nats sink: event {event_id} is {size} bytes, {why}",
-            pipeline=self.ctx.name,
-            position=event_id,
-            kind=Kind.EVENT_TOO_LARGE,
+            message, pipeline=self.ctx.name, position=event_id, kind=Kind.EVENT_TOO_LARGE
         )
 
     def _publish(self, msgs: list[_Msg]) -> None:

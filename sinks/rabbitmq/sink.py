@@ -220,6 +220,7 @@ class RabbitMQSink(Sink):
     """Publishes events to a RabbitMQ topic exchange (see the module doc)."""
 
     Config = RabbitMQConfig
+    destinations = True  # `route` / `outbox` name the routing key
 
     def __init__(self, config: RabbitMQConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
@@ -491,6 +492,18 @@ class RabbitMQSink(Sink):
         self._routes[sv] = key
         return key
 
+    def _dest_key(self, e: ChangeEvent) -> str:
+        """The routing key a transform chose (``route``, ``outbox``)."""
+        key = str(e.dest)
+        if len(key.encode()) > MAX_SHORTSTR:
+            raise FatalSinkError(
+                f"rabbitmq sink: the routing key a transform chose for event {e.id} is longer "
+                f"than AMQP's {MAX_SHORTSTR} bytes ({key[:60]}...)",
+                pipeline=self.ctx.name,
+                table=e.schema.name,
+            )
+        return key
+
     def write_schema(self, schema: SchemaVersion) -> None:
         """Publish the definition (``message_id`` ``name@version``) and wait until the broker
         confirmed it, so it precedes the first event that uses it."""
@@ -572,21 +585,24 @@ class RabbitMQSink(Sink):
         routes = self._routes
         entries = []
         for e in events:
-            key = routes.get(e.schema)
+            key = routes.get(e.schema) if e.dest is None else self._dest_key(e)
             if key is None:
                 src = e.source
                 key = self._route(e.schema, str(src.get("schema", "")), str(src.get("table", "")))
             k = e.key_json
+            headers = {
+                "cdc-op": e.op,
+                "cdc-schema-version": e.schema.qualified,
+                "cdc-key": "null" if k is None or e.op == "t" else k.decode(),
+            }
+            if e.headers:
+                headers.update(e.headers)
             props = props_cls(
                 content_type="application/json",
                 delivery_mode=2,
                 message_id=e.id,
                 app_id="cdc",
-                headers={
-                    "cdc-op": e.op,
-                    "cdc-schema-version": e.schema.qualified,
-                    "cdc-key": "null" if k is None or e.op == "t" else k.decode(),
-                },
+                headers=headers,
             )
             entries.append(_Entry(exchange, e.json, key, props, mandatory, e.id))
         self._publish(entries)

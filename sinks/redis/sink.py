@@ -197,6 +197,7 @@ class RedisSink(Sink):
     """Writes events to Redis streams (see the module doc)."""
 
     Config = RedisConfig
+    destinations = True  # `route` / `outbox` name the stream
 
     def __init__(self, config: RedisConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
@@ -214,7 +215,8 @@ class RedisSink(Sink):
         self.schemas_key = f"cdc:{name}:schemas"
         self.since_flush_key = f"cdc:{name}:since_flush"
         self._client: Any = None
-        self._streams: dict[SchemaVersion, tuple[str, bytes]] = {}
+        #: by schema version, or by a destination a transform chose
+        self._streams: dict[SchemaVersion | str, tuple[str, bytes]] = {}
         self._checked: set[str] = set()  # stream keys known to be streams (or absent)
         self._schemas_sent: set[str] = set()
         self._count = 0  # events written for this pipeline, ever (field `count`)
@@ -489,12 +491,13 @@ class RedisSink(Sink):
     # ------------------------------------------------------------------ writing
 
     def _stream(self, e: ChangeEvent) -> tuple[str, bytes]:
-        """The stream key of the event's table, and the RESP of ``XADD key [MAXLEN ~ N] *
-        id`` (the start of each of its XADDs)."""
-        cached = self._streams.get(e.schema)
+        """The stream key of the event's table (or the destination a transform chose), and
+        the RESP of ``XADD key [MAXLEN ~ N] * id`` (the start of each of its XADDs)."""
+        dest = e.dest
+        cached = self._streams.get(e.schema if dest is None else dest)
         if cached is None:
             src = e.source
-            key = render_key(
+            key = dest if dest is not None else render_key(
                 self.config.stream,
                 pipeline=self.ctx.name,
                 schema=src.get("schema", ""),
@@ -507,7 +510,7 @@ class RedisSink(Sink):
             # 7 more arguments follow: the id's value, then the op, key and value fields
             head = b"*%d\r\n" % (len(args) + 7) + b"".join(map(_bulk, args))
             cached = (key, head)
-            self._streams[e.schema] = cached
+            self._streams[e.schema if dest is None else dest] = cached
         return cached
 
     def write_schema(self, schema: SchemaVersion) -> None:
@@ -533,7 +536,7 @@ class RedisSink(Sink):
             value = e.json
             if len(value) > max_bulk:
                 raise self._too_large(e, len(value))
-            stream = streams.get(e.schema)
+            stream = streams.get(e.schema) if e.dest is None else None
             if stream is None:
                 stream = self._stream(e)
             used.add(stream[0])

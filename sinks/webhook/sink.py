@@ -61,7 +61,13 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from cdc.errors import FatalError, FatalSinkError, Kind, RetriableSinkError
+from cdc.errors import (
+    EventUndeliverable,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableSinkError,
+)
 from cdc.events import encode_lines
 from cdc.plugin import PluginContext, Sink, setting
 
@@ -242,6 +248,15 @@ class _TooLarge(Exception):
         self.status_line = status_line
 
 
+class _Refused(Exception):
+    """The receiver refused a batch (a 4xx other than 408/413/429, or a redirect)."""
+
+    def __init__(self, error: FatalError, status: int) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.status = status
+
+
 class WebhookSink(Sink):
     """POSTs batches of events to ``url``; see the module docstring."""
 
@@ -335,14 +350,32 @@ class WebhookSink(Sink):
         flush. Batches are cut the same way either way: from the oldest pending event."""
         pending = self._pending
         done = 0
+        probe = self._limit  # smaller while finding the one event a receiver refuses
         try:
             while done < len(pending):
-                size = min(self._limit, len(pending) - done)
-                if size < self._limit and not final:
+                available = len(pending) - done
+                if available < self._limit and not final and probe >= self._limit:
                     break
+                size = min(self._limit, probe, available)
                 batch = pending[done : done + size]
                 try:
                     self._deliver(batch)
+                except _Refused as refused:
+                    if self.ctx.pipeline.dead_letter is None or not 400 <= refused.status < 500:
+                        raise refused.error from None
+                    if size > 1:  # halve until the refused event is alone
+                        probe = max(1, size // 2)
+                        continue
+                    del pending[done]  # the rest stays pending: the pipeline flushes again
+                    raise EventUndeliverable(
+                        f"webhook {self._where} refused event {batch[0].id} with "
+                        f"{refused.status}",
+                        event=batch[0],
+                        kept_rest=True,
+                        pipeline=self.ctx.name,
+                        table=batch[0].table,
+                        kind=Kind.SINK_REJECTED,
+                    ) from None
                 except _TooLarge as too_large:
                     if size == 1:
                         raise self._event_too_large(batch[0], too_large.status_line) from None
@@ -354,6 +387,7 @@ class WebhookSink(Sink):
                     )
                     continue
                 done += size
+                probe = self._limit
         finally:
             if done:
                 self._pending = pending[done:]
@@ -425,7 +459,9 @@ class WebhookSink(Sink):
                         failure += f": {excerpt}"
                     retry_after = parse_retry_after(retry_after_header)
                 else:
-                    raise self._rejected(batch, bid, status, reason, excerpt, location)
+                    raise _Refused(
+                        self._rejected(batch, bid, status, reason, excerpt, location), status
+                    )
             attempt += 1
             cap = float(self.config.max_backoff_s)
             if retry_after is not None:

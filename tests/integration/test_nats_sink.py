@@ -14,7 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
-from cdc.errors import FatalError
+from cdc.errors import EventUndeliverable, FatalError
 from cdc_local.postgres import free_port
 from sinks.nats import NatsConfig, NatsSink
 from tests.faults._support import (
@@ -198,8 +198,11 @@ def test_an_event_larger_than_the_limit_is_fatal_naming_id_size_and_setting(
         sink.write_schema(ORDERS)
         sink.write([event(1)])
         too_big = large(2, 9000)
-        with pytest.raises(FatalError) as info:
-            sink.write([too_big])
+        with pytest.raises(EventUndeliverable) as refused:  # a FatalError the pipeline may
+            sink.write([event(4), too_big])  # dead-letter: what came before it is published
+        assert refused.value.event is too_big
+        sink.flush()
+        info = refused
         sink.close()
         assert info.value.kind == "event_too_large"
         text = str(info.value)
@@ -224,7 +227,7 @@ def test_an_event_larger_than_the_limit_is_fatal_naming_id_size_and_setting(
         assert "stream SMALL's max_msg_size (2048 bytes" in str(info.value)
         # nothing of the refused events reached a stream
         ids = [m.headers.get("Nats-Msg-Id") for m in read_messages(server)]
-        assert ids == ["schema:shop:public.orders@1", event(1).id]
+        assert ids == ["schema:shop:public.orders@1", event(1).id, event(4).id]
         assert all("cdc-op" not in m.headers for m in read_messages(server, "SMALL"))
     finally:
         server.stop()

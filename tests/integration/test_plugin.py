@@ -123,3 +123,37 @@ def test_run_streams_through_the_plugin(plugin_env: dict[str, str], pgdb: str, t
     # the state knows the plugin's pipeline like any other
     proc = run_cli("status", str(cfg), "--json", env=plugin_env)
     assert proc.returncode == 0 and orjson.loads(proc.stdout)["pipelines"][0]["checkpoint"]["position"]
+
+
+def test_a_transform_plugin_is_validated_and_applied(
+    plugin_env: dict[str, str], pgdb: str, tmp_path: Path, free_port: int
+) -> None:
+    """A transform registered under `cdc.transforms` (the same tiny package): its own check runs
+    at validation, and events through it get stable `<id>#<n>` ids when one becomes two."""
+    from tests.helpers import read_events
+
+    out = tmp_path / "out"
+
+    def config(tag: dict) -> Path:
+        p = pg_pipeline("p", pgdb, ["public.t"], out)
+        p["transforms"] = [{"tag": tag}]
+        return write_config(tmp_path, [p], api_port=free_port)
+
+    bad = config({"value": "x"})
+    proc = run_cli("validate", str(bad), env=plugin_env)
+    assert proc.returncode == 2
+    assert "pipelines[0].transforms[0].tag: tag needs 'field'" in proc.stderr
+    proc = run_cli("validate", str(bad))  # without the plugin: an unknown transform
+    assert proc.returncode == 2 and "unknown transform 'tag'" in proc.stderr
+
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, name text)")
+    cfg = config({"field": "team", "value": "blue", "copies": 2})
+    assert run_cli("validate", str(cfg), env=plugin_env).returncode == 0
+    with CdcService(cfg, env=plugin_env) as svc:
+        svc.wait_state("p", "running")
+        execute(pgdb, "INSERT INTO t VALUES (1, 'one')")
+        wait_for(lambda: len(read_events(out)) == 2, what="2 events")
+        assert svc.stop() == 0
+    a, b = read_events(out)
+    assert a["after"] == b["after"] == {"id": 1, "name": "one", "team": "blue"}
+    assert a["id"].endswith("#1") and b["id"] == a["id"][:-1] + "2"

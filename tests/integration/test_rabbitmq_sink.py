@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+import yaml
 
 from cdc.errors import FatalError, RetriableError
 from cdc_local.postgres import LocalPostgres
@@ -508,3 +509,42 @@ def test_an_unreachable_broker_at_start_is_retriable_with_a_clear_message() -> N
     text = str(info.value)
     assert f"cannot connect to amqp://cdc@127.0.0.1:{port}/" in text
     assert "s3cret-pw" not in text
+
+
+def test_route_and_outbox_choose_the_routing_key(
+    tmp_path: Path, db: str, free_port: int, node: RabbitNode
+) -> None:
+    """`route` sets an event's routing key; `outbox` sets it from the row and adds the headers
+    `id` and `type` (contract section 10)."""
+    exchange = f"route-{uuid.uuid4().hex[:8]}"
+    queue = f"q-{uuid.uuid4().hex[:8]}"
+    declare_queue(node.url(), exchange, queue, "#")
+    sink = {"type": "rabbitmq", "url": node.url(), "exchange": exchange}
+    cfg = _config(tmp_path, db, free_port, sink)
+    _execute(db, "CREATE TABLE outbox (id text PRIMARY KEY, aggregatetype text, "
+             "aggregateid text, type text, payload jsonb)")
+    doc = yaml.safe_load(cfg.read_text())
+    doc["pipelines"][0]["source"]["tables"].append("public.outbox")
+    doc["pipelines"][0]["transforms"] = [
+        {"outbox": {"table": "public.outbox", "to": "outbox.{aggregatetype}"}},
+        {"route": {"tables": ["public.items"],
+                   "rules": [{"when": 'after.name == "eu"', "to": "items.eu"}]}},
+    ]
+    cfg.write_text(yaml.safe_dump(doc))
+    with CdcService(cfg) as svc:
+        svc.wait_state(NAME, "running")
+        _execute(
+            db,
+            "INSERT INTO items VALUES (1, 'eu'), (2, 'us')",
+            "INSERT INTO outbox VALUES ('e1', 'order', '42', 'Paid', '{\"n\": 1}')",
+        )
+        got: list[Any] = []
+        wait_for(lambda: got.extend(take(node.url(), queue)) or len(
+            [m for m in got if m.type != "schema"]) >= 3, 30, what="3 messages")
+        assert svc.stop() == 0
+    data = {m.routing_key: m for m in got if m.type != "schema"}
+    assert set(data) == {"items.eu", f"{NAME}.public.items", "outbox.order"}
+    assert orjson.loads(data["items.eu"].body)["after"]["id"] == 1
+    outbox = data["outbox.order"]
+    assert orjson.loads(outbox.body) == {"n": 1}
+    assert outbox.headers["id"] in ("e1", b"e1") and outbox.headers["type"] in ("Paid", b"Paid")

@@ -310,3 +310,18 @@ def test_tls_with_the_right_ca_works_and_without_it_is_fatal(tmp_path: Path) -> 
         server.stop()
     assert info.value.kind == "sink_tls"
     assert "does not verify" in str(info.value) and "tls_ca_file" in str(info.value)
+
+
+def test_a_destination_a_transform_chose_is_the_stream(redis_server: LocalRedis) -> None:
+    """`route` / `outbox` (contract section 10) set an event's destination: the stream key."""
+    from cdc.transforms import derive
+
+    sink = _sink(redis_server)
+    sink.open(None)
+    sink.write_schema(ORDERS)
+    routed = derive(event(2), dest="cdc:shop:orders.eu")
+    sink.write([event(1), routed, event(3)])
+    sink.flush()
+    sink.close()
+    assert _ids(redis_server) == [event(1).id, event(3).id]
+    assert _ids(redis_server, "cdc:shop:orders.eu") == [routed.id]

@@ -74,7 +74,8 @@ def test_a_file_using_later_features_is_valid(tmp_path: Path) -> None:
     shop, model = cfg.pipelines
     assert shop.sink_format == "debezium" and shop.debezium["topic.prefix"] == "shop"
     assert [next(iter(t)) for t in shop.transforms] == ["filter", "mask", "unwrap"]
-    assert shop.dead_letter == {"type": "file", "path": "./dead"}
+    assert shop.dead_letter_type == "file"
+    assert shop.dead_letter.path == str(tmp_path / "dead")  # a sink section like `sink:`
     assert model.sink_type == "postgres" and model.sink_format == "cdc"
 
 

@@ -71,3 +71,27 @@ class TinySink(Sink):
 
     def holds_events(self) -> bool:
         return os.path.exists(self.events_path) and os.path.getsize(self.events_path) > 0
+
+
+class TagTransform:
+    """A tiny transform plugin (entry point group ``cdc.transforms``): sets ``after[field]``
+    to ``value`` on every event it sees, and with ``copies: 2`` turns each event into two."""
+
+    @classmethod
+    def check(cls, settings: dict[str, Any]) -> str | None:
+        if not isinstance(settings.get("field"), str):
+            return "tag needs 'field' (a column name)"
+        return None
+
+    def __init__(self, settings: dict[str, Any], pipeline: str) -> None:
+        self.field = settings["field"]
+        self.value = settings.get("value", pipeline)
+        self.copies = int(settings.get("copies", 1))
+
+    def apply(self, event: Any) -> Any:
+        from cdc.transforms import derive
+
+        if event.after is None:
+            return event
+        tagged = derive(event, after={**event.after, self.field: self.value})
+        return [tagged] * self.copies if self.copies > 1 else tagged
