@@ -63,6 +63,7 @@ import orjson
 from cdc import names
 from cdc.errors import (
     CDCError,
+    EventUndeliverable,
     FatalSinkError,
     Kind,
     RetriableSinkError,
@@ -137,8 +138,8 @@ def classify(
         return FatalSinkError(
             f"postgres sink: the target refused event {event}"
             + (f" of {table}" if table else "")
-            + f": {message} (SQLSTATE {state}). It is not skipped (dead letters are not "
-            "available for this sink yet); fix the target table or the value, then restart",
+            + f": {message} (SQLSTATE {state}). Without `dead_letter` it is not skipped: fix "
+            "the target table or the value, then restart",
             pipeline=pipeline,
             table=table,
             position=event,
@@ -531,6 +532,11 @@ class PostgresSink(Sink):
             if not _is_data_error(exc) or conn.closed or conn.broken:
                 raise classify(exc, f"applying {len(events)} events", self.ctx.name) from exc
             self._diagnose(events, exc)
+        self._accepted(events)
+
+    def _accepted(self, events: Sequence[ChangeEvent]) -> None:
+        """These events are in the open target transaction (or, the last of them, refused and
+        handed to the dead letters): counted for the position row."""
         if self._first_id is None:
             self._first_id = events[0].id
         self._applied += len(events)
@@ -540,23 +546,32 @@ class PostgresSink(Sink):
 
     def _diagnose(self, events: Sequence[ChangeEvent], error: Exception) -> None:
         """A statement of the batch was refused: apply the events one at a time (each under a
-        savepoint) to name the one the target refuses, then stop."""
+        savepoint) to find the one the target refuses. The events before it stay applied and it
+        is raised as :class:`EventUndeliverable` (with ``dead_letter`` the pipeline sets it
+        aside and hands over the rest; without, it stops naming the event)."""
         pg = _psycopg()
         conn = self.conn
         self._targets.clear()  # the rollback undid any DDL of the batch
         try:
             conn.execute("ROLLBACK TO SAVEPOINT cdc_write")
-            for e in events:
+            for i, e in enumerate(events):
                 conn.execute("SAVEPOINT cdc_one")
                 try:
                     self._apply([e])
                 except pg.Error as exc:
                     if not _is_data_error(exc):
                         raise
-                    raise classify(
-                        exc, "applying an event", self.ctx.name, event=e.id, table=e.table
+                    conn.execute("ROLLBACK TO SAVEPOINT cdc_one")
+                    self._targets.clear()
+                    # the refused event counts as handled: a re-delivery after a crash skips it
+                    self._accepted(events[: i + 1])
+                    refused = classify(exc, "applying an event", self.ctx.name, event=e.id, table=e.table)
+                    raise EventUndeliverable(
+                        str(refused), event=e, pipeline=self.ctx.name, table=e.table, position=e.id
                     ) from exc
                 conn.execute("RELEASE SAVEPOINT cdc_one")
+        except EventUndeliverable:
+            raise
         except CDCError:
             self.close()
             raise

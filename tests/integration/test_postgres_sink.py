@@ -569,3 +569,31 @@ def test_snapshots_fill_the_tables_and_a_keyless_snapshot_replaces_its_rows(
         _wait_same(svc, src, pgdb, "public.logs", "to_jsonb(t)::text")
         assert svc.stop() == 0
     assert _one(pgdb, "SELECT count(*) FROM logs") == 302
+
+
+def test_a_value_the_target_refuses_is_dead_lettered_and_the_rest_applied(
+    tmp_path: Path, src: str, pgdb: str, free_port: int
+) -> None:
+    """With `dead_letter`, the one event the target refuses goes there (with the reason) and
+    the events before and after it in the same batch are applied; the pipeline goes on."""
+    from tests.integration.test_dead_letters import _letters
+
+    _run(src, "CREATE TABLE public.items (id int PRIMARY KEY, name text, qty int)")
+    _run(pgdb, "CREATE TABLE public.items (id int PRIMARY KEY, name text, qty int CHECK (qty >= 0))")
+    dead = tmp_path / "dead"
+    pipeline = _pipeline(_pg_source(src, ["public.items"]), pgdb, adopt_tables=True)
+    pipeline["dead_letter"] = {"type": "file", "path": str(dead)}
+    with _service(tmp_path, free_port, pipeline) as svc:
+        svc.wait_state("model", "running")
+        # one transaction: the refused row sits between two good ones
+        _run(src, "BEGIN; INSERT INTO items VALUES (1, 'a', 1), (2, 'b', -2), (3, 'c', 3); COMMIT")
+        _run(src, "INSERT INTO items VALUES (4, 'd', 4)")
+        wait_for(lambda: _one(pgdb, "SELECT count(*) FROM items") == 3 and len(_letters(dead)) == 1,
+                 30, what="3 rows applied and 1 dead letter")
+        assert svc.pipeline("model")["state"] == "running"
+        assert svc.pipeline("model")["dead_letters"] == 1
+        assert svc.stop() == 0
+    assert [r["id"] for r in _rows(pgdb, "public.items")] == [1, 3, 4]
+    (letter,) = _letters(dead)
+    assert letter["sink"] == "postgres" and letter["event"]["after"]["id"] == 2
+    assert "23514" in letter["error"] and letter["event"]["id"] in letter["error"]
