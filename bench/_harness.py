@@ -454,26 +454,36 @@ def count_events(folder: Path) -> tuple[int, Counter[str]]:
 
 
 def run_file_service(
-    work: Path, dsn: str, expected: int, timeout: float, profile_path: Path | None
+    work: Path,
+    dsn: str,
+    expected: int,
+    timeout: float,
+    profile_path: Path | None,
+    *,
+    slot: str = CDC_SLOT,
+    transforms: list[dict[str, Any]] | None = None,
 ) -> tuple[float, float, float, float, int, Counter[str]]:
     """cdc with the file sink on the workload's pre-created slot (``snapshot.mode: never``)
     until its checkpoint covers the last event: (seconds from launch, seconds from `running`,
-    peak RSS MB, CPU seconds, events in the files, ops)."""
+    peak RSS MB, CPU seconds, events in the files, ops). ``transforms``: the pipeline's list
+    (they must keep every event)."""
     port = free_port()
     out = work / "out"
-    pipeline = {
+    pipeline: dict[str, Any] = {
         "name": PIPELINE,
         "source": {
             "type": "postgres",
             "dsn": dsn,
             "tables": [TABLE],
-            "slot": CDC_SLOT,
+            "slot": slot,
             "publication": PUBLICATION,
             "heartbeat_s": 1,
         },
         "snapshot": {"mode": "never"},
         "sink": {"type": "file", "path": str(out)},
     }
+    if transforms:
+        pipeline["transforms"] = transforms
     config = service_config(work, port, [pipeline])
     with Service(config, work / "cdc.log", port, PIPELINE) as svc, profile(svc.pid, profile_path):
         t_running = svc.wait_running()

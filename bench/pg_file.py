@@ -31,6 +31,8 @@ import tempfile
 from pathlib import Path
 
 from _harness import (
+    CDC_SLOT,
+    RECV_SLOT,
     prepare,
     retained_mb,
     run_file_service,
@@ -43,6 +45,13 @@ from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_
 
 TARGET_RATIO = 0.5
 TARGET_RSS_MB = 200
+#: issue 16: one filter plus one mask cost at most this share of the throughput
+TARGET_TRANSFORM_COST = 0.20
+TX_SLOT = "cdc_bench_tx"
+TRANSFORMS = [
+    {"filter": {"when": 'op != "d" && after.b >= 0'}},
+    {"mask": {"key": "bench-secret", "columns": {"public.bench": {"a": "hash"}}}},
+]
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -58,6 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (events, logs)")
     ap.add_argument("--profile", metavar="FILE", help="record the service with py-spy (speedscope JSON)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
+    ap.add_argument(
+        "--transforms",
+        action="store_true",
+        help="also run cdc with one filter and one mask on the same WAL (issue 16's measure)",
+    )
     args = ap.parse_args(argv)
 
     bindir = find_debian_bindir(15) if args.pg == 15 else find_embedded_bindir()
@@ -67,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
     pg = LocalPostgres(bindir, settings=settings)
     try:
         pg.start()
-        dsn = prepare(pg)
+        dsn = prepare(pg, (RECV_SLOT, CDC_SLOT, TX_SLOT) if args.transforms else (RECV_SLOT, CDC_SLOT))
         endpos, gen_s = workload(dsn, args.inserts, args.updates, args.rows_per_tx)
         print(
             f"PostgreSQL {pg.version} ({bindir}); workload: {args.inserts:,} inserts then "
@@ -78,6 +92,12 @@ def main(argv: list[str] | None = None) -> int:
         recv_s = run_recvlogical(pg, dsn, endpos, args.timeout)
         profile = Path(args.profile).resolve() if args.profile else None
         svc_s, svc_running_s, rss_mb, cpu_s, total, ops = run_file_service(work, dsn, expected, args.timeout, profile)
+        if args.transforms:
+            tx_work = work / "transforms"
+            tx_work.mkdir()
+            tx = run_file_service(
+                tx_work, dsn, expected, args.timeout, None, slot=TX_SLOT, transforms=TRANSFORMS
+            )
     finally:
         pg.cleanup()
         if args.keep:
@@ -107,6 +127,23 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"cdc CPU time:               {cpu_s:.2f}s user+sys ({100 * cpu_s / svc_s:.0f}% of one core)")
     print(f"cdc peak RSS (VmHWM):       {rss_mb:.1f} MB  (target < {TARGET_RSS_MB} MB)")
+    if args.transforms:
+        tx_s, tx_running_s, tx_rss, tx_cpu, tx_total, _ = tx
+        if tx_total != expected:
+            print(f"ERROR: with transforms the file sink holds {tx_total} events, expected {expected}")
+            return 1
+        print()
+        print("with one filter (keeps every event) and one mask (hash of column a), same WAL:")
+        print(
+            f"cdc + transforms from `running`: {tx_running_s:.2f}s, {expected / tx_running_s:,.0f} "
+            f"events/s; CPU {tx_cpu:.2f}s; peak RSS {tx_rss:.1f} MB"
+        )
+        cost = 1 - svc_running_s / tx_running_s
+        cpu_cost = tx_cpu / cpu_s - 1
+        print(
+            f"throughput cost of the transforms: {100 * cost:.0f}% (CPU time +{100 * cpu_cost:.0f}%; "
+            f"target <= {100 * TARGET_TRANSFORM_COST:.0f}%)"
+        )
     met = ratio >= TARGET_RATIO and rss_mb < TARGET_RSS_MB
     print(f"target met: {'yes' if met else 'no'}")
     if profile is not None:
