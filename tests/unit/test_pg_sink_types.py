@@ -91,4 +91,4 @@ def test_errors_are_classified_by_sqlstate(
     err = classify(exc, "applying", "shop", event="pg:0/1:0", table="public.t")
     assert err.retriable is retriable and err.kind == kind
     if sqlstate in ("23514", "22007"):
-        assert "pg:0/1:0" in err.message and "dead letters" in err.message
+        assert "pg:0/1:0" in err.message and "dead_letter" in err.message
