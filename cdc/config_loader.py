@@ -870,13 +870,14 @@ class _Checker:
         skip = frozenset({"type"})
         if kind == "sink":  # keys every sink takes (`format`, `debezium`), not the plugin's own
             skip = frozenset({"type", "format", "debezium"})
-            if not self._sink_format(node, path):
+            if not self._sink_format(node, path, plugin, name):
                 self._section(config_cls, node, path, key_line, skip=skip)
                 return _BAD
         return self._section(config_cls, node, path, key_line, skip=skip)
 
-    def _sink_format(self, node: MappingNode, path: str) -> bool:
-        """Validate a sink's ``format`` and ``debezium`` keys into ``self.sink_formats``."""
+    def _sink_format(self, node: MappingNode, path: str, plugin: Any = None, name: str = "") -> bool:
+        """Validate a sink's ``format`` and ``debezium`` keys into ``self.sink_formats``; a
+        sink class whose ``formats`` lacks the chosen one refuses it here."""
         ok = True
         fmt: Any = "cdc"
         debezium: dict[str, Any] = {}
@@ -905,6 +906,12 @@ class _Checker:
         if debezium and fmt != "debezium":
             self.problem(_join(path, "debezium"), self.lines.get(_join(path, "debezium")),
                          "the debezium block applies with `format: debezium` only")
+            ok = False
+        formats = getattr(plugin, "formats", ("cdc", "debezium"))
+        if ok and fmt not in formats:
+            self.problem(_join(path, "format"), self.lines.get(_join(path, "format")),
+                         f"the {name} sink does not take `format: {fmt}` (it takes "
+                         f"{', '.join(formats)})")
             ok = False
         self.sink_formats[path] = (str(fmt), debezium)
         return ok

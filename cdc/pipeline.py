@@ -479,7 +479,6 @@ class Pipeline:
                     pipeline=self.name,
                 )
         for feature, wanted in (
-            ("the sink's `format: debezium`", self.config.sink_format == "debezium"),
             ("`transforms`", bool(self.config.transforms)),
             ("`dead_letter`", self.config.dead_letter is not None),
         ):

@@ -181,6 +181,8 @@ class NatsSink(Sink):
     def __init__(self, config: NatsConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
         self.config: NatsConfig = config
+        #: ``format: debezium``: messages carry Debezium record values (section 9)
+        self._debezium = self.debezium_encoder()
         self._where = display_url(config.url)
         self._log = ctx.log.bind(sink="nats", url=self._where)
         secrets = [s for s in (config.password, config.token) if s]
@@ -555,11 +557,17 @@ class NatsSink(Sink):
         if 0 < self._stream_max_msg < limit:
             limit = self._stream_max_msg
         msgs = []
+        debezium = self._debezium
         for e in events:
-            data = e.json
+            if debezium is not None:  # format: debezium: the record's value and key
+                m = debezium.message(e)
+                if m is None:
+                    continue  # an operation Debezium skips (skipped.operations)
+                data, key = m
+            else:
+                data, key = e.json, e.key_json
             if len(data) + HEADER_ALLOWANCE > limit:
                 raise self._too_large(e.id, len(data))
-            key = e.key_json
             msgs.append(
                 _Msg(
                     self._subject(e),

@@ -35,6 +35,8 @@ class PostgresSink(Sink):
 
     Config = PostgresSinkConfig
     available: ClassVar[bool] = False
+    #: a read model takes rows, not records: `format` does not apply (section 11)
+    formats: ClassVar[tuple[str, ...]] = ("cdc",)
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:  # pragma: no cover - refused first
         super().__init__(config, ctx)

@@ -155,6 +155,7 @@ class PgDecoder:
         self._tx_seq = 0
         self._tx_sources: dict[int, dict[str, Any]] = {}
         self._emit_ms = 0
+        self._msg_lsn: int | None = None
         #: events gathered and not handed over yet
         self.out: list[ChangeEvent] = []
         #: events in out up to the last Commit (0: no Commit since the last hand-over)
@@ -168,10 +169,12 @@ class PgDecoder:
         """The commit LSN of the transaction being decoded (0 before the first)."""
         return self._tx_lsn
 
-    def feed(self, msg: Any, nbytes: int = 0) -> Batch | None:
+    def feed(self, msg: Any, nbytes: int = 0, lsn: int | None = None) -> Batch | None:
         """Take one message (``nbytes``: its frame's size, for the batch's memory estimate);
         return a batch when one is due. Raises :class:`FatalError` (``protocol``) for a change
-        of a relation never described, and whatever ``facts`` and ``resolve`` raise."""
+        of a relation never described, and whatever ``facts`` and ``resolve`` raise.
+        ``lsn``: the message's own WAL position (the XLogData start), kept on its event."""
+        self._msg_lsn = lsn
         cls = msg.__class__
         if cls is Insert or cls is Update or cls is Delete:
             rel = self.relations.get(msg.relid)
@@ -201,6 +204,9 @@ class PgDecoder:
                         rel.key(after),
                         None,
                         after,
+                        None,
+                        None,
+                        lsn,
                     )
                 )
             elif cls is Update:
@@ -308,6 +314,7 @@ class PgDecoder:
                 after,
                 unchanged,
                 key_change,
+                self._msg_lsn,
             )
         )
 
