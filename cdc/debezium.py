@@ -116,8 +116,15 @@ def _b64(data: bytes) -> str:
 
 
 def _unscaled(d: Decimal, scale: int) -> bytes:
-    n = int(d.scaleb(scale).to_integral_value())
-    return n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
+    """Big-endian two's complement of ``d * 10**scale`` (exact: no decimal context)."""
+    sign, digits, exp = d.as_tuple()
+    n = int("".join(map(str, digits)) or "0")
+    shift = scale + int(exp)
+    n = n * 10**shift if shift >= 0 else n // 10**-shift
+    if sign:
+        n = -n
+    out: bytes = n.to_bytes(max(1, (n.bit_length() + 8) // 8), "big", signed=True)
+    return out
 
 
 def _decimal_precise(scale: int) -> Converter:
@@ -773,7 +780,7 @@ class DebeziumEncoder:
         ts_ms = int(src.get("ts_ms") or 0)
         snap = "true" if src.get("snapshot") else "false"
         if self.connector == "postgres":
-            lsn = e.pos if isinstance(e.pos, int) else _lsn_int(src.get("lsn"))
+            lsn = _change_lsn(e)
             tx = src.get("tx")
             return {
                 "version": VERSION,
@@ -817,10 +824,15 @@ class DebeziumEncoder:
     def _tx_id(self, e: ChangeEvent) -> str:
         src = e.source
         if self.connector == "postgres":
-            lsn = e.pos if isinstance(e.pos, int) else _lsn_int(src.get("lsn"))
-            return f"{src.get('tx')}:{lsn}"
+            return f"{src.get('tx')}:{_change_lsn(e)}"
         gtid = src.get("gtid")
         return str(gtid) if gtid else f"file={src.get('file')},pos={src.get('pos')}"
+
+    def _tx_end_id(self, e: ChangeEvent) -> str:
+        """Debezium's END id: PostgreSQL names it by the commit's LSN (cdc's transaction id)."""
+        if self.connector == "postgres" and isinstance(e.pos, tuple):
+            return f"{e.source.get('tx')}:{e.pos[1]}"
+        return self._tx_id(e)
 
     def _wrap(self, payload: Any, wrap: tuple[bytes, bytes] | None) -> bytes:
         body = orjson.dumps(payload)
@@ -896,10 +908,10 @@ class DebeziumEncoder:
                     elif op == "c" and "from" in kc:
                         headers = [("__debezium.oldkey", self._wrap(t.key(kc["from"]), t.key_wrap))]
                 append(Record(t.topic, key, self._wrap(value_doc, t.value_wrap), headers, e))
-                if op == "d" and self.tombstones:
-                    append(Record(t.topic, key, None, None, e))
+                if op == "d" and self.tombstones:  # a key change's tombstone keeps its header
+                    append(Record(t.topic, key, None, headers, e))
             if self.tx_metadata and txn is not None and txn[2]:
-                append(self._tx_record("END", self._tx_id(e), int(e.source.get("ts_ms") or 0), e))
+                append(self._tx_record("END", self._tx_end_id(e), int(e.source.get("ts_ms") or 0), e))
                 self._tx = None
         return out
 
@@ -919,6 +931,15 @@ class DebeziumEncoder:
             if r.value is not None and r.topic != tx_topic:
                 return r.value, r.key
         return None
+
+
+def _change_lsn(e: ChangeEvent) -> int | None:
+    """A PostgreSQL change's own LSN: ``pos`` (an int, or (change, commit) on a
+    transaction's last event), else the source block's LSN."""
+    pos = e.pos
+    if isinstance(pos, tuple):
+        pos = pos[0]
+    return pos if isinstance(pos, int) else _lsn_int(e.source.get("lsn"))
 
 
 def _lsn_int(text: Any) -> int | None:

@@ -234,6 +234,8 @@ class PgDecoder:
             if out and out[-1].transaction is not None and out[-1].transaction[0] == self._tx_id:
                 t = out[-1].transaction
                 out[-1].transaction = (t[0], t[1], True)
+                if lsn is not None:  # the Commit's own WAL position, beside the change's
+                    out[-1].pos = (out[-1].pos, lsn)
             self.in_tx = False
             self.position = Lsn(msg.end_lsn)
             self._boundary = len(out)
