@@ -136,7 +136,7 @@ class ValuesConfig:
     )
 
 
-#: the ``debezium:`` block of a sink (the Debezium-compatible format, not built yet): Debezium's own property names, with
+#: the ``debezium:`` block of a sink (the Debezium-compatible format, cdc/debezium.py): Debezium's own property names, with
 #: the values each takes (a tuple of words) or its type
 DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "topic.prefix": str,
