@@ -42,6 +42,7 @@ from typing import Any, Final
 
 import orjson
 
+from cdc._codegen import make_function
 from cdc.events import ChangeEvent
 from cdc.schema import SchemaVersion
 
@@ -221,6 +222,9 @@ def _zoned_ts(precision: int) -> Converter:
     """``2026-11-28T12:45:01.500000Z`` -> Debezium's ZonedTimestamp: the fraction padded to the
     column's precision (none for 0)."""
 
+    if precision == 6:
+        return _zoned_ts6
+
     def conv(v: Any) -> Any:
         s = str(v)
         if not s.endswith("Z") or len(s) < 20:
@@ -231,6 +235,11 @@ def _zoned_ts(precision: int) -> Converter:
         return f"{head}.{(frac + '000000')[:precision]}Z"
 
     return conv
+
+
+def _zoned_ts6(v: Any) -> Any:
+    """Precision 6: cdc's form (six digits, ``Z``) is already Debezium's."""
+    return v
 
 
 def _zoned_time(v: Any) -> Any:
@@ -608,6 +617,31 @@ _TX_VALUE_SCHEMA: Final[dict[str, Any]] = {
 }
 
 
+def _compile_row(names: list[str], convs: list[Converter | None], table: str) -> Any:
+    """``convert(row) -> dict``: every column in order, converted; a row holding every column
+    of a table without converters is returned as is (cdc rows are in column order)."""
+    if all(c is None for c in convs):
+        n = len(names)
+        items = [f"    {name!r}: get({name!r})," for name in names]
+        return make_function(
+            "convert",
+            ["row"],
+            [f"if len(row) == {n}:", "    return row", "get = row.get", "return {", *items, "}"],
+            None,
+            f"debezium row {table}",
+        )
+    consts = {f"_c{j}": c for j, c in enumerate(convs) if c is not None}
+    items = []
+    for j, (name, conv) in enumerate(zip(names, convs, strict=True)):
+        if conv is None:
+            items.append(f"    {name!r}: get({name!r}),")
+        else:
+            items.append(f"    {name!r}: None if (v{j} := get({name!r})) is None else _c{j}(v{j}),")
+    return make_function(
+        "convert", ["row"], ["get = row.get", "return {", *items, "}"], consts, f"debezium row {table}"
+    )
+
+
 def _with_schema(schema: dict[str, Any]) -> tuple[bytes, bytes]:
     """The bytes before and after a payload in ``{"schema": ..., "payload": ...}``."""
     return b'{"schema":' + orjson.dumps(schema) + b',"payload":', b"}"
@@ -642,6 +676,8 @@ class _Table:
         "db",
         "schema_name",
         "table",
+        "convert",
+        "key_plain",
     )
 
     def __init__(self, sv: SchemaVersion, connector: str, s: dict[str, Any], bigint_string: bool) -> None:
@@ -658,10 +694,13 @@ class _Table:
             schema, conv = column_of(c.type, s, bigint_string)
             cols.append(_Column(c.name, _field(c.name, schema, c.name not in key and c.nullable), conv))
         self.names = [c.name for c in cols]
-        self.convs = [c.conv for c in cols]
+        self.convs = [None if c.conv is _zoned_ts6 else c.conv for c in cols]
+        self.convert = _compile_row(self.names, self.convs, sv.name)
         by_name = {c.name: c for c in cols}
         self.key_names = list(sv.key)
         self.key_convs = [by_name[k].conv if k in by_name else None for k in sv.key]
+        #: no key column needs converting: cdc's key (columns in key order) is Debezium's
+        self.key_plain = all(c is None or c is _zoned_ts6 for c in self.key_convs)
         self.key_wrap: tuple[bytes, bytes] | None = None
         self.value_wrap: tuple[bytes, bytes] | None = None
         if s["schemas.enable"]:
@@ -706,14 +745,10 @@ class _Table:
     def row(self, values: dict[str, Any] | None, unchanged: Sequence[str] | None, placeholder: Any) -> dict[str, Any] | None:
         if values is None:
             return None
-        get = values.get
-        out = {}
-        for name, conv in zip(self.names, self.convs, strict=True):
-            v = get(name)
-            if v is not None and conv is not None:
-                v = conv(v)
-            out[name] = v
+        out: dict[str, Any] = self.convert(values)
         if unchanged:
+            if out is values:
+                out = dict(values)
             for name in unchanged:
                 if name in out:
                     out[name] = placeholder
@@ -744,6 +779,10 @@ class DebeziumEncoder:
         self.placeholder: Any = s["unavailable.value.placeholder"]
         self._bigint_string = bigint_string
         self._tables: dict[SchemaVersion, _Table] = {}
+        #: id(cdc source block) -> (the block, JSON pieces around the LSN); see _source_bytes
+        self._src_cache: dict[int, tuple[dict[str, Any], list[bytes]]] = {}
+        #: (op, ts_ms) -> the value's JSON after ``source`` (no transaction block)
+        self._tails: dict[tuple[str, int], bytes] = {}
         self.tx_topic = f"{self.prefix}.transaction"
         # the open transaction when metadata is on: id, counts per collection, total
         self._tx: str | None = None
@@ -821,6 +860,28 @@ class DebeziumEncoder:
             "query": None,
         }
 
+    def _source_bytes(self, e: ChangeEvent, t: _Table) -> bytes:
+        """The ``source`` block's JSON. PostgreSQL blocks differ per change only by the LSN: the
+        text around it is cached per cdc source block (shared by a transaction's events of one
+        table) and the LSN spliced in."""
+        if self.connector != "postgres":
+            return orjson.dumps(self._source(e, t))
+        lsn = _change_lsn(e)
+        src = e.source
+        cache = self._src_cache
+        entry = cache.get(id(src))
+        if entry is None or entry[0] is not src:
+            if len(cache) > 256:
+                cache.clear()
+            e_probe = ChangeEvent(e.id, e.op, e.ts_ms, src, e.transaction, e.schema, None, None, None, None, None, _SENTINEL)
+            parts = orjson.dumps(self._source(e_probe, t)).split(_SENTINEL_B)
+            entry = cache[id(src)] = (src, parts)
+        if lsn is None or len(entry[1]) != 3:
+            return orjson.dumps(self._source(e, t))
+        lsn_b = b"%d" % lsn
+        parts = entry[1]
+        return parts[0] + lsn_b + parts[1] + lsn_b + parts[2]
+
     def _tx_id(self, e: ChangeEvent) -> str:
         src = e.source
         if self.connector == "postgres":
@@ -867,6 +928,8 @@ class DebeziumEncoder:
         out: list[Record] = []
         append = out.append
         placeholder = self.placeholder
+        tails = self._tails
+        dumps = orjson.dumps
         for e in events:
             op = e.op
             t = self._tables.get(e.schema) or self.table(e.schema)
@@ -887,19 +950,32 @@ class DebeziumEncoder:
                 if op == "t":
                     key = None
                 else:
-                    key_doc = t.key(e.key)
+                    key_doc = e.key if t.key_plain else t.key(e.key)
                     key = None if key_doc is None else self._wrap(key_doc, t.key_wrap)
                 ts = e.ts_ms
-                value_doc = {
-                    "before": t.row(e.before, None, placeholder),
-                    "after": t.row(e.after, e.unchanged, placeholder),
-                    "source": self._source(e, t),
-                    "transaction": tx_block,
-                    "op": op,
-                    "ts_ms": ts,
-                    "ts_us": ts * 1000,
-                    "ts_ns": ts * 1_000_000,
-                }
+                if tx_block is None:
+                    tail = tails.get((op, ts))
+                    if tail is None:
+                        if len(tails) > 64:
+                            tails.clear()
+                        tail = tails[(op, ts)] = _tail(None, op, ts)
+                else:
+                    tail = _tail(tx_block, op, ts)
+                before = e.before
+                after = e.after
+                body = b"".join(
+                    (
+                        b'{"before":',
+                        b"null" if before is None else dumps(t.row(before, None, placeholder)),
+                        b',"after":',
+                        b"null" if after is None else dumps(t.row(after, e.unchanged, placeholder)),
+                        b',"source":',
+                        self._source_bytes(e, t),
+                        tail,
+                    )
+                )
+                wrap = t.value_wrap
+                value = body if wrap is None else wrap[0] + body + wrap[1]
                 headers: list[tuple[str, bytes]] | None = None
                 kc = e.key_change
                 if kc is not None:
@@ -907,7 +983,7 @@ class DebeziumEncoder:
                         headers = [("__debezium.newkey", self._wrap(t.key(kc["to"]), t.key_wrap))]
                     elif op == "c" and "from" in kc:
                         headers = [("__debezium.oldkey", self._wrap(t.key(kc["from"]), t.key_wrap))]
-                append(Record(t.topic, key, self._wrap(value_doc, t.value_wrap), headers, e))
+                append(Record(t.topic, key, value, headers, e))
                 if op == "d" and self.tombstones:  # a key change's tombstone keeps its header
                     append(Record(t.topic, key, None, headers, e))
             if self.tx_metadata and txn is not None and txn[2]:
@@ -931,6 +1007,20 @@ class DebeziumEncoder:
             if r.value is not None and r.topic != tx_topic:
                 return r.value, r.key
         return None
+
+
+_SENTINEL: Final = 987654321987654321
+_SENTINEL_B: Final = b"987654321987654321"
+
+
+def _tail(tx_block: dict[str, Any] | None, op: str, ts: int) -> bytes:
+    """The value's JSON after ``source``, closing brace included."""
+    return b',"transaction":' + orjson.dumps(tx_block) + b',"op":%s,"ts_ms":%d,"ts_us":%d,"ts_ns":%d}' % (
+        orjson.dumps(op),
+        ts,
+        ts * 1000,
+        ts * 1_000_000,
+    )
 
 
 def _change_lsn(e: ChangeEvent) -> int | None:
