@@ -739,6 +739,17 @@ class _Checker:
             instance.sink_type = self.plugin_types.get(_join(path, "sink"), "")
             fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
             instance.sink_format, instance.debezium = fmt, debezium
+            if (
+                fmt == "debezium"
+                and instance.source_type == "mysql"
+                and debezium.get("time.precision.mode") == "adaptive"
+            ):
+                where = _join(_join(path, "sink"), "debezium")
+                self.problem(where, self.lines.get(where),
+                             "time.precision.mode: adaptive is not supported by Debezium's MySQL "
+                             "connector (MySQL and MariaDB sources): use "
+                             "adaptive_time_microseconds (the default) or connect")
+                return _BAD
         return _V(instance)
 
     @staticmethod

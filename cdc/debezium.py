@@ -298,6 +298,16 @@ def _bits(v: Any) -> Any:
     return _b64(n.to_bytes((n.bit_length() + 7) // 8, "little"))
 
 
+def _bits_fixed(n: int) -> Converter:
+    """MySQL BIT(n): little-endian, always (n + 7) // 8 bytes."""
+    size = (n + 7) // 8
+
+    def conv(v: Any) -> Any:
+        return _b64((int(v, 2) if v else 0).to_bytes(size, "little"))
+
+    return conv
+
+
 def _bit1(v: Any) -> Any:
     return v == "1"
 
@@ -501,7 +511,7 @@ def _my_column(type_name: str, s: dict[str, Any], bigint_string: bool) -> tuple[
         n = int(p1) if p1 is not None else 1
         if n == 1:
             return {"type": "boolean"}, _bit1
-        return _named("bytes", "io.debezium.data.Bits", length=str(n)), _bits
+        return _named("bytes", "io.debezium.data.Bits", length=str(n)), _bits_fixed(n)
     if base in ("binary", "varbinary", "tinyblob", "blob", "mediumblob", "longblob"):
         mode = s["binary.handling.mode"]
         return ({"type": "bytes"} if mode == "bytes" else {"type": "string"}), _binary(mode)
@@ -530,8 +540,26 @@ def _my_column(type_name: str, s: dict[str, Any], bigint_string: bool) -> tuple[
     if base == "enum":
         return _named("string", "io.debezium.data.Enum"), None
     if base == "set":
-        return _named("string", "io.debezium.data.EnumSet"), lambda v: ",".join(v)
+        labels = _labels(type_name)
+        if labels is None:
+            return _named("string", "io.debezium.data.EnumSet"), _join_set
+        return _named("string", "io.debezium.data.EnumSet", allowed=",".join(labels)), _join_set
     return {"type": "string"}, None
+
+
+def _join_set(v: Any) -> Any:
+    return ",".join(v)
+
+
+_LABEL_RE: Final = re.compile(r"'((?:[^']|'')*)'")
+
+
+def _labels(type_name: str) -> list[str] | None:
+    """The labels of ``enum('a','b')`` / ``set('x','y')`` as the server writes the type."""
+    inner = type_name[type_name.find("(") + 1 : type_name.rfind(")")]
+    if not inner:
+        return None
+    return [m.replace("''", "'") for m in _LABEL_RE.findall(inner)]
 
 
 # --- per schema version ----------------------------------------------------------------------------
@@ -680,7 +708,9 @@ class _Table:
         "key_plain",
     )
 
-    def __init__(self, sv: SchemaVersion, connector: str, s: dict[str, Any], bigint_string: bool) -> None:
+    def __init__(
+        self, sv: SchemaVersion, connector: str, s: dict[str, Any], bigint_string: bool, mariadb: bool = False
+    ) -> None:
         db, _, table = sv.name.partition(".")
         self.collection = sv.name
         self.schema_name = db
@@ -692,6 +722,8 @@ class _Table:
         cols: list[_Column] = []
         for c in sv.columns:
             schema, conv = column_of(c.type, s, bigint_string)
+            if mariadb and c.type == "json":  # MariaDB's JSON is LONGTEXT to Debezium
+                schema = {"type": "string"}
             cols.append(_Column(c.name, _field(c.name, schema, c.name not in key and c.nullable), conv))
         self.names = [c.name for c in cols]
         self.convs = [None if c.conv is _zoned_ts6 else c.conv for c in cols]
@@ -768,7 +800,18 @@ class DebeziumEncoder:
     """Turns cdc events into Debezium records (see the module docstring). One per sink; not
     thread-safe (a sink is called from one thread)."""
 
-    def __init__(self, block: dict[str, Any], pipeline: str, connector: str, bigint_string: bool = False) -> None:
+    def __init__(
+        self,
+        block: dict[str, Any],
+        pipeline: str,
+        connector: str,
+        bigint_string: bool = False,
+        facts: dict[str, Any] | None = None,
+    ) -> None:
+        """``facts``: what the service shares with plugins; the MySQL source puts its server's
+        flavor there (``source_flavor:<pipeline>``), read when a table is first seen."""
+        self._facts = facts if facts is not None else {}
+        self._pipeline = pipeline
         self.connector = "postgres" if connector.startswith("postg") else "mysql"
         self.settings = s = settings_of(block, pipeline, self.connector)
         self.prefix: str = s["topic.prefix"]
@@ -806,7 +849,8 @@ class DebeziumEncoder:
     def table(self, sv: SchemaVersion) -> _Table:
         t = self._tables.get(sv)
         if t is None:
-            t = self._tables[sv] = _Table(sv, self.connector, self.settings, self._bigint_string)
+            mariadb = self._facts.get(f"source_flavor:{self._pipeline}") == "mariadb"
+            t = self._tables[sv] = _Table(sv, self.connector, self.settings, self._bigint_string, mariadb)
         return t
 
     def topic(self, e: ChangeEvent) -> str:
@@ -839,7 +883,9 @@ class DebeziumEncoder:
                 "origin": None,
                 "origin_lsn": None,
             }
-        pos = e.pos if isinstance(e.pos, tuple) else (src.get("pos"), 0)
+        snapshot = bool(src.get("snapshot"))
+        pos = e.pos if isinstance(e.pos, tuple) and not snapshot else (src.get("pos"), 0)
+        gtid = src.get("gtid")
         return {
             "version": VERSION,
             "connector": "mysql",
@@ -851,8 +897,9 @@ class DebeziumEncoder:
             "ts_us": ts_ms * 1000,
             "ts_ns": ts_ms * 1_000_000,
             "table": t.table,
-            "server_id": src.get("server_id") or 0,
-            "gtid": src.get("gtid") if src.get("flavor") != "mariadb" else None,
+            "server_id": 0 if snapshot else src.get("server_id") or 0,
+            # MariaDB GTIDs (domain-server-sequence) are not written by the MySQL connector
+            "gtid": gtid if isinstance(gtid, str) and ":" in gtid else None,
             "file": src.get("file") or "",
             "pos": pos[0] or 0,
             "row": pos[1],
@@ -888,6 +935,13 @@ class DebeziumEncoder:
             return f"{src.get('tx')}:{_change_lsn(e)}"
         gtid = src.get("gtid")
         return str(gtid) if gtid else f"file={src.get('file')},pos={src.get('pos')}"
+
+    def _has_tx(self, e: ChangeEvent) -> bool:
+        """Debezium's MySQL connector writes transaction metadata only with MySQL GTIDs."""
+        if self.connector == "postgres":
+            return True
+        gtid = e.source.get("gtid")
+        return isinstance(gtid, str) and ":" in gtid
 
     def _tx_end_id(self, e: ChangeEvent) -> str:
         """Debezium's END id: PostgreSQL names it by the commit's LSN (cdc's transaction id)."""
@@ -935,7 +989,7 @@ class DebeziumEncoder:
             t = self._tables.get(e.schema) or self.table(e.schema)
             txn = e.transaction
             tx_block = None
-            if self.tx_metadata and txn is not None:
+            if self.tx_metadata and txn is not None and self._has_tx(e):
                 if self._tx != txn[0] or txn[1] == 0:
                     self._tx = txn[0]
                     self._tx_counts = {}
@@ -986,7 +1040,7 @@ class DebeziumEncoder:
                 append(Record(t.topic, key, value, headers, e))
                 if op == "d" and self.tombstones:  # a key change's tombstone keeps its header
                     append(Record(t.topic, key, None, headers, e))
-            if self.tx_metadata and txn is not None and txn[2]:
+            if self.tx_metadata and txn is not None and txn[2] and self._has_tx(e):
                 append(self._tx_record("END", self._tx_end_id(e), int(e.source.get("ts_ms") or 0), e))
                 self._tx = None
         return out

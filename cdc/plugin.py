@@ -201,6 +201,7 @@ class Sink(ABC):
             p.name,
             p.source_type,
             bigint_string=getattr(values, "bigint", "number") == "string",
+            facts=self.ctx.shared,
         )
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:

@@ -191,6 +191,8 @@ class MySQLDecoder:
         self._tx_unix = 0.0
         self._tx_server = 0
         self._tx_seq = 0
+        #: where the rows event being decoded begins in its binlog file
+        self._ev_pos = 0
         self._tx_sources: dict[str, dict[str, Any]] = {}
         self._commit_unix = 0.0
         self._emit_ms = 0
@@ -387,6 +389,7 @@ class MySQLDecoder:
         if head.startswith("TRUNCATE"):
             name = parse_truncate(query, ev.schema)
             if name is not None and (name in self.tables or self._alias_active(name)):
+                self._ev_pos = h.start
                 self._emit_truncate(name)
         elif head.startswith(("RENAME", "ALTER", "/*", "#", "-")):
             renames = parse_renames(query, ev.schema)
@@ -586,6 +589,7 @@ class MySQLDecoder:
         if not self._out:
             self._out_since = time.monotonic()
         self._out_cost += ev.end - ev.start
+        self._ev_pos = ev.header.start
         return table
 
     def _on_write_or_delete(self, ev: P.WriteRows | P.DeleteRows) -> Batch | None:
@@ -600,11 +604,11 @@ class MySQLDecoder:
         emit = self._emit
         version = table.version
         if isinstance(ev, P.WriteRows):
-            for row, key in rows:
-                emit(table, version, "c", key, None, row)
+            for i, (row, key) in enumerate(rows):
+                emit(table, version, "c", key, None, row, None, i)
         else:
-            for row, key in rows:
-                emit(table, version, "d", key, row, None)
+            for i, (row, key) in enumerate(rows):
+                emit(table, version, "d", key, row, None, None, i)
         return self._after_rows()
 
     def _on_update(self, ev: P.UpdateRows) -> Batch | None:
@@ -617,12 +621,12 @@ class MySQLDecoder:
             raise self._decode_error(table, exc) from exc
         emit = self._emit
         version = table.version
-        for before, old_key, after, new_key in rows:
+        for i, (before, old_key, after, new_key) in enumerate(rows):
             if old_key is not None and new_key is not None and old_key != new_key:
-                emit(table, version, "d", old_key, before, None, {"to": new_key})
-                emit(table, version, "c", new_key, None, after, {"from": old_key})
+                emit(table, version, "d", old_key, before, None, {"to": new_key}, i)
+                emit(table, version, "c", new_key, None, after, {"from": old_key}, i)
             else:
-                emit(table, version, "u", new_key, before, after)
+                emit(table, version, "u", new_key, before, after, None, i)
         return self._after_rows()
 
     def _on_partial_update(self, ev: P.PartialUpdateRows) -> Batch | None:
@@ -657,7 +661,10 @@ class MySQLDecoder:
         before: dict[str, Any] | None,
         after: dict[str, Any] | None,
         key_change: dict[str, Any] | None = None,
+        row: int = 0,
     ) -> None:
+        """Append one event; ``row``: its index in its rows event (kept with the rows event's
+        position as ``ChangeEvent.pos``, for the Debezium format's ``pos`` and ``row``)."""
         seq = self._tx_seq
         self._tx_seq = seq + 1
         tx = self._tx_id
@@ -675,6 +682,7 @@ class MySQLDecoder:
                 after,
                 None,
                 key_change,
+                (self._ev_pos, row),
             )
         )
 
