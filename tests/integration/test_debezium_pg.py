@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -82,9 +83,12 @@ EXEMPT_SOURCE = ("ts_ms", "ts_us", "ts_ns", "version", "sequence")
 SNAPSHOT_SOURCE = ("snapshot", "txId", "lsn")
 
 
-@pytest.fixture(scope="module")
-def run(tmp_path_factory: pytest.TempPathFactory, pg15: LocalPostgres) -> Iterator[dict[str, Any]]:
+@pytest.fixture(scope="module", params=["pg15", "pg18"])
+def run(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
+    pg15: LocalPostgres = request.getfixturevalue(request.param)  # each server in turn
     work = tmp_path_factory.mktemp("dbz")
+    # topics of this server's run apart from the other's on the session's broker
+    prefix = {v: f"{v}{request.param[2:]}" for v in VARIANTS}
     name, dsn = create_database(pg15)
     broker: TansuBroker = shared_broker()
     oracles: list[DebeziumOracle] = []
@@ -104,6 +108,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, pg15: LocalPostgres) -> Iterat
                         "database.password": "unused",
                         "database.dbname": name,
                         "plugin.name": "pgoutput",
+                        "topic.prefix": prefix[variant],
                         "slot.name": f"slot_{variant}",
                         "publication.name": f"pub_{variant}",
                         "publication.autocreate.mode": "filtered",
@@ -125,20 +130,34 @@ def run(tmp_path_factory: pytest.TempPathFactory, pg15: LocalPostgres) -> Iterat
                     "bootstrap_servers": broker.bootstrap,
                     "topic_partitions": 1,
                     "topic_replication_factor": 1,
-                    "schema_topic": f"schemas-{variant}",
+                    "schema_topic": f"schemas-{prefix[variant]}",
                     "format": "debezium",
-                    "debezium": props,
+                    "debezium": {**props, "topic.prefix": prefix[variant]},
                 },
             }
             for variant, props in VARIANTS.items()
         ]
+        # the file sink: each line is a record's value, the same as Debezium's (dza's settings)
+        pipelines.append(
+            {
+                "name": "dzf",
+                "source": {"type": "postgres", "dsn": dsn, "tables": TABLES, "heartbeat_s": 1},
+                "snapshot": {"mode": "initial"},
+                "sink": {
+                    "type": "file",
+                    "path": str(work / "file-out"),
+                    "format": "debezium",
+                    "debezium": {**VARIANTS["dza"], "topic.prefix": prefix["dza"]},
+                },
+            }
+        )
         cfg = write_config(work, pipelines, api_port=_free_port())
         with CdcService(cfg) as svc:
             for variant in VARIANTS:
                 svc.wait_state(variant, "running", timeout=60)
             # both sides hold their snapshot (2 reads each) before the changes start
             wait_for(lambda: all(len(o.records()) >= 2 for o in oracles), 120, what="Debezium snapshots")
-            wait_for(lambda: all(_count(broker, v) >= 2 for v in VARIANTS), 60, what="cdc snapshots")
+            wait_for(lambda: all(_count(broker, prefix[v]) >= 2 for v in VARIANTS), 60, what="cdc snapshots")
             execute(
                 dsn,
                 f"INSERT INTO types VALUES {ROW2}",
@@ -154,17 +173,29 @@ def run(tmp_path_factory: pytest.TempPathFactory, pg15: LocalPostgres) -> Iterat
             for o in oracles:
                 wait_for(lambda o=o: any(_last(r) for r in o.records()), 60, what=f"{o.out.name} end")
             for v in VARIANTS:
-                wait_for(lambda v=v: any(_last_k(r) for r in _cdc(broker, v)), 60, what=f"cdc {v} end")
+                wait_for(lambda v=v: any(_last_k(r) for r in _cdc(broker, prefix[v])), 60, what=f"cdc {v} end")
+            wait_for(lambda: any('"end"' in line for line in _file_lines(work)), 60, what="file end")
             assert svc.stop() == 0
         yield {
             "debezium": {o.out.stem: o.records() for o in oracles},
-            "cdc": {v: _cdc(broker, v) for v in VARIANTS},
+            "cdc": {v: _cdc(broker, prefix[v]) for v in VARIANTS},
+            "prefix": prefix,
+            "file": _file_lines(work),
             "seconds": time.monotonic() - started,
         }
     finally:
         for o in oracles:
             o.stop()
         drop_database(pg15, name)
+
+
+def _file_lines(work: Path) -> list[str]:
+    return [
+        line
+        for f in sorted((work / "file-out").glob("events-*.jsonl"))
+        for line in f.read_text().splitlines()
+        if line
+    ]
 
 
 def _free_port() -> int:
@@ -261,7 +292,7 @@ def _diff(got: Any, want: Any, path: str = "") -> list[str]:
 def _compare(variant: str, run: dict[str, Any], topic_suffix: str) -> None:
     want = _by_topic(run["debezium"][variant])
     got = _by_topic(run["cdc"][variant])
-    topic = f"{variant}.{topic_suffix}"
+    topic = f"{run['prefix'][variant]}.{topic_suffix}"
     assert topic in want, sorted(want)
     w, g = want[topic], got.get(topic, [])
     for i, (a, b) in enumerate(zip(w, g, strict=False)):
@@ -285,3 +316,18 @@ def test_transaction_metadata_matches_debezium(run: dict[str, Any]) -> None:
 
 def test_runtime_is_reported(run: dict[str, Any]) -> None:
     print(f"\nDebezium comparison run: {run['seconds']:.1f} s")
+
+
+def test_file_sink_lines_are_debezium_values(run: dict[str, Any]) -> None:
+    """Each line of the file sink is a record's value (no tombstones), as on Kafka."""
+    want = [
+        _normal(r)["value"]
+        for r in run["debezium"]["dza"]
+        if r["value"] is not None and not r["destination"].endswith(".transaction")
+    ]
+    got = [_normal({"destination": "", "key": None, "value": line, "headers": {}})["value"] for line in run["file"]]
+    key = lambda v: json.dumps(v["payload"]["source"]["table"]) + json.dumps(v["payload"]["after"] or v["payload"]["before"], sort_keys=True) + v["payload"]["op"]  # noqa: E731
+    assert sorted(map(key, got)) == sorted(map(key, want))
+    by_key = {key(v): v for v in want}
+    for v in got:
+        assert v == by_key[key(v)], "; ".join(_diff(v, by_key[key(v)]))
