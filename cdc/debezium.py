@@ -861,7 +861,8 @@ class DebeziumEncoder:
     def _source(self, e: ChangeEvent, t: _Table) -> dict[str, Any]:
         src = e.source
         ts_ms = int(src.get("ts_ms") or 0)
-        snap = "true" if src.get("snapshot") else "false"
+        # a snapshot read's first/last marks travel in ``pos`` (cdc.snapshot._mark_ends)
+        snap = (e.pos if isinstance(e.pos, str) else "true") if src.get("snapshot") else "false"
         if self.connector == "postgres":
             lsn = _change_lsn(e)
             tx = src.get("tx")
@@ -912,6 +913,8 @@ class DebeziumEncoder:
         text around it is cached per cdc source block (shared by a transaction's events of one
         table) and the LSN spliced in."""
         if self.connector != "postgres":
+            return orjson.dumps(self._source(e, t))
+        if isinstance(e.pos, str):  # a marked snapshot read (first/last): rare
             return orjson.dumps(self._source(e, t))
         lsn = _change_lsn(e)
         src = e.source

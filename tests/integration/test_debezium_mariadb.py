@@ -65,7 +65,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
 }
 
-SNAPSHOT_SOURCE = ("snapshot", "server_id", "file", "pos", "row", "gtid")
+SNAPSHOT_SOURCE = ("server_id", "file", "pos", "row", "gtid")
 SERVER_ID = {"mya": 5401, "myb": 5402, "myc": 5403}
 
 
@@ -119,7 +119,9 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
                 "source": {
                     "type": "mysql",
                     "dsn": plain.dsn(),
-                    "tables": ["shop.types", "shop.items"],
+                    # Debezium's MySQL connector snapshots tables in name order; cdc in list
+                    # order: listed sorted, the first/last marks of source.snapshot agree
+                    "tables": ["shop.items", "shop.types"],
                     "server_id": SERVER_ID[variant],
                 },
                 "snapshot": {"mode": "initial"},

@@ -80,7 +80,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 
 EXEMPT_SOURCE = ("ts_ms", "ts_us", "ts_ns", "version", "sequence")
-SNAPSHOT_SOURCE = ("snapshot", "txId", "lsn")
+SNAPSHOT_SOURCE = ("txId", "lsn")
 
 
 @pytest.fixture(scope="module", params=["pg15", "pg18"])
