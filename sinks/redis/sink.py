@@ -531,6 +531,7 @@ class RedisSink(Sink):
         parts: list[bytes] = [_MULTI]
         used: set[str] = set()
         debezium = self._debezium
+        xadds = 0  # one per event, but none for an operation the Debezium format skips
         for e in events:
             if debezium is not None:  # format: debezium: the record's value and key
                 m = debezium.message(e)
@@ -559,6 +560,7 @@ class RedisSink(Sink):
                 value,
                 b"\r\n",
             )
+            xadds += 1
         unchecked = used - self._checked
         if unchecked:
             self._check_types(sorted(unchecked))
@@ -566,7 +568,7 @@ class RedisSink(Sink):
         start = self._count
         new_count = start + len(events)
         reset = self._flushed
-        queued = len(events) + 2 + reset
+        queued = xadds + 2 + reset
         count = str(new_count).encode()
         _command(parts, b"HSET", self.offsets_key.encode(), b"last_id", ids[-1], b"count", count)
         if reset:
