@@ -153,11 +153,33 @@ def _variable_precise(v: Any) -> Any:
     return {"scale": scale, "value": _b64(_unscaled(d, scale))}
 
 
+#: non-finite doubles: JsonConverter writes them as strings
+_SPECIAL_FLOATS: Final = frozenset({"NaN", "Infinity", "-Infinity"})
+
+
 def _decimal_double(v: Any) -> Any:
+    if v in _SPECIAL_FLOATS:
+        return v
     try:
         return float(v)
     except (TypeError, ValueError):
         return None
+
+
+def _numeric_string(v: Any) -> Any:
+    """``decimal.handling.mode: string``: Debezium writes a NaN numeric as ``NAN``."""
+    return "NAN" if v == "NaN" else v
+
+
+def _numeric_array(element: Converter | None) -> Converter:
+    """numeric[]: an array holding NaN is a whole-array ``null`` (seen from Debezium 3.6.3)."""
+
+    def conv(v: Any) -> Any:
+        if "NaN" in v:
+            return None
+        return v if element is None else [None if x is None else element(x) for x in v]
+
+    return conv
 
 
 def _money_text(v: Any) -> str:
@@ -173,8 +195,8 @@ def _date(v: Any) -> Any:
             return date.fromisoformat(v).toordinal() - _EPOCH
         except ValueError:
             return None
-    if v == "infinity":
-        return -622191234
+    if v == "infinity":  # as Debezium streams it (its snapshot reads write -622191234)
+        return -2147472692
     return None
 
 
@@ -372,8 +394,8 @@ def _pg_column(type_name: str, s: dict[str, Any], bigint_string: bool) -> tuple[
         schema, conv = _pg_column(type_name[:-2], s, bigint_string)
         item = dict(schema)
         item["optional"] = True
-        if base == "numeric" and s["decimal.handling.mode"] == "precise":
-            return {"type": "array", "items": item}, _array(conv, all_or_nothing=True)
+        if base == "numeric":
+            return {"type": "array", "items": item}, _numeric_array(conv)
         return {"type": "array", "items": item}, None if conv is None else _array(conv)
     dec = s["decimal.handling.mode"]
     tpm = s["time.precision.mode"]
@@ -386,7 +408,7 @@ def _pg_column(type_name: str, s: dict[str, Any], bigint_string: bool) -> tuple[
         return {"type": "int64"}, _to_int if bigint_string else None
     if base == "bool":
         return {"type": "boolean"}, None
-    if base == "float4":
+    if base == "float4":  # NaN and the infinities: strings, in cdc's form and JsonConverter's
         return {"type": "float"}, None
     if base == "float8":
         return {"type": "double"}, None
@@ -396,7 +418,7 @@ def _pg_column(type_name: str, s: dict[str, Any], bigint_string: bool) -> tuple[
         if base == "money":
             scale = 2
         if dec == "string":
-            return {"type": "string"}, conv_text
+            return {"type": "string"}, conv_text or _numeric_string
         if dec == "double":
             if conv_text is not None:
                 return {"type": "double"}, lambda v: _decimal_double(_money_text(v))
