@@ -739,6 +739,17 @@ class _Checker:
             instance.sink_type = self.plugin_types.get(_join(path, "sink"), "")
             fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
             instance.sink_format, instance.debezium = fmt, debezium
+            shaping = [
+                next(iter(t)) for t in (instance.transforms or [])
+                if isinstance(t, dict) and t and next(iter(t)) in ("unwrap", "outbox")
+            ]
+            if fmt == "debezium" and shaping:
+                where = _join(path, "transforms")
+                self.problem(where, self.lines.get(where),
+                             f"the {shaping[0]} transform makes its own record shape, which "
+                             "`format: debezium` cannot take (Debezium's own is the envelope); "
+                             "remove one of them")
+                return _BAD
             if (
                 fmt == "debezium"
                 and instance.source_type == "mysql"

@@ -36,7 +36,7 @@ pipelines:
           key: mask-key-0123456789
           columns:
             public.customers: {{email: hash}}
-      - unwrap: {{}}
+      - route: {{}}   # (unwrap and outbox do not combine with format: debezium)
     dead_letter: {{type: file, path: ./dead}}
     sink:
       type: kafka
@@ -73,7 +73,7 @@ def test_a_file_using_later_features_is_valid(tmp_path: Path) -> None:
     cfg = load_config(str(_v3(tmp_path)), environ={})
     shop, model = cfg.pipelines
     assert shop.sink_format == "debezium" and shop.debezium["topic.prefix"] == "shop"
-    assert [next(iter(t)) for t in shop.transforms] == ["filter", "mask", "unwrap"]
+    assert [next(iter(t)) for t in shop.transforms] == ["filter", "mask", "route"]
     assert shop.dead_letter == {"type": "file", "path": "./dead"}
     assert model.sink_type == "postgres" and model.sink_format == "cdc"
 
@@ -84,7 +84,7 @@ def test_a_file_using_later_features_is_valid(tmp_path: Path) -> None:
         ("topic.prefix: shop", "pipelines[0].sink.debezium", "unknown Debezium property 'topic.prefx'"),
         ("decimal.handling.mode: string", "pipelines[0].sink.debezium", "decimal.handling.mode must be one of precise, string, double"),
         ("format: debezium", "pipelines[0].sink.format", "debezum"),
-        ("- unwrap: {{}}", "pipelines[0].transforms", "unknown transform 'unwarp'"),
+        ("- route: {{}}", "pipelines[0].transforms", "unknown transform 'rout'"),
     ],
 )
 def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, needle: str) -> None:
@@ -92,7 +92,7 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
         "topic.prefix: shop": "topic.prefx: shop",
         "decimal.handling.mode: string": "decimal.handling.mode: exact",
         "format: debezium": "format: debezum",
-        "- unwrap: {{}}": "- unwarp: {{}}",
+        "- route: {{}}": "- rout: {{}}",
     }[change]
     text = V3.replace(change, bad).format(port=1, state=tmp_path / "s.sqlite")
     with pytest.raises(ConfigError) as info:

@@ -150,3 +150,19 @@ def test_adaptive_time_precision_is_refused_for_mysql_sources(tmp_path: Path) ->
     cfg = _load(tmp_path, "{type: postgres, dsn: 'postgresql://x@h/d', tables: [public.t]}",
                 "{type: file, path: ./out, format: debezium, debezium: {time.precision.mode: adaptive}}")  # fmt: skip
     assert cfg.pipelines[0].sink_format == "debezium"
+
+
+@pytest.mark.parametrize("transform", ["unwrap: {}", "outbox: {table: public.outbox, to: x}"])
+def test_unwrap_and_outbox_do_not_combine_with_format_debezium(tmp_path: Path, transform: str) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(textwrap.dedent(f"""
+        pipelines:
+          - name: shop
+            source: {{type: postgres, dsn: 'postgresql://x@h/d', tables: [public.t, public.outbox]}}
+            transforms:
+              - {transform}
+            sink: {{type: file, path: ./out, format: debezium}}
+        """))  # fmt: skip
+    with pytest.raises(ConfigError) as info:
+        load_config(str(path), environ={})
+    assert any(p.path == "pipelines[0].transforms" and "cannot take" in p.message for p in info.value.problems)
