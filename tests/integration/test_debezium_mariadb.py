@@ -29,6 +29,9 @@ from tests.integration.test_debezium_pg import _by_topic, _cdc, _diff, _free_por
 from tests.kafka_harness import TansuBroker, shared_broker
 from tests.mysql_server import LocalMariaDB
 
+#: runs in `make test`; `-m debezium` selects these modules alone
+pytestmark = pytest.mark.debezium
+
 SCHEMA = [
     "CREATE DATABASE shop",
     """CREATE TABLE shop.types (

@@ -34,6 +34,9 @@ from tests.helpers import (
 )
 from tests.kafka_harness import TansuBroker, list_topics, read_topics, shared_broker
 
+#: runs in `make test`; `-m debezium` selects these modules alone
+pytestmark = pytest.mark.debezium
+
 TABLES = ["public.types", "public.items"]
 
 SCHEMA = [
