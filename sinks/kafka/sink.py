@@ -889,8 +889,12 @@ class KafkaSink(Sink):
     def _data_topics(self) -> list[str]:
         tables = getattr(self.ctx.pipeline.source, "tables", None) or []
         names = []
+        prefix = self._debezium.prefix if self._debezium is not None else None
         for t in tables:
             schema, _, table = str(t).partition(".")
+            if prefix is not None:  # format: debezium: Debezium's topic names
+                names.append(f"{prefix}.{schema}.{table}")
+                continue
             names.append(
                 render_topic(self.config.topic, pipeline=self.ctx.name, schema=schema, table=table)
             )
