@@ -169,6 +169,10 @@ def check_debezium(value: dict[str, object]) -> str | None:
             return f"{key} must be true or false"
         elif want is str and not isinstance(v, str):
             return f"{key} must be a string"
+        if key == "skipped.operations":
+            words = [w.strip() for w in str(v).split(",") if w.strip()]
+            if words != ["none"] and (not words or any(w not in ("c", "u", "d", "t") for w in words)):
+                return "skipped.operations is `none` or a comma-separated list of c, u, d, t"
     return None
 
 

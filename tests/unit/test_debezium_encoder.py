@@ -166,3 +166,11 @@ def test_unwrap_and_outbox_do_not_combine_with_format_debezium(tmp_path: Path, t
     with pytest.raises(ConfigError) as info:
         load_config(str(path), environ={})
     assert any(p.path == "pipelines[0].transforms" and "cannot take" in p.message for p in info.value.problems)
+
+
+@pytest.mark.parametrize("value", ["x", "c,z", "", "none,c"])
+def test_skipped_operations_takes_debeziums_words_only(tmp_path: Path, value: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, "{type: postgres, dsn: 'postgresql://x@h/d', tables: [public.t]}",
+              f"{{type: file, path: ./out, format: debezium, debezium: {{skipped.operations: '{value}'}}}}")  # fmt: skip
+    assert any("skipped.operations is `none`" in p.message for p in info.value.problems)
