@@ -13,8 +13,14 @@ logical slots already exist, so both pipelines decode the same WAL backlog:
   last event; then every record of the topic is read back with a consumer (it must hold every
   event exactly once: 750,000 records, no tombstones since there are no deletes).
 
-The two runs are sequential (never at the same time), on a fresh throwaway cluster. Prints
-events, seconds and events/s for each, their ratio and each service's peak RSS.
+* the service with the same Kafka sink in ``format: debezium`` (Debezium 3.x records: section 9
+  of the contract), from its own slot, until its checkpoint covers the same last event; its
+  topic ``benchd.<schema>.<table>`` is read back the same way. ``--no-debezium`` leaves it out.
+
+The runs are sequential (never at the same time), on a fresh throwaway cluster. Prints
+events, seconds and events/s for each, their ratios and each service's peak RSS.
+
+Target: ``format: debezium`` costs at most 15% of the ``cdc`` format's Kafka rate.
 
 Target: the Kafka sink reaches at least 0.7 of the file sink's rate. ``--strict`` makes a
 missed target exit 1.
@@ -51,13 +57,16 @@ from cdc_local.postgres import LocalPostgres, find_debian_bindir, find_embedded_
 
 KAFKA_PIPELINE = "benchk"
 KAFKA_SLOT = "cdc_benchk"
+DEBEZIUM_PIPELINE = "benchd"
+DEBEZIUM_SLOT = "cdc_benchd"
+DEBEZIUM_TARGET = 0.85
 TOPIC_PARTITIONS = 6
 TARGET_RATIO = 0.7
 
 
 def prepare(pg: LocalPostgres) -> str:
     """The workload's database with the file pipeline's and the Kafka pipeline's slots."""
-    return _harness.prepare(pg, (CDC_SLOT, KAFKA_SLOT))
+    return _harness.prepare(pg, (CDC_SLOT, KAFKA_SLOT, DEBEZIUM_SLOT))
 
 
 def run_kafka_service(
@@ -69,16 +78,19 @@ def run_kafka_service(
     last_lsn: str,
     timeout: float,
     extra: dict[str, Any],
+    debezium: bool = False,
 ) -> tuple[float, float, float]:
-    """(seconds from launch, seconds from `running`, peak RSS MB)."""
+    """(seconds from launch, seconds from `running`, peak RSS MB); ``debezium``: the sink in
+    ``format: debezium`` (its own pipeline, slot and state)."""
     port = free_port()
-    pipeline = {
-        "name": KAFKA_PIPELINE,
+    name = DEBEZIUM_PIPELINE if debezium else KAFKA_PIPELINE
+    pipeline: dict[str, Any] = {
+        "name": name,
         "source": {
             "type": "postgres",
             "dsn": dsn,
             "tables": [TABLE],
-            "slot": KAFKA_SLOT,
+            "slot": DEBEZIUM_SLOT if debezium else KAFKA_SLOT,
             "publication": PUBLICATION,
             "heartbeat_s": 1,
         },
@@ -93,10 +105,14 @@ def run_kafka_service(
             "config": extra,
         },
     }
+    if debezium:
+        pipeline["sink"]["format"] = "debezium"
+        pipeline["sink"]["debezium"] = {"topic.prefix": name}
+    tag = "debezium" if debezium else "kafka"
     config = service_config(
-        work, port, [pipeline], state="state-kafka.sqlite", name="pipeline-kafka.yaml"
+        work, port, [pipeline], state=f"state-{tag}.sqlite", name=f"pipeline-{tag}.yaml"
     )
-    with Service(config, work / "cdc-kafka.log", port, KAFKA_PIPELINE) as svc:
+    with Service(config, work / f"cdc-{tag}.log", port, name) as svc:
         t_running = svc.wait_running()
 
         def done() -> bool:
@@ -163,6 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the work folder (events, logs)")
     ap.add_argument("--strict", action="store_true", help="exit 1 when the target is missed")
     ap.add_argument(
+        "--no-debezium", action="store_true", help="skip the `format: debezium` run"
+    )
+    ap.add_argument(
         "--config",
         action="append",
         default=[],
@@ -204,6 +223,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(f"kafka sink done in {kafka_s:.2f}s; reading the topic back", flush=True)
         total, ops, distinct, read_s = count_records(broker.bootstrap, topic, args.timeout)
+        dbz: tuple[float, float, float] | None = None
+        dbz_count: tuple[int, Counter[str], int, float] | None = None
+        if not args.no_debezium:
+            dbz = run_kafka_service(
+                work, dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, extra, True
+            )
+            print(f"kafka sink (format: debezium) done in {dbz[0]:.2f}s", flush=True)
+            dbz_count = count_records(
+                broker.bootstrap, f"{DEBEZIUM_PIPELINE}.{TABLE}", args.timeout
+            )
     finally:
         broker.stop()
         pg.cleanup()
@@ -229,6 +258,9 @@ def main(argv: list[str] | None = None) -> int:
             f"expected {expected}"
         )
         ok = False
+    if dbz_count is not None and (dbz_count[0] != expected or dbz_count[2] != expected):
+        print(f"ERROR: the Debezium topic holds {dbz_count[0]} records, expected {expected}")
+        ok = False
     if not ok:
         return 1
     file_rate = expected / file_s
@@ -238,10 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"{'sink':<22} {'events':>9} {'seconds':>8} {'events/s':>10} {'from running':>13} {'peak RSS':>9}"
     )
-    for name, s, rs, rss in (
+    rows = [
         ("file", file_s, file_running_s, file_rss),
         (f"kafka (Tansu, {TOPIC_PARTITIONS} parts)", kafka_s, kafka_running_s, kafka_rss),
-    ):
+    ]
+    if dbz is not None:
+        rows.append(("kafka, format debezium", *dbz))
+    for name, s, rs, rss in rows:
         print(
             f"{name:<22} {expected:>9,} {s:>8.2f} {expected / s:>10,.0f} "
             f"{expected / rs:>11,.0f}/s {rss:>6.1f} MB"
@@ -254,6 +289,12 @@ def main(argv: list[str] | None = None) -> int:
         f"topic read back:    {total:,} records in {read_s:.1f}s ({total / read_s:,.0f}/s), each once"
     )
     met = ratio >= TARGET_RATIO
+    if dbz is not None:
+        dbz_ratio = kafka_s / dbz[0]
+        print(
+            f"ratio debezium / cdc format (kafka): {dbz_ratio:.2f}  (target >= {DEBEZIUM_TARGET})"
+        )
+        met = met and dbz_ratio >= DEBEZIUM_TARGET
     print(f"target met: {'yes' if met else 'no'}")
     return 1 if args.strict and not met else 0
 

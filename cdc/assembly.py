@@ -99,16 +99,19 @@ class TxAssembler:
         self.sources = {}
         self.emit_ms = int(self._clock() * 1000)
 
-    def commit(self) -> None:
-        """The transaction ended: its last event (if it had any here) is marked ``last``."""
+    def commit(self) -> ChangeEvent | None:
+        """The transaction ended: its last event (if it had any here) is marked ``last`` and
+        returned."""
         out = self.out
+        last: ChangeEvent | None = None
         if out:
-            last = out[-1]
-            t = last.transaction
+            t = out[-1].transaction
             if t is not None and t[0] == self.tx_id:
+                last = out[-1]
                 last.transaction = (t[0], t[1], True)
         self.in_tx = False
         self._boundary = len(out)
+        return last
 
     # -- events ---------------------------------------------------------------------------------
 
@@ -122,8 +125,10 @@ class TxAssembler:
         after: dict[str, Any] | None,
         unchanged: list[str] | None = None,
         key_change: dict[str, Any] | None = None,
+        pos: Any = None,
     ) -> bool:
-        """One event of the open transaction; True when a batch is due (:meth:`full`)."""
+        """One event of the open transaction; True when a batch is due (:meth:`full`).
+        ``pos``: the change's own place in the source's log (:attr:`ChangeEvent.pos`)."""
         seq = self.seq
         self.seq = seq + 1
         tx = self.tx_id
@@ -141,6 +146,7 @@ class TxAssembler:
                 after,
                 unchanged,
                 key_change,
+                pos,
             )
         )
         # full(), written out: this runs once per event
@@ -155,14 +161,17 @@ class TxAssembler:
         after: dict[str, Any],
         new_key: dict[str, Any] | None,
         unchanged: list[str] | None = None,
+        pos: Any = None,
     ) -> bool:
         """An updated row: a ``u`` event, or ``d`` + ``c`` linked by ``key_change`` when the
         key changed (``old_key`` None: the old key is not known, so it did not change). True
         when a batch is due."""
         if old_key is not None and new_key is not None and old_key != new_key:
-            self.emit("d", source, version, old_key, before, None, None, {"to": new_key})
-            return self.emit("c", source, version, new_key, None, after, unchanged, {"from": old_key})
-        return self.emit("u", source, version, new_key, before, after, unchanged)
+            self.emit("d", source, version, old_key, before, None, None, {"to": new_key}, pos)
+            return self.emit(
+                "c", source, version, new_key, None, after, unchanged, {"from": old_key}, pos
+            )
+        return self.emit("u", source, version, new_key, before, after, unchanged, None, pos)
 
     # -- batches --------------------------------------------------------------------------------
 

@@ -136,7 +136,7 @@ class ValuesConfig:
     )
 
 
-#: the ``debezium:`` block of a sink (the Debezium-compatible format, not built yet): Debezium's own property names, with
+#: the ``debezium:`` block of a sink (the Debezium-compatible format, cdc/debezium.py): Debezium's own property names, with
 #: the values each takes (a tuple of words) or its type
 DEBEZIUM_PROPERTIES: dict[str, tuple[str, ...] | type] = {
     "topic.prefix": str,
@@ -169,6 +169,10 @@ def check_debezium(value: dict[str, object]) -> str | None:
             return f"{key} must be true or false"
         elif want is str and not isinstance(v, str):
             return f"{key} must be a string"
+        if key == "skipped.operations":
+            words = [w.strip() for w in str(v).split(",") if w.strip()]
+            if words != ["none"] and (not words or any(w not in ("c", "u", "d", "t") for w in words)):
+                return "skipped.operations is `none` or a comma-separated list of c, u, d, t"
     return None
 
 

@@ -742,6 +742,28 @@ class _Checker:
             instance.dead_letter_type = self.plugin_types.get(_join(path, "dead_letter"), "")
             fmt, debezium = self.sink_formats.get(_join(path, "sink"), ("cdc", {}))
             instance.sink_format, instance.debezium = fmt, debezium
+            shaping = [
+                next(iter(t)) for t in (instance.transforms or [])
+                if isinstance(t, dict) and t and next(iter(t)) in ("unwrap", "outbox")
+            ]
+            if fmt == "debezium" and shaping:
+                where = _join(path, "transforms")
+                self.problem(where, self.lines.get(where),
+                             f"the {shaping[0]} transform makes its own record shape, which "
+                             "`format: debezium` cannot take (Debezium's own is the envelope); "
+                             "remove one of them")
+                return _BAD
+            if (
+                fmt == "debezium"
+                and instance.source_type == "mysql"
+                and debezium.get("time.precision.mode") == "adaptive"
+            ):
+                where = _join(_join(path, "sink"), "debezium")
+                self.problem(where, self.lines.get(where),
+                             "time.precision.mode: adaptive is not supported by Debezium's MySQL "
+                             "connector (MySQL and MariaDB sources): use "
+                             "adaptive_time_microseconds (the default) or connect")
+                return _BAD
         return _V(instance)
 
     @staticmethod
@@ -874,13 +896,14 @@ class _Checker:
         if kind == "sink":  # keys every sink takes (`format`, `debezium`), not the plugin's own
             skip = frozenset({"type", "format", "debezium"})
             self.sink_plugins[path] = plugin
-            if not self._sink_format(node, path):
+            if not self._sink_format(node, path, plugin, name):
                 self._section(config_cls, node, path, key_line, skip=skip)
                 return _BAD
         return self._section(config_cls, node, path, key_line, skip=skip)
 
-    def _sink_format(self, node: MappingNode, path: str) -> bool:
-        """Validate a sink's ``format`` and ``debezium`` keys into ``self.sink_formats``."""
+    def _sink_format(self, node: MappingNode, path: str, plugin: Any = None, name: str = "") -> bool:
+        """Validate a sink's ``format`` and ``debezium`` keys into ``self.sink_formats``; a
+        sink class whose ``formats`` lacks the chosen one refuses it here."""
         ok = True
         fmt: Any = "cdc"
         debezium: dict[str, Any] = {}
@@ -909,6 +932,12 @@ class _Checker:
         if debezium and fmt != "debezium":
             self.problem(_join(path, "debezium"), self.lines.get(_join(path, "debezium")),
                          "the debezium block applies with `format: debezium` only")
+            ok = False
+        formats = getattr(plugin, "formats", ("cdc", "debezium"))
+        if ok and fmt not in formats:
+            self.problem(_join(path, "format"), self.lines.get(_join(path, "format")),
+                         f"the {name} sink does not take `format: {fmt}` (it takes "
+                         f"{', '.join(formats)})")
             ok = False
         self.sink_formats[path] = (str(fmt), debezium)
         return ok
@@ -1265,22 +1294,12 @@ class _Checker:
                 )
 
     def _sink_fits(self, base: str) -> None:
-        """A sink's ``formats`` and ``refused_transforms`` (e.g. a read-model sink takes no
-        Debezium format and no unwrap)."""
+        """A sink's ``refused_transforms`` (e.g. a read-model sink takes no unwrap); its
+        ``formats`` are checked with the ``format`` key (:meth:`_sink_format`)."""
         plugin = self.sink_plugins.get(f"{base}.sink")
         if plugin is None:
             return
         sink_type = self.plugin_types.get(f"{base}.sink", "?")
-        fmt = self.sink_formats.get(f"{base}.sink", ("cdc", {}))[0]
-        formats = tuple(getattr(plugin, "formats", ("cdc", "debezium")))
-        if fmt not in formats:
-            path = f"{base}.sink.format"
-            self.problem(
-                path,
-                self.lines.get(path),
-                f"format {fmt!r} does not apply to the {sink_type} sink (it takes "
-                f"{', '.join(formats)})",
-            )
         refused = tuple(getattr(plugin, "refused_transforms", ()))
         transforms = self.values.get(f"{base}.transforms")
         if refused and transforms is not None and isinstance(transforms.value, list):

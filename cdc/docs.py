@@ -104,7 +104,7 @@ def render() -> str:
         "",
         "| key | type | default | meaning |",
         "|---|---|---|---|",
-        "| `sink.format` | `cdc` \\| `debezium` | `cdc` | the record shape; `debezium` is not available yet in this build (validated, refused by `cdc run`) |",
+        "| `sink.format` | `cdc` \\| `debezium` | `cdc` | the record shape; `debezium`: Debezium 3.x records (docs/debezium.md); the postgres sink takes `cdc` only |",
         "| `sink.debezium` | mapping | `{}` | with `format: debezium`: Debezium's own property names ("
         + ", ".join(f"`{k}`" for k in DEBEZIUM_PROPERTIES)
         + "); any other key is an error |",

@@ -43,6 +43,7 @@ class ChangeEvent:
         "after",
         "unchanged",
         "key_change",
+        "pos",
     )
 
     #: set by transforms only (on a :class:`TransformedEvent`; these class defaults cost the
@@ -66,6 +67,7 @@ class ChangeEvent:
         after: dict[str, Any] | None,
         unchanged: list[str] | None = None,
         key_change: dict[str, Any] | None = None,
+        pos: Any = None,
     ) -> None:
         self.id = id
         self.op = op
@@ -78,6 +80,9 @@ class ChangeEvent:
         self.after = after
         self.unchanged = unchanged
         self.key_change = key_change
+        #: the change's own place in the source's log, when the source knows it (PostgreSQL:
+        #: the LSN of the change's WAL record, an int); not part of the cdc format's JSON
+        self.pos = pos
 
     @property
     def table(self) -> str:

@@ -494,15 +494,6 @@ class Pipeline:
                     f"the {type_name} {kind} is not available yet in this build of cdc",
                     pipeline=self.name,
                 )
-        for feature, wanted in (
-            ("the sink's `format: debezium`", self.config.sink_format == "debezium"),
-        ):
-            if wanted:
-                raise NotAvailableYet(
-                    f"{feature} is not available yet in this build of cdc (the file is valid; "
-                    "remove it from the pipeline to run it now)",
-                    pipeline=self.name,
-                )
         source: Source = source_cls(source_cfg, ctx)
         sink: Sink = sink_cls(sink_cfg, ctx)
         self._dead = self._dead_letter_sink(ctx)

@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     import structlog
 
     from cdc.config import PipelineConfig
+    from cdc.debezium import DebeziumEncoder
     from cdc.errors import CDCError
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaRegistry, SchemaVersion
@@ -207,6 +208,22 @@ class Sink(ABC):
     #: True when the sink delivers each event to a named destination (topic, subject, stream,
     #: routing key) and honours ``event.dest`` (set by the ``route`` and ``outbox`` transforms)
     destinations: ClassVar[bool] = False
+    def debezium_encoder(self) -> DebeziumEncoder | None:
+        """The pipeline's Debezium encoder under ``format: debezium`` (one per call: a sink
+        keeps it for its life), else ``None``. Called by a sink when it opens."""
+        p = self.ctx.pipeline
+        if getattr(p, "sink_format", "cdc") != "debezium":
+            return None
+        from cdc.debezium import DebeziumEncoder
+
+        values = getattr(p, "values", None)
+        return DebeziumEncoder(
+            dict(p.debezium),
+            p.name,
+            p.source_type,
+            bigint_string=getattr(values, "bigint", "number") == "string",
+            facts=self.ctx.shared,
+        )
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config

@@ -209,6 +209,32 @@ class _Pending:
         return out
 
 
+def _mark_ends(events: list[ChangeEvent], record: dict[str, Any], table: str, table_done: bool) -> None:
+    """Mark the first and last reads of the snapshot and of each table in ``ChangeEvent.pos``
+    (``first``, ``last``, ``first_in_data_collection``, ``last_in_data_collection``), as
+    Debezium's ``source.snapshot`` says; called before the chunk's rows are counted. A table
+    whose last chunk comes back empty leaves its last row unmarked (it was already delivered)."""
+    progress = record["progress"]
+    first_of_table = not int(progress[table].get("rows_done") or 0)
+    first_of_all = not int(record.get("rows_done") or 0)
+    last_of_all = table_done and not any(
+        t != table and progress[t]["state"] in OPEN for t in record["tables"]
+    )
+    n = len(events) - 1
+    for i in {0, n}:
+        if i == 0 and first_of_all:
+            mark = "first"
+        elif i == n and table_done and last_of_all:
+            mark = "last"
+        elif i == 0 and first_of_table:
+            mark = "first_in_data_collection"
+        elif i == n and table_done:
+            mark = "last_in_data_collection"
+        else:
+            continue
+        events[i].pos = mark
+
+
 def _row_id(row: dict[str, Any]) -> bytes:
     return orjson.dumps(row, option=orjson.OPT_SORT_KEYS)
 
@@ -589,6 +615,8 @@ class SnapshotDriver:
                     for i, key, after in rows
                 ]
         p = record["progress"][self.table]
+        if events:
+            _mark_ends(events, record, self.table, chunk.done)
         p["chunks"] = pending.number + 1
         p["rows_done"] = int(p.get("rows_done") or 0) + len(events)
         record["rows_done"] = int(record.get("rows_done") or 0) + len(events)

@@ -158,6 +158,8 @@ class FileSink(Sink):
         self.folder: str = config.path
         self._log = ctx.log.bind(sink="file", path=self.folder)
         self._limit: int = max(1, int(config.rotate_mb * _MIB))
+        #: ``format: debezium``: each line is a Debezium record's value (section 9)
+        self._debezium = self.debezium_encoder()
         self._events: IO[bytes] | None = None
         self._index: int = 0
         self._name: str = ""
@@ -338,7 +340,11 @@ class FileSink(Sink):
         if not events:
             return
         fh = self._require(self._events)
-        chunks = encode_line_chunks(events)
+        if self._debezium is not None:
+            values = self._debezium.values(events)
+            chunks = [b"\n".join(values) + b"\n"] if values else []
+        else:
+            chunks = encode_line_chunks(events)
         size = sum(map(len, chunks))
         try:
             if self._size + size <= self._limit:

@@ -237,6 +237,8 @@ class KafkaSink(Sink):
         self._stop_seen: float | None = None
         self._held: dict[str, dict[str, Any]] | None = None
         self._warned: set[str] = set()
+        #: ``format: debezium``: Debezium's records and topics instead of cdc's (section 9)
+        self._debezium = self.debezium_encoder()
 
     # ------------------------------------------------------------------ clients
 
@@ -688,7 +690,7 @@ class KafkaSink(Sink):
         producer = self._require()
         # The event's own source block names schema and table; from the qualified name alone
         # that split is only certain with exactly one dot (otherwise write() checks it).
-        if schema.name.count(".") == 1:
+        if schema.name.count(".") == 1 and self._debezium is None:
             db, _, table = schema.name.partition(".")
             self._route(schema, db, table)
         key = schema.qualified
@@ -705,6 +707,9 @@ class KafkaSink(Sink):
         self._schemas_sent.add(key)
 
     def write(self, events: Sequence[ChangeEvent]) -> None:
+        if self._debezium is not None:
+            self._write_debezium(events)
+            return
         producer = self._require()
         produce = producer.produce
         routes = self._routes
@@ -748,6 +753,35 @@ class KafkaSink(Sink):
                     produce(route.topic, None, key)
                 except BufferError:
                     self._produce(producer, route.topic, None, key)
+        producer.poll(0)
+        self._raise_failures()
+
+    def _write_debezium(self, events: Sequence[ChangeEvent]) -> None:
+        """``format: debezium``: each event's Debezium records (a delete's tombstone, the key
+        change headers, transaction metadata) on Debezium's topics, keyed as Debezium keys
+        them; a keyless record goes to partition 0 like cdc's."""
+        producer = self._require()
+        limit = self._max_bytes
+        topics = self._topics
+        for r in self._debezium.records(events) if self._debezium is not None else ():
+            if r.topic not in topics:
+                self._topic(r.topic, partitions=self.config.topic_partitions)
+            e = r.event
+            if r.value is not None and len(r.value) > limit:
+                raise self._too_large(e.id if e else None, len(r.value), r.topic)
+            headers: list[tuple[str, Any]] = list(r.headers or ())
+            if e is not None and r.value is not None and not r.topic.endswith(".transaction"):
+                headers += [("cdc-id", e.id), ("cdc-op", e.op), ("cdc-schema-version", e.schema.qualified)]
+            partition = 0 if r.key is None else -1
+            try:
+                producer.produce(r.topic, r.value, r.key, partition, headers=headers or None)
+            except BufferError:
+                self._produce(
+                    producer, r.topic, r.value, r.key, partition, headers or None,
+                    e.id if e else None,
+                )
+            except Exception as exc:
+                raise self._produce_error(exc, e.id if e else None, len(r.value or b""), r.topic) from exc
         producer.poll(0)
         self._raise_failures()
 
@@ -894,8 +928,12 @@ class KafkaSink(Sink):
     def _data_topics(self) -> list[str]:
         tables = getattr(self.ctx.pipeline.source, "tables", None) or []
         names = []
+        prefix = self._debezium.prefix if self._debezium is not None else None
         for t in tables:
             schema, _, table = str(t).partition(".")
+            if prefix is not None:  # format: debezium: Debezium's topic names
+                names.append(f"{prefix}.{schema}.{table}")
+                continue
             names.append(
                 render_topic(self.config.topic, pipeline=self.ctx.name, schema=schema, table=table)
             )

@@ -188,6 +188,8 @@ class NatsSink(Sink):
     def __init__(self, config: NatsConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
         self.config: NatsConfig = config
+        #: ``format: debezium``: messages carry Debezium record values (section 9)
+        self._debezium = self.debezium_encoder()
         self._where = display_url(config.url)
         self._log = ctx.log.bind(sink="nats", url=self._where)
         secrets = [s for s in (config.password, config.token) if s]
@@ -554,15 +556,21 @@ class NatsSink(Sink):
         if 0 < self._stream_max_msg < limit:
             limit = self._stream_max_msg
         msgs: list[_Msg] = []
+        debezium = self._debezium
         for e in events:
-            data = e.json
+            if debezium is not None:  # format: debezium: the record's value and key
+                m = debezium.message(e)
+                if m is None:
+                    continue  # an operation Debezium skips (skipped.operations)
+                data, key = m
+            else:
+                data, key = e.json, e.key_json
             if len(data) + HEADER_ALLOWANCE > limit:
                 if msgs:  # what came before it goes first: the pipeline may go on after it
                     if len(self._inflight) + len(msgs) > MAX_IN_FLIGHT:
                         self._wait_acked(max(0, MAX_IN_FLIGHT - len(msgs)))
                     self._publish(msgs)
                 raise self._too_large(e.id, len(data), event=e)
-            key = e.key_json
             msgs.append(
                 _Msg(
                     self._subject(e),

@@ -225,6 +225,8 @@ class RabbitMQSink(Sink):
     def __init__(self, config: RabbitMQConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
         self.config: RabbitMQConfig = config
+        #: ``format: debezium``: messages carry Debezium record values (section 9)
+        self._debezium = self.debezium_encoder()
         self._where = display_url(config.url)
         self._vhost = vhost_of(config.url)
         self._log = ctx.log.bind(sink="rabbitmq", url=self._where, exchange=config.exchange)
@@ -584,12 +586,19 @@ class RabbitMQSink(Sink):
         exchange = self.config.exchange
         routes = self._routes
         entries = []
+        debezium = self._debezium
         for e in events:
+            if debezium is not None:  # format: debezium: the record's value and key
+                m = debezium.message(e)
+                if m is None:
+                    continue  # an operation Debezium skips (skipped.operations)
+                data, k = m
+            else:
+                data, k = e.json, e.key_json
             key = routes.get(e.schema) if e.dest is None else self._dest_key(e)
             if key is None:
                 src = e.source
                 key = self._route(e.schema, str(src.get("schema", "")), str(src.get("table", "")))
-            k = e.key_json
             headers = {
                 "cdc-op": e.op,
                 "cdc-schema-version": e.schema.qualified,
@@ -604,7 +613,7 @@ class RabbitMQSink(Sink):
                 app_id="cdc",
                 headers=headers,
             )
-            entries.append(_Entry(exchange, e.json, key, props, mandatory, e.id))
+            entries.append(_Entry(exchange, data, key, props, mandatory, e.id))
         self._publish(entries)
         if len(self._pending) > MAX_IN_FLIGHT:
             self._drain(MAX_IN_FLIGHT // 2)

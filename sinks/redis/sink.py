@@ -202,6 +202,8 @@ class RedisSink(Sink):
     def __init__(self, config: RedisConfig, ctx: PluginContext) -> None:
         super().__init__(config, ctx)
         self.config: RedisConfig = config
+        #: ``format: debezium``: messages carry Debezium record values (section 9)
+        self._debezium = self.debezium_encoder()
         self._where = display_url(config.url)
         self._log = ctx.log.bind(sink="redis", url=self._where)
         try:
@@ -532,8 +534,16 @@ class RedisSink(Sink):
         # more than everything else the sink does; see docs/performance.md)
         parts: list[bytes] = [_MULTI]
         used: set[str] = set()
+        debezium = self._debezium
+        xadds = 0  # one per event, but none for an operation the Debezium format skips
         for e in events:
-            value = e.json
+            if debezium is not None:  # format: debezium: the record's value and key
+                m = debezium.message(e)
+                if m is None:
+                    continue  # an operation Debezium skips (skipped.operations)
+                value, dkey = m
+            else:
+                value, dkey = e.json, e.key_json
             if len(value) > max_bulk:
                 raise self._too_large(e, len(value))
             stream = streams.get(e.schema) if e.dest is None else None
@@ -541,7 +551,7 @@ class RedisSink(Sink):
                 stream = self._stream(e)
             used.add(stream[0])
             prefix = stream[1]
-            key = e.key_json
+            key = dkey
             event_id = e.id.encode()
             op = e.op.encode()
             key = NULL_KEY if key is None else key
@@ -554,6 +564,7 @@ class RedisSink(Sink):
                 value,
                 b"\r\n",
             )
+            xadds += 1
         unchecked = used - self._checked
         if unchecked:
             self._check_types(sorted(unchecked))
@@ -561,7 +572,7 @@ class RedisSink(Sink):
         start = self._count
         new_count = start + len(events)
         reset = self._flushed
-        queued = len(events) + 2 + reset
+        queued = xadds + 2 + reset
         count = str(new_count).encode()
         _command(parts, b"HSET", self.offsets_key.encode(), b"last_id", ids[-1], b"count", count)
         if reset:

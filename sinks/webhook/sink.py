@@ -272,6 +272,8 @@ class WebhookSink(Sink):
         self._pending: list[ChangeEvent] = []
         #: qualified name -> b'"name@version":{definition}', from write_schema (or the event)
         self._definitions: dict[str, bytes] = {}
+        #: ``format: debezium``: the items of ``events`` are Debezium record values
+        self._debezium = self.debezium_encoder()
         self._limit = max(1, int(config.batch_max))
         self._degraded = False
         self._log = ctx.log.bind(sink="webhook", url=self._where)
@@ -408,7 +410,11 @@ class WebhookSink(Sink):
                 if entry is None:
                     entry = self._definitions[q] = _schema_entry(sv)
                 used[q] = entry
-        parts = [self._head, encode_lines(batch, b","), b'],"schemas":{']
+        if self._debezium is not None:  # format: debezium: each item is a record's value
+            items = b",".join(self._debezium.values(batch))
+        else:
+            items = encode_lines(batch, b",")
+        parts = [self._head, items, b'],"schemas":{']
         parts.append(b",".join(used[q] for q in sorted(used)))
         parts.append(b"}}")
         return b"".join(parts)

@@ -192,6 +192,9 @@ class MySQLDecoder:
         self._tx_ts_ms = 0
         self._tx_unix = 0.0
         self._tx_server = 0
+        #: where the rows event being decoded begins in its binlog file (with the row's index
+        #: in it, each event's ``pos``: the Debezium format's ``pos`` and ``row``)
+        self._ev_pos = 0
         self._commit_unix = 0.0
         self._by_id: dict[int, _Table | None] = {}
         self._compiled: dict[bytes, _Table] = {}
@@ -367,6 +370,7 @@ class MySQLDecoder:
         if head.startswith("TRUNCATE"):
             name = parse_truncate(query, ev.schema)
             if name is not None and (name in self.tables or self._alias_active(name)):
+                self._ev_pos = h.start
                 self._emit_truncate(name)
         elif head.startswith(("RENAME", "ALTER", "/*", "#", "-")):
             renames = parse_renames(query, ev.schema)
@@ -566,6 +570,7 @@ class MySQLDecoder:
         if not self.tx.out:
             self._out_since = time.monotonic()
         self.tx.cost += ev.end - ev.start
+        self._ev_pos = ev.header.start
         return table
 
     def _on_write_or_delete(self, ev: P.WriteRows | P.DeleteRows) -> Batch | None:
@@ -582,12 +587,13 @@ class MySQLDecoder:
         source = self._source_block(table)
         version = table.version
         tx.cost += EVENT_COST * len(rows)
+        at = self._ev_pos
         if isinstance(ev, P.WriteRows):
-            for row, key in rows:
-                emit("c", source, version, key, None, row)
+            for i, (row, key) in enumerate(rows):
+                emit("c", source, version, key, None, row, None, None, (at, i))
         else:
-            for row, key in rows:
-                emit("d", source, version, key, row, None)
+            for i, (row, key) in enumerate(rows):
+                emit("d", source, version, key, row, None, None, None, (at, i))
         return self._after_rows()
 
     def _on_update(self, ev: P.UpdateRows) -> Batch | None:
@@ -603,8 +609,9 @@ class MySQLDecoder:
         source = self._source_block(table)
         version = table.version
         tx.cost += EVENT_COST * len(rows)
-        for before, old_key, after, new_key in rows:
-            update(source, version, before, old_key, after, new_key)
+        at = self._ev_pos
+        for i, (before, old_key, after, new_key) in enumerate(rows):
+            update(source, version, before, old_key, after, new_key, None, (at, i))
         return self._after_rows()
 
     def _on_partial_update(self, ev: P.PartialUpdateRows) -> Batch | None:
@@ -639,7 +646,7 @@ class MySQLDecoder:
         if not tx.out:
             self._out_since = time.monotonic()
         tx.cost += EVENT_COST
-        tx.emit("t", self._source_block(table), table.version, None, None, None)
+        tx.emit("t", self._source_block(table), table.version, None, None, None, None, None, (self._ev_pos, 0))
 
     def _catalog_table(self, name: str) -> _Table:
         """The current version of a table the stream has not described in this session (a

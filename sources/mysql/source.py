@@ -162,6 +162,8 @@ class MySQLSource(Source):
             with self._conn_lock:
                 conn = self._catalog()
                 facts = self._facts = catalog.server_facts(conn)
+                # for the Debezium format (MariaDB's JSON is a plain string there)
+                self.ctx.shared[f"source_flavor:{self.ctx.name}"] = facts.flavor
                 catalog.check_server(facts)
                 renames = self._recorded_renames()
                 self._check_renamed_away(conn, renames)

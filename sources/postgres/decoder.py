@@ -171,8 +171,9 @@ class PgDecoder:
         """Events gathered and not handed over yet."""
         return len(self.tx.out)
 
-    def feed(self, msg: Any, nbytes: int = 0) -> Batch | None:
-        """Take one message (``nbytes``: its frame's size, for the batch's memory estimate);
+    def feed(self, msg: Any, nbytes: int = 0, lsn: int | None = None) -> Batch | None:
+        """Take one message (``nbytes``: its frame's size, for the batch's memory estimate;
+        ``lsn``: its own WAL position, the XLogData start, kept as its event's ``pos``);
         return a batch when one is due. Raises :class:`ProtocolError` for a change of a
         relation never described, and whatever ``facts`` and ``resolve`` raise."""
         cls = msg.__class__
@@ -191,11 +192,11 @@ class PgDecoder:
             if cls is Insert:
                 # the hottest path: an Insert never carries UNCHANGED
                 after = rel.fast_row(msg.new)
-                due = tx.emit("c", source, rel.version, rel.key(after), None, after)
+                due = tx.emit("c", source, rel.version, rel.key(after), None, after, None, None, lsn)
             elif cls is Update:
-                due = self._on_update(rel, source, msg)
+                due = self._on_update(rel, source, msg, lsn)
             else:
-                due = self._on_delete(rel, source, msg)
+                due = self._on_delete(rel, source, msg, lsn)
             return self.cut() if due else None
         if cls is Begin:
             self._tx_lsn = msg.final_lsn
@@ -205,7 +206,9 @@ class PgDecoder:
             tx.begin(str(Lsn(msg.final_lsn)))
             return None
         if cls is Commit:
-            tx.commit()
+            last = tx.commit()
+            if last is not None and lsn is not None:  # the Commit's own WAL position too
+                last.pos = (last.pos, lsn)
             self.position = Lsn(msg.end_lsn)
             if tx.full():
                 return self.cut()
@@ -218,7 +221,7 @@ class PgDecoder:
                 rel = self.relations.get(relid)
                 if rel is not None:
                     source = tx.sources.get(rel.relid) or self._source_block(rel)
-                    tx.emit("t", source, rel.version, None, None, None)
+                    tx.emit("t", source, rel.version, None, None, None, None, None, lsn)
             return None
         if cls is Type or cls is Origin or cls is Message:
             return None
@@ -246,7 +249,9 @@ class PgDecoder:
         }
         return block
 
-    def _on_update(self, rel: StreamRelation, source: dict[str, Any], msg: Update) -> bool:
+    def _on_update(
+        self, rel: StreamRelation, source: dict[str, Any], msg: Update, lsn: int | None
+    ) -> bool:
         after, unchanged = rel.row(msg.new)
         before: dict[str, Any] | None = None
         old_key: dict[str, Any] | None = None
@@ -267,9 +272,13 @@ class PgDecoder:
                 else:
                     still.append(name)
             unchanged = still or None
-        return self.tx.update(source, rel.version, before, old_key, after, rel.key(after), unchanged)
+        return self.tx.update(
+            source, rel.version, before, old_key, after, rel.key(after), unchanged, lsn
+        )
 
-    def _on_delete(self, rel: StreamRelation, source: dict[str, Any], msg: Delete) -> bool:
+    def _on_delete(
+        self, rel: StreamRelation, source: dict[str, Any], msg: Delete, lsn: int | None
+    ) -> bool:
         if msg.old_kind == "O":
             before, _ = rel.row(msg.old)
         elif msg.old_kind == "K":
@@ -277,7 +286,7 @@ class PgDecoder:
         else:
             before = None
         key = rel.key(before) if before is not None else None
-        return self.tx.emit("d", source, rel.version, key, before, None)
+        return self.tx.emit("d", source, rel.version, key, before, None, None, None, lsn)
 
     # -- relations ------------------------------------------------------------------------------
 

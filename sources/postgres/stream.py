@@ -53,6 +53,8 @@ from .protocol import ProtocolError as WireError
 #: seconds between standby status updates even when nothing changed
 STATUS_INTERVAL_S = 10.0
 _W = ord("w")
+#: a message's WAL start (bytes 1..8 of XLogData), kept on its event as ChangeEvent.pos
+_u64 = int.from_bytes
 
 
 class ReplicationStream:
@@ -167,7 +169,7 @@ class ReplicationStream:
                 if nbytes > 0:
                     if buf[0] == _W:
                         # tobytes: far cheaper than bytes(memoryview)
-                        batch = feed(decode(buf[25:].tobytes()), nbytes)
+                        batch = feed(decode(buf[25:].tobytes()), nbytes, _u64(buf[1:9], "big"))
                         if batch is not None:
                             self._housekeeping()  # status updates go out under sustained load too
                             return batch
