@@ -80,8 +80,12 @@ class ChangeEvent:
         self.after = after
         self.unchanged = unchanged
         self.key_change = key_change
-        #: the change's own place in the source's log, when the source knows it (PostgreSQL:
-        #: the LSN of the change's WAL record, an int); not part of the cdc format's JSON
+        #: where the change stands in the source's log, finer than ``source`` (used by the
+        #: Debezium format only; never in the cdc format's JSON). By source: PostgreSQL, the
+        #: LSN of the change's WAL record (an int), and on a transaction's last event
+        #: ``(that LSN, the Commit's LSN)``; MySQL, ``(rows event position, row index)``; a
+        #: snapshot read, ``None`` or the Debezium snapshot mark (``"first"``, ``"last"``,
+        #: ``"first_in_data_collection"``, ``"last_in_data_collection"``)
         self.pos = pos
 
     @property
