@@ -21,6 +21,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_NO_SERVICE = 3
+#: Ctrl-C (128 + SIGINT), as shells report it; the command says what goes on without it
+EXIT_INTERRUPTED = 130
 
 
 def _load(path: str, *, no_env: bool = False) -> ServiceConfig:
@@ -135,7 +137,13 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _out(orjson.dumps(doc).decode())
     if not args.wait:
         return EXIT_OK
-    return _wait_snapshots(cfg, p.name, list(doc.get("ids") or [doc["id"]]))
+    ids = list(doc.get("ids") or [doc["id"]])
+    args.on_interrupt = (
+        f"stopped waiting; the snapshot {', '.join(ids)} goes on in the service. Follow it with "
+        f"`cdc snapshots {args.config} {p.name}`, cancel it with "
+        f"`cdc snapshot {args.config} {p.name} --cancel {ids[0]}`"
+    )
+    return _wait_snapshots(cfg, p.name, ids)
 
 
 #: seconds ``cdc snapshot --wait`` keeps asking while no service answers (a restart)
@@ -345,6 +353,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
                 _out(f"  - {line}")
             _out("run again with --yes to do it")
             return EXIT_OK
+        args.on_interrupt = (f"the drop may be half done: run `cdc drop {args.config} {p.name} "
+                             "--yes` again to finish it")
         lines = source_cls.drop(p.source, ctx) + sink.drop()
         store.drop_pipeline(p.name)
         lines.append(state_line.replace("delete", "deleted", 1))
@@ -465,7 +475,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_config_error(exc)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Ctrl-C: 130 like any interrupted program, saying what goes on without this command
+        # (cdc run and cdc demo take SIGINT themselves and stop cleanly with 0).
+        note = getattr(args, "on_interrupt", None)
+        _err(f"cdc {args.command}: interrupted" + (f"; {note}" if note else ""))
+        return EXIT_INTERRUPTED
     return code
 
 

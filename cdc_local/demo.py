@@ -5,10 +5,18 @@ sample tables, runs a small writer that keeps inserting, updating and deleting r
 the real service (the same :class:`cdc.service.Service` as ``cdc run``) with a file sink. Each
 event is printed on stdout as one JSON line as soon as it lands in the sink's files. Ctrl-C
 stops the writer, the service and the database and removes the folder, leaving no process.
+
+Stopping: SIGINT (Ctrl-C), SIGTERM (``make`` or a process manager, also sent to the whole
+process group) and SIGHUP (the terminal was closed) all start the same clean-up. Once it has
+started, further signals are only acknowledged ("still stopping"), never allowed to interrupt it:
+a second Ctrl-C used to abort the clean-up half-way and leave the embedded PostgreSQL and its
+temp folder behind. Each step of the clean-up is guarded, so one failing step does not skip the
+others, and the "stopped" line is always printed last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import signal
@@ -66,6 +74,9 @@ pipelines:
       type: file
       path: ./out
 """
+
+#: the signals that stop the demo: Ctrl-C, a process manager (or make), a closed terminal
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances"]
 STATUSES = ["paid", "packed", "shipped", "delivered"]
@@ -145,10 +156,20 @@ def run_demo(keep: bool = False) -> int:
     runner: threading.Thread | None = None
     threads: list[threading.Thread] = []
 
-    def on_term(*_: Any) -> None:
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            # Never interrupt the clean-up: that is what left servers and folders behind.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"cdc demo: still stopping ({signal.Signals(signum).name}), "
+                                 "please wait ...\n")
+                sys.stderr.flush()
+            return
+        stopping.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         print("cdc demo: starting an embedded PostgreSQL ...", file=sys.stderr, flush=True)
         pg = LocalPostgres(find_embedded_bindir())
@@ -170,7 +191,7 @@ def run_demo(keep: bool = False) -> int:
         runner = threading.Thread(target=serve, name="cdc-service", daemon=True)
         runner.start()
         print(
-            f"cdc demo: PostgreSQL {pg.version} at {dsn}\n"
+            f"cdc demo: PostgreSQL {pg.version} at {dsn} (folder {pg.base_dir})\n"
             f"cdc demo: pipeline file {config_path}, events in {work / 'out'}\n"
             f"cdc demo: admin API http://{config.api.listen}/pipelines\n"
             "cdc demo: a writer is changing public.customers and public.orders; every event "
@@ -192,18 +213,50 @@ def run_demo(keep: bool = False) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop.set()
-        if service is not None:
+        stopping.set()  # from here on a signal is acknowledged, never raised
+        _say("cdc demo: stopping (the service, the writer, PostgreSQL) ...")
+        _cleanup(stop, service, runner, service_done, threads, pg, work, keep)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _say("cdc demo: stopped, nothing left running")
+
+
+def _say(text: str) -> None:
+    """A line on stderr; a closed terminal (SIGHUP) must not stop the clean-up."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _cleanup(
+    stop: threading.Event,
+    service: Service | None,
+    runner: threading.Thread | None,
+    service_done: threading.Event,
+    threads: list[threading.Thread],
+    pg: LocalPostgres | None,
+    work: Path,
+    keep: bool,
+) -> None:
+    """Stop everything the demo started, each step on its own (one failing never skips the
+    rest): the writer and the follower, the service, the database, the temp folder."""
+    stop.set()
+    if service is not None:
+        with contextlib.suppress(Exception):
             service.request_stop()
-        if runner is not None:
-            service_done.wait(12)
-        for t in threads:
-            t.join(5)
-        if pg is not None:
+    if runner is not None:
+        service_done.wait(12)
+    for t in threads:
+        t.join(5)
+    if pg is not None:
+        try:
             pg.cleanup()
-        if keep:
-            print(f"cdc demo: kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print("cdc demo: stopped, nothing left running", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001 - the kill below is the fallback
+            _say(f"cdc demo: stopping PostgreSQL failed ({exc}); killing it")
+            with contextlib.suppress(Exception):
+                pg.kill()
+                pg.cleanup()
+    if keep:
+        _say(f"cdc demo: kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)
