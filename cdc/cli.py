@@ -109,10 +109,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
         return EXIT_INVALID
-    if args.where is not None or args.cancel is not None:
-        _err(f"cdc snapshot {'--where' if args.where is not None else '--cancel'} is not available "
-             "yet in this build of cdc")
+    if args.where is not None:
+        _err("cdc snapshot --where is not available yet in this build of cdc")
         return EXIT_FAILED
+    if args.cancel is not None:
+        if args.tables or args.wait:
+            _err("--cancel ID takes no TABLE and no --wait")
+            return EXIT_INVALID
+        return _cancel_snapshot(cfg, p.name, args.cancel)
     if not args.tables:
         _err("name at least one TABLE to snapshot")
         return EXIT_INVALID
@@ -146,16 +150,80 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     return _wait_snapshots(cfg, p.name, ids)
 
 
+def _cancel_snapshot(cfg: ServiceConfig, pipeline: str, sid: str) -> int:
+    """``cdc snapshot --cancel ID``: 0 cancelled, 1 it had already ended, 2 unknown id."""
+    try:
+        status, doc = api_call(cfg, "DELETE", f"/pipelines/{pipeline}/snapshots/{sid}")
+    except NoService as exc:
+        _err(str(exc))
+        return EXIT_NO_SERVICE
+    if status == 404:
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        _err(f"refused (404): {message}")
+        return EXIT_INVALID
+    if status != 200 or not isinstance(doc, dict):
+        _err(f"cannot cancel snapshot {sid} ({status}): {doc}")
+        return EXIT_FAILED
+    if doc.get("state") != "cancelled":
+        _err(f"snapshot {sid} had already ended: {doc.get('state')}")
+        return EXIT_FAILED
+    _out(f"snapshot {sid}: cancelled ({doc.get('rows_done', 0)} rows had been read; the tables "
+         "not finished stay unread)")
+    return EXIT_OK
+
+
 #: seconds ``cdc snapshot --wait`` keeps asking while no service answers (a restart)
 WAIT_NO_SERVICE_S = 60.0
+#: seconds between progress lines of ``cdc snapshot --wait`` when stderr is not a terminal
+PROGRESS_INTERVAL_S = 10.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Progress:
+    """Rows done, rate and ETA of one snapshot from successive polls."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, int] | None = None
+
+    def line(self, sid: str, doc: dict[str, Any]) -> str:
+        state = doc.get("state", "")
+        done = int(doc.get("rows_done") or 0)
+        estimated = int(doc.get("rows_estimated") or 0)
+        now = time.monotonic()
+        text = f"snapshot {sid}: {state}, {done:,} of ~{estimated:,} rows" if estimated else (
+            f"snapshot {sid}: {state}, {done:,} rows")
+        if estimated and state == "running":
+            text += f" ({min(100, done * 100 // estimated)}%)"
+        if state != "running":
+            return text
+        if self.first is None:
+            self.first = (now, done)
+            return text
+        t0, d0 = self.first
+        if now - t0 >= 1 and done > d0:
+            rate = (done - d0) / (now - t0)
+            text += f", {rate:,.0f} rows/s"
+            if estimated > done:
+                text += f", ETA {_duration((estimated - done) / rate)}"
+        return text
 
 
 def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
-    """Poll each snapshot until it ends: 0 when all are done, 1 when one failed or was
-    cancelled, 3 when no service answered for a minute."""
+    """Poll each snapshot until it ends, showing its progress (rows, rate, ETA): rewritten in
+    place on a terminal, a line per state change and per :data:`PROGRESS_INTERVAL_S` otherwise.
+    0 when all are done, 1 when one failed or was cancelled, 3 when no service answered for a
+    minute."""
+    tty = sys.stderr.isatty()
     last_state: dict[str, str] = {}
+    last_line_at = 0.0
     unanswered_since: float | None = None
     pending = list(ids)
+    progress = {sid: _Progress() for sid in ids}
     failed = False
     while pending:
         sid = pending[0]
@@ -175,10 +243,17 @@ def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
             _err(f"cannot follow snapshot {sid} ({status}): {message}")
             return EXIT_FAILED
         state = doc.get("state", "")
-        if last_state.get(sid) != state:
-            last_state[sid] = state
-            _err(f"snapshot {sid}: {state} ({doc.get('rows_done')} of ~{doc.get('rows_estimated')} rows)")
-        if state in ("done", "failed", "cancelled"):
+        line = progress[sid].line(sid, doc)
+        ended = state in ("done", "failed", "cancelled")
+        now = time.monotonic()
+        if tty:
+            sys.stderr.write("\r\x1b[K" + line + ("\n" if ended else ""))
+            sys.stderr.flush()
+        elif last_state.get(sid) != state or now - last_line_at >= PROGRESS_INTERVAL_S:
+            _err(line)
+            last_line_at = now
+        last_state[sid] = state
+        if ended:
             pending.pop(0)
             if state != "done":
                 failed = True
@@ -187,6 +262,46 @@ def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
             continue
         time.sleep(0.3)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """List a pipeline's snapshots, from the running service, else from the state store."""
+    cfg = _load(args.config)
+    p = cfg.pipeline(args.pipeline)
+    if p is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    records: list[dict[str, Any]] = []
+    try:
+        status, doc = api_call(cfg, "GET", f"/pipelines/{p.name}/snapshots")
+        if status != 200 or not isinstance(doc, dict):
+            raise NoService(f"the service answered {status}")
+        records = list(doc.get("snapshots") or [])
+    except NoService:
+        from cdc.service import open_store
+        from cdc.snapshot import summary
+
+        try:
+            store = open_store(cfg, readonly=True)
+        except CDCError:
+            records = []
+        else:
+            try:
+                records = [summary(r) for r in store.snapshots(p.name)]
+            finally:
+                store.close()
+    if args.json:
+        _out(orjson.dumps({"snapshots": records}, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if not records:
+        _out(f"{p.name}: no snapshots")
+        return EXIT_OK
+    for r in records:
+        created = r.get("created_at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created / 1000)) if created else "-"
+        _out(f"{r['id']}  {r['state']:<9}  {r.get('rows_done', 0)}/~{r.get('rows_estimated') or 0} rows  "
+             f"{when} UTC  {', '.join(r.get('tables') or [])}")
+    return EXIT_OK
 
 
 def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
@@ -366,6 +481,31 @@ def cmd_drop(args: argparse.Namespace) -> int:
         return EXIT_FAILED
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    """Connect and list every problem of every (or the named) pipeline; changes nothing."""
+    cfg = _load(args.config)
+    if args.pipeline is not None and cfg.pipeline(args.pipeline) is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    from cdc.check import check
+
+    reports = check(cfg, args.pipeline)
+    total = 0
+    for report in reports:
+        if not report.findings:
+            _out(f"{report.name}: ok")
+            continue
+        total += len(report.findings)
+        count = len(report.findings)
+        _out(f"{report.name}: {count} problem{'s' if count != 1 else ''}")
+        for f in report.findings:
+            _out(f"  - {f.where} [{f.kind}]: {f.message}")
+    if total:
+        _out(f"{total} problem{'s' if total != 1 else ''} found; nothing was changed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     """The demo is a plugin command (entry-point group ``cdc.commands``): the core does not
     import it, and a build without it says so."""
@@ -410,8 +550,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.add_argument("--wait", action="store_true", help="wait until the snapshot ends")
     p.add_argument("--where", metavar="SQL", help="only rows matching this condition (not available yet)")
-    p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (not available yet)")
+    p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (its id from `cdc snapshots`)")
     p.set_defaults(fn=cmd_snapshot)
+
+    p = sub.add_parser(
+        "snapshots", help="list a pipeline's snapshots",
+        description="List the snapshots of PIPELINE: id, state, rows done / estimated, when it "
+        "was asked for, tables. From the running service, else from the state store.",
+        epilog="exit codes: 0 listed, 2 unknown pipeline. example: cdc snapshots shop.yaml shop",
+    )
+    p.add_argument("config", help="the pipeline file")
+    p.add_argument("pipeline", help="the pipeline's name")
+    p.add_argument("--json", action="store_true", help="the list as JSON, as the API gives it")
+    p.set_defaults(fn=cmd_snapshots)
 
     p = sub.add_parser("status", help="state, positions and lag of each pipeline")
     p.add_argument("config")
@@ -433,9 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands of the contract whose feature this build does not have yet: they parse their
     # arguments as the contract gives them and say so, exit 1.
     for name, help_text, args in (
-        ("check", "connect and list every problem of the pipelines", ["config", "pipeline?"]),
         ("tail", "follow a pipeline's events as they land", ["config", "pipeline", "--table", "--format"]),
-        ("snapshots", "list a pipeline's snapshots", ["config", "pipeline", "--json!"]),
         ("reload", "make the running service re-read CONFIG", ["config"]),
         ("pause", "stop reading for one pipeline", ["config", "pipeline"]),
         ("resume", "restart reading for a paused pipeline", ["config", "pipeline"]),
@@ -457,6 +606,19 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument(arg)
         p.set_defaults(fn=_not_available(name))
+
+    p = sub.add_parser(
+        "check", help="connect and list every problem of the pipelines, each with its fix",
+        description="Connect to each pipeline's source and sink and list EVERY problem at once "
+        "(reachability, authentication, server settings, privileges, replica identity, "
+        "publication, slot, sink permissions), each with the statement or setting that fixes "
+        "it. Changes nothing.",
+        epilog="exit codes: 0 all well, 1 problems found, 2 invalid file or unknown pipeline. "
+        "example: cdc check shop.yaml",
+    )
+    p.add_argument("config", help="the pipeline file")
+    p.add_argument("pipeline", nargs="?", help="check only this pipeline")
+    p.set_defaults(fn=cmd_check)
 
     p = sub.add_parser("demo", help="stream an embedded PostgreSQL's changes to files, printing each event")
     p.add_argument("--keep", action="store_true", help="keep the temp folder at the end")

@@ -466,6 +466,7 @@ class Pipeline:
             self._stop,
             self._shared,
             self._degraded,
+            config_file=self.service.file,
         )
         source_cls, source_cfg = self._plugin("source")
         sink_cls, sink_cfg = self._plugin("sink")

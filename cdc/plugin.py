@@ -76,6 +76,7 @@ class PluginContext:
         stop: threading.Event | None = None,
         shared: dict[str, Any] | None = None,
         on_degraded: Callable[[CDCError | None], None] | None = None,
+        config_file: str = "",
     ) -> None:
         self.pipeline = pipeline
         self.name = pipeline.name
@@ -87,6 +88,8 @@ class PluginContext:
         #: facts the service shares with every plugin (e.g. ``slots_in_use``)
         self.shared: dict[str, Any] = shared if shared is not None else {}
         self._on_degraded = on_degraded
+        #: the pipeline file's path, for advice that names a command (``CONFIG`` if unknown)
+        self.config_file = config_file or "CONFIG"
 
     def degraded(self, error: CDCError | None) -> None:
         """A plugin that retries internally (a sink waiting for its endpoint) reports it here:
@@ -167,6 +170,13 @@ class Source(ABC):
         """Called every few seconds from the supervisor thread to refresh :meth:`status`."""
 
     @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """``cdc check``: connect and return EVERY problem that would stop this source, each
+        error's message naming its fix (reachability, authentication, server settings,
+        privileges, tables, slots...). Must change nothing. The default checks nothing."""
+        return []
+
+    @classmethod
     def describe_drop(cls, config: Any, ctx: PluginContext) -> list[str]:
         """What ``cdc drop`` would remove at the source, one line each."""
         return []
@@ -217,6 +227,12 @@ class Sink(ABC):
 
     def held_schemas(self) -> list[dict[str, Any]]:
         """Schema definitions the sink holds (``cdc run --adopt`` continues after them)."""
+        return []
+
+    def check(self) -> list[CDCError]:
+        """``cdc check``: return every problem that would stop this sink (reachability,
+        permissions, topic or stream settings), each message naming its fix, without writing
+        anything. The default checks nothing."""
         return []
 
     def describe_drop(self) -> list[str]:

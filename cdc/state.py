@@ -37,6 +37,14 @@ SCHEMA_VERSION = 2
 OPEN_SNAPSHOT_STATES = ("pending", "running")
 
 
+def mark_tables_cancelled(record: dict[str, Any]) -> None:
+    """A cancelled snapshot's unfinished tables are ``cancelled`` too (they used to stay
+    ``running`` in the record forever)."""
+    for progress in record.get("progress", {}).values():
+        if progress.get("state") in OPEN_SNAPSHOT_STATES:
+            progress["state"] = "cancelled"
+
+
 #: SQLite primary result codes that mean the file is damaged or not a database
 SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
@@ -307,6 +315,7 @@ class SQLiteStore(CheckpointStore):
                     if record["state"] in OPEN_SNAPSHOT_STATES:
                         record["state"] = "cancelled"
                         record["finished_at"] = time.time()
+                        mark_tables_cancelled(record)
                         self._db.execute(
                             "UPDATE snapshots SET state = ?, record = ? WHERE pipeline = ? AND id = ?",
                             (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),

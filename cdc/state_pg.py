@@ -54,7 +54,13 @@ from psycopg import errors as pg_errors
 from cdc.errors import FatalError, LeaseLost, RetriableError
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
-from cdc.state import OPEN_SNAPSHOT_STATES, Checkpoint, CheckpointStore, StoredSchemaVersion
+from cdc.state import (
+    OPEN_SNAPSHOT_STATES,
+    Checkpoint,
+    CheckpointStore,
+    StoredSchemaVersion,
+    mark_tables_cancelled,
+)
 
 #: version of the tables' layout, kept in ``cdc_state_version``
 SCHEMA_VERSION = 2
@@ -381,6 +387,7 @@ class PostgresStore(CheckpointStore):
                 if record["state"] in OPEN_SNAPSHOT_STATES:
                     record["state"] = "cancelled"
                     record["finished_at"] = time.time()
+                    mark_tables_cancelled(record)
                     conn.execute(
                         "UPDATE cdc_snapshots SET state = %s, record = %s WHERE pipeline = %s AND id = %s",
                         (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),

@@ -49,7 +49,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import CDCError, FatalError, RetriableError
 from cdc.events import encode_line_chunks
 from cdc.plugin import PluginContext, Sink
 from sinks.file.config import FileConfig
@@ -197,6 +197,32 @@ class FileSink(Sink):
                 pipeline=self.ctx.name,
             )
         return False
+
+    # ------------------------------------------------------------------ cdc check
+
+    def check(self) -> list[CDCError]:
+        """The folder is a folder (or can be created) and this process may write in it."""
+        try:
+            exists = self._check_folder()
+        except FatalError as exc:
+            return [exc]
+        target = self.folder
+        if not exists:
+            target = os.path.dirname(os.path.abspath(self.folder))
+            while target and not os.path.isdir(target):
+                parent = os.path.dirname(target)
+                if parent == target:
+                    break
+                target = parent
+        if not os.access(target, os.W_OK | os.X_OK):
+            what = "write in" if exists else f"create {self.folder} under"
+            return [FatalError(
+                f"file sink: this user cannot {what} {target}: give it write permission "
+                f"(`chown` or `chmod u+w {target}`) or point sink.path elsewhere",
+                pipeline=self.ctx.name,
+                kind="sink_config",
+            )]
+        return []
 
     # ------------------------------------------------------------------ open
 

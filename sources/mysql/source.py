@@ -61,7 +61,7 @@ import uuid
 from typing import Any
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import CDCError, FatalError, RetriableError
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 from cdc.schema import SchemaVersion, TableSchema
@@ -724,6 +724,40 @@ class MySQLSource(Source):
                 conn.close()
             except Exception:
                 pass
+
+    # -- cdc check --------------------------------------------------------------------------------
+
+    @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """What :meth:`open` would stop at, with the same catalog checks (login, binlog
+        settings, grants and tables), read-only."""
+        pymysql = _library()
+        src = cls(config, ctx)
+        try:
+            conn = catalog.connect(catalog.connection_settings(config.dsn), src.dsn_display)
+        except (FatalError, RetriableError) as exc:
+            return [exc]
+        problems: list[CDCError] = []
+        try:
+            facts = catalog.server_facts(conn)
+            for check in (
+                lambda: catalog.check_server(facts),
+                lambda: catalog.check_grants(conn, facts, sorted(src.tables)),
+            ):
+                try:
+                    check()
+                except FatalError as exc:
+                    problems.append(exc)
+        except pymysql.err.MySQLError as exc:
+            problems.append(FatalError(
+                f"the server refused a check query: {catalog.error_text(exc)}", kind="source_error"
+            ))
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        return problems
 
     # -- cdc drop ---------------------------------------------------------------------------------
 

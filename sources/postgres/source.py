@@ -38,7 +38,7 @@ from typing import Any
 import psycopg
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import CDCError, FatalError, RetriableError
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 
@@ -146,79 +146,100 @@ class PostgresSource(Source):
         log = self.ctx.log
         assert self._facts is not None
         slot = catalog.slot_facts(conn, self.slot)
+        problems = self.slot_problems(slot, self._facts.database, checkpoint, adopt)
+        if problems:
+            raise problems[0]
+        if checkpoint is not None:
+            return Lsn.parse(checkpoint)
+        if slot is not None:
+            confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
+            log.warning("slot_adopted", slot=self.slot, position=str(confirmed))
+            return confirmed
+        created = Lsn.parse(catalog.create_slot(conn, self.slot))
+        log.info("slot_created", slot=self.slot, position=str(created))
+        return created
+
+    def slot_problems(
+        self, slot: catalog.SlotFacts | None, database: str, checkpoint: str | None, adopt: bool
+    ) -> list[FatalError | RetriableError]:
+        """What stops the pipeline from reading its slot, each with its way out (at start, the
+        first is raised; ``cdc check`` lists them). The advice never drops the slot of a
+        pipeline that another instance is running: it says to look first."""
+        config = self.ctx.config_file
         way_back = (
-            f"to recover, run `cdc drop CONFIG {self.ctx.name} --yes` and start again with "
-            "snapshot.mode: initial to re-read the tables"
+            f"first make sure no cdc instance runs pipeline {self.ctx.name} (`cdc status "
+            f"{config}`), then, to recover, run `cdc drop {config} {self.ctx.name} --yes` and "
+            "start again with snapshot.mode: initial to re-read the tables"
         )
+        problems: list[FatalError | RetriableError] = []
         if slot is not None and (slot.slot_type != "logical" or slot.plugin != "pgoutput"):
-            raise FatalError(
+            problems.append(FatalError(
                 f"replication slot {self.slot} exists but is not a logical pgoutput slot "
                 f"(type {slot.slot_type}, plugin {slot.plugin}); choose another `slot` name",
                 kind="source_config",
-            )
-        if slot is not None and slot.database != self._facts.database:
-            raise FatalError(
+            ))
+            return problems
+        if slot is not None and slot.database != database:
+            problems.append(FatalError(
                 f"replication slot {self.slot} belongs to database {slot.database}, not "
-                f"{self._facts.database}; choose another `slot` name",
+                f"{database}; choose another `slot` name",
                 kind="source_config",
-            )
+            ))
+            return problems
         if checkpoint is not None:
             ckpt = Lsn.parse(checkpoint)
             if slot is None:
-                raise FatalError(
+                problems.append(FatalError(
                     f"replication slot {self.slot} is missing (dropped by someone?): changes "
                     f"committed after the last checkpoint {ckpt} may be gone; {way_back}",
                     kind="slot_missing",
                     position=str(ckpt),
-                )
+                ))
+                return problems
             if slot.wal_status == "lost":
-                raise FatalError(
+                problems.append(FatalError(
                     f"replication slot {self.slot} is invalidated (wal_status lost: the server "
                     f"removed WAL it still needed, see max_slot_wal_keep_size); changes after "
                     f"the last checkpoint {ckpt} are gone; {way_back}",
                     kind="slot_lost",
                     position=str(ckpt),
-                )
+                ))
+                return problems
             confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
             if ckpt < confirmed:
-                raise FatalError(
+                problems.append(FatalError(
                     f"the saved checkpoint {ckpt} is behind the slot's confirmed position "
                     f"{confirmed} (was the state restored from a backup?): the changes in "
                     f"between can no longer be read; {way_back}",
                     kind="state_behind_slot",
                     position=str(ckpt),
-                )
-            self._check_slot_idle(slot)
-            return ckpt
-        if slot is not None:
-            if slot.wal_status == "lost":
-                raise FatalError(
-                    f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
-                    f"(`cdc drop CONFIG {self.ctx.name} --yes`) and start again",
-                    kind="slot_lost",
-                )
-            self._check_slot_idle(slot)
-            confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
-            log.warning("slot_adopted", slot=self.slot, position=str(confirmed))
-            return confirmed
-        if adopt:
-            raise FatalError(
+                ))
+        elif slot is not None and slot.wal_status == "lost":
+            problems.append(FatalError(
+                f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
+                f"(`cdc drop {config} {self.ctx.name} --yes`) and start again",
+                kind="slot_lost",
+            ))
+        elif slot is None and adopt:
+            problems.append(FatalError(
                 f"--adopt {self.ctx.name}: there is no replication slot {self.slot} to continue "
                 f"from; {way_back}",
                 kind="slot_missing",
-            )
-        created = Lsn.parse(catalog.create_slot(conn, self.slot))
-        log.info("slot_created", slot=self.slot, position=str(created))
-        return created
+            ))
+        if slot is not None and slot.active_pid is not None:
+            problems.append(self._slot_in_use(slot))
+        return problems
 
-    def _check_slot_idle(self, slot: catalog.SlotFacts) -> None:
-        if slot.active_pid is not None:
-            raise RetriableError(
-                f"replication slot {self.slot} is in use by another connection (server PID "
-                f"{slot.active_pid}): is another cdc instance running this pipeline? Stop it, "
-                f"or give this pipeline another `slot`",
-                kind="slot_in_use",
-            )
+    def _slot_in_use(self, slot: catalog.SlotFacts) -> RetriableError:
+        return RetriableError(
+            f"replication slot {self.slot} is in use by another connection (server PID "
+            f"{slot.active_pid}): probably another cdc instance is running pipeline "
+            f"{self.ctx.name} (`cdc status {self.ctx.config_file}` asks the service at its "
+            "api.listen; `SELECT application_name, client_addr FROM pg_stat_replication WHERE "
+            f"pid = {slot.active_pid}` names the reader). Stop that one first, or leave it "
+            "running and do not start this one; cdc retries until the slot is free",
+            kind="slot_in_use",
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -333,6 +354,61 @@ class PostgresSource(Source):
                 conn.close()
             except Exception:
                 pass
+
+    # -- cdc check --------------------------------------------------------------------------------
+
+    @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """Every problem :meth:`open` would stop at, found with the same catalog functions
+        but read-only: nothing is created, altered or dropped."""
+        src = cls(config, ctx)
+        try:
+            conn = src._connect()
+        except (FatalError, RetriableError) as exc:
+            return [exc]
+        problems: list[CDCError] = []
+        try:
+            with conn:
+                facts = catalog.server_facts(conn)
+                problems += catalog.server_problems(facts)
+                found, table_problems = catalog.table_problems(conn, config.tables, src._renames())
+                problems += table_problems
+                problems += catalog.publication_problems(conn, src.publication, config.tables, facts.version)
+                ck = ctx.store.get_checkpoint(ctx.name)
+                slot = catalog.slot_facts(conn, src.slot)
+                problems += src.slot_problems(slot, facts.database, ck.position if ck else None, False)
+                if slot is None and ck is None:
+                    free = conn.execute(
+                        "SELECT current_setting('max_replication_slots')::int - count(*) "
+                        "FROM pg_replication_slots"
+                    ).fetchone()
+                    if free is not None and free[0] <= 0:
+                        problems.append(FatalError(
+                            f"cdc would create the replication slot {src.slot} at start, but all "
+                            "max_replication_slots are taken: raise max_replication_slots (and "
+                            "max_wal_senders) in postgresql.conf, or drop unused slots",
+                            kind="source_config",
+                        ))
+                for table, columns in sorted(src.exclude.items()):
+                    if table not in found:
+                        continue
+                    have = {r[0] for r in conn.execute(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                        "AND NOT attisdropped", (found[table].oid,)).fetchall()}
+                    missing = sorted(set(columns) - have)
+                    if missing:
+                        problems.append(FatalError(
+                            f"columns.exclude names columns that {table} does not have: "
+                            f"{', '.join(missing)} (names are exact and case-sensitive); fix or "
+                            "remove them",
+                            kind="config",
+                            table=table,
+                        ))
+        except psycopg.Error as exc:
+            problems.append(FatalError(
+                f"PostgreSQL refused a check query: {str(exc).strip()}", kind="source_error"
+            ))
+        return problems
 
     # -- cdc drop ---------------------------------------------------------------------------------
 

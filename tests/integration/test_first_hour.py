@@ -11,11 +11,15 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.helpers import (
     ROOT,
@@ -23,6 +27,8 @@ from tests.helpers import (
     cdc_env,
     execute,
     pg_pipeline,
+    query,
+    run_cli,
     wait_for,
     write_config,
 )
@@ -185,3 +191,196 @@ def test_interrupted_command_exits_130() -> None:
             proc.kill()
     assert proc.returncode == 130, err
     assert "cdc validate: interrupted" in err and "Traceback" not in err
+
+
+# -- cdc check ----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def role(pgdb: str) -> Iterator[str]:
+    """A throw-away login role for ``pgdb``, dropped afterwards."""
+    name = f"r_{uuid.uuid4().hex[:10]}"
+    yield name
+    with psycopg.connect(pgdb, autocommit=True) as conn:
+        if conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone():
+            conn.execute(f'DROP OWNED BY "{name}"')
+            conn.execute(f'DROP ROLE "{name}"')
+
+
+@PG15
+def test_check_lists_every_problem_of_every_pipeline_at_once_and_changes_nothing(
+    pgdb: str, role: str, tmp_path: Path, free_port: int
+) -> None:
+    execute(
+        pgdb,
+        "CREATE TABLE t (id int PRIMARY KEY, ssn text)",
+        "CREATE TABLE keyless (a int)",
+        "CREATE SCHEMA hidden",
+        "CREATE TABLE hidden.h (id int PRIMARY KEY)",
+        f'CREATE ROLE "{role}" LOGIN',
+        f'GRANT SELECT ON t, keyless TO "{role}"',
+        f'GRANT SELECT ON hidden.h TO "{role}"',
+        "CREATE PUBLICATION theirs FOR TABLE t",
+    )
+    not_a_folder = tmp_path / "plain-file"
+    not_a_folder.write_text("x")
+    dsn = make_conninfo(pgdb, user=role)
+    one = pg_pipeline("one", dsn, ["public.t", "public.keyless", "public.nope", "hidden.h"], not_a_folder)
+    one["columns"] = {"exclude": {"public.t": ["ssn", "sn"]}}
+    two = pg_pipeline("two", pgdb, ["public.t", "public.keyless"], tmp_path / "out2", publication="theirs")
+    fine = pg_pipeline("fine", pgdb, ["public.t"], tmp_path / "out3")
+    cfg = write_config(tmp_path, [one, two, fine], api_port=free_port)
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 1, proc
+    out = proc.stdout
+    assert "Traceback" not in proc.stderr
+    one_part = out.split("\ntwo:")[0]
+    for expected in (
+        f'ALTER ROLE "{role}" WITH REPLICATION',  # the role
+        "public.nope does not exist",  # a missing table, beside the others
+        f'GRANT USAGE ON SCHEMA "hidden" TO "{role}"',  # schema usage
+        "ALTER TABLE public.keyless REPLICA IDENTITY FULL",  # a keyless table
+        "does not own hidden.h, public.keyless, public.t",  # cdc could not create its publication
+        "columns.exclude names columns that public.t does not have: sn",
+        f"path {not_a_folder} exists but is not a folder",  # the sink
+    ):
+        assert expected in one_part, f"{expected!r} missing from:\n{out}"
+    two_part = out.split("\ntwo:")[1].split("\nfine:")[0]
+    assert "publication theirs (not created by cdc) does not include public.keyless" in two_part, out
+    assert "ALTER PUBLICATION theirs ADD TABLE public.keyless" in two_part
+    assert "REPLICA IDENTITY FULL" in two_part
+    assert "fine: ok" in out
+    # nothing changed: no slot, no publication of cdc's, no state file, no sink folder
+    assert query(pgdb, "SELECT count(*) FROM pg_replication_slots") == [(0,)]
+    assert query(pgdb, "SELECT pubname FROM pg_publication") == [("theirs",)]
+    assert not (tmp_path / "state.sqlite").exists()
+    assert not (tmp_path / "out3").exists()
+    # one pipeline by name; an unknown name is a usage error
+    proc = run_cli("check", str(cfg), "fine")
+    assert proc.returncode == 0 and proc.stdout.strip() == "fine: ok", proc
+    proc = run_cli("check", str(cfg), "nope")
+    assert proc.returncode == 2 and "nope" in proc.stderr
+
+
+@PG15
+def test_check_names_a_slot_in_use_without_advising_to_drop_it(
+    pgdb: str, tmp_path: Path, free_port: int
+) -> None:
+    """Started twice: the running instance's slot is in use. The advice is to look for the
+    other instance, never a new slot or `cdc drop` (which would break the running one)."""
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        proc = run_cli("check", str(cfg))
+        assert proc.returncode == 1, proc
+        assert "[slot_in_use]" in proc.stdout and "another cdc instance is running pipeline p" in proc.stdout
+        assert f"cdc status {cfg}" in proc.stdout
+        assert "cdc drop" not in proc.stdout and "another `slot`" not in proc.stdout
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 0 and proc.stdout.strip() == "p: ok", proc
+
+
+def test_check_mysql_lists_settings_and_grants_together(
+    mariadb: Any, mydb: Any, tmp_path: Path, free_port: int
+) -> None:
+    mydb.execute("CREATE TABLE t (id INT PRIMARY KEY)")
+    user = f"u{mydb.name[-8:]}"
+    mariadb.execute(f"CREATE USER '{user}'@'%' IDENTIFIED BY 'pw'")
+    try:
+        p = {
+            "name": "m",
+            "source": {"type": "mysql", "dsn": mydb.dsn(user, "pw"), "tables": [mydb.table("t"), mydb.table("nope")]},
+            "snapshot": {"mode": "never"},
+            "sink": {"type": "file", "path": str(tmp_path / "out")},
+        }
+        cfg = write_config(tmp_path, [p], api_port=free_port)
+        proc = run_cli("check", str(cfg))
+        assert proc.returncode == 1, proc
+        for expected in ("GRANT REPLICATION SLAVE ON *.*", "REPLICATION CLIENT", f"lacks SELECT on {mydb.table('t')}"):
+            assert expected in proc.stdout, proc.stdout
+        assert "pw" not in proc.stdout.replace("password", "")
+    finally:
+        mariadb.execute(f"DROP USER '{user}'@'%'")
+
+
+# -- snapshots: list, cancel, progress ----------------------------------------------------------
+
+
+@PG15
+def test_snapshots_list_and_cancel(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)", "CREATE TABLE u (id int PRIMARY KEY)",
+            "INSERT INTO t SELECT generate_series(1, 10)")
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t", "public.u"], tmp_path / "out")],
+                       api_port=free_port)
+    proc = run_cli("snapshots", str(cfg), "p")
+    assert proc.returncode == 0 and "p: no snapshots" in proc.stdout, proc
+    with CdcService(cfg) as svc, psycopg.connect(pgdb) as blocker:
+        svc.wait_state("p", "running")
+        blocker.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")  # the snapshot cannot finish
+        proc = run_cli("snapshot", str(cfg), "p", "public.t", "public.u")
+        assert proc.returncode == 0, proc
+        sid = orjson.loads(proc.stdout)["id"]
+        wait_for(lambda: svc.get(f"/pipelines/p/snapshots/{sid}")[1]["state"] == "running", what="running")
+        proc = run_cli("snapshots", str(cfg), "p")
+        assert proc.returncode == 0, proc
+        assert re.search(rf"^{sid}  running .* public\.t, public\.u$", proc.stdout, re.M), proc.stdout
+        listed = orjson.loads(run_cli("snapshots", str(cfg), "p", "--json").stdout)["snapshots"]
+        assert [s["id"] for s in listed] == [sid]
+        assert listed[0]["created_at"] > 10**12, "created_at is in milliseconds"
+        proc = run_cli("snapshot", str(cfg), "p", "--cancel", sid)
+        assert proc.returncode == 0 and f"snapshot {sid}: cancelled" in proc.stdout, proc
+        blocker.rollback()
+        _, doc = svc.get(f"/pipelines/p/snapshots/{sid}")
+        assert doc["state"] == "cancelled"
+        assert {q["state"] for q in doc["progress"].values()} == {"cancelled"}, doc["progress"]
+        # an unknown id is refused
+        proc = run_cli("snapshot", str(cfg), "p", "--cancel", "nope")
+        assert proc.returncode == 2, proc
+        wait_for(lambda: svc.pipeline("p")["snapshot"]["tables"]["public.t"]["state"] == "cancelled",
+                 what="the service's status to show the cancelled tables")
+    # without a service: from the state store
+    proc = run_cli("snapshots", str(cfg), "p")
+    assert proc.returncode == 0 and f"{sid}  cancelled" in proc.stdout, proc
+
+
+@PG15
+def test_snapshot_wait_shows_rate_and_eta_on_a_terminal_and_logs_each_chunk(
+    pgdb: str, tmp_path: Path, free_port: int
+) -> None:
+    import pty
+
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 3000)",
+            "ANALYZE t")
+    p = pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")
+    p["snapshot"] = {"mode": "never", "chunk_rows": 100}
+    cfg = write_config(tmp_path, [p], api_port=free_port, extra={"log": {"level": "debug"}})
+    env = cdc_env()
+    env["CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"] = "0.1"  # 30 chunks: about 3 s of snapshot
+    with CdcService(cfg, env=env) as svc:
+        svc.wait_state("p", "running")
+        parent, child = pty.openpty()
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "cdc", "snapshot", str(cfg), "p", "public.t", "--wait"],
+                stdout=subprocess.PIPE, stderr=child, env=cdc_env(),
+            )
+            os.close(child)
+            text = b""
+            while True:
+                try:
+                    chunk = os.read(parent, 4096)
+                except OSError:  # the terminal's other end closed: the command ended
+                    break
+                if not chunk:
+                    break
+                text += chunk
+            assert proc.wait(60) == 0, text
+        finally:
+            os.close(parent)
+        screen = text.decode(errors="replace")
+        assert "\r" in screen, "the progress line is rewritten in place"
+        assert re.search(r"running, [\d,]+ of ~3,000 rows \(\d+%\), [\d,]+ rows/s, ETA \d+:\d\d", screen), screen
+        assert re.search(r"done, 3,000 of ~3,000 rows\r?\n", screen), screen
+        chunks = [e for e in svc.log_events() if e.get("event") == "snapshot_chunk"]
+        assert len(chunks) >= 30 and chunks[-1]["table_rows_done"] == 3000, chunks[-3:]

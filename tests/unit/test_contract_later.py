@@ -116,9 +116,7 @@ def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["check", "c.yaml"],
         ["tail", "c.yaml", "p"],
-        ["snapshots", "c.yaml", "p", "--json"],
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
