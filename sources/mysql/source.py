@@ -740,14 +740,14 @@ class MySQLSource(Source):
         problems: list[CDCError] = []
         try:
             facts = catalog.server_facts(conn)
-            for check in (
-                lambda: catalog.check_server(facts),
-                lambda: catalog.check_grants(conn, facts, sorted(src.tables)),
-            ):
-                try:
-                    check()
-                except FatalError as exc:
-                    problems.append(exc)
+            try:
+                catalog.check_server(facts)
+            except FatalError as exc:
+                problems.append(exc)
+            try:
+                catalog.check_grants(conn, facts, sorted(src.tables))
+            except FatalError as exc:
+                problems.append(exc)
         except pymysql.err.MySQLError as exc:
             problems.append(FatalError(
                 f"the server refused a check query: {catalog.error_text(exc)}", kind="source_error"
