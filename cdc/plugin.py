@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cdc.settings import setting as setting  # re-exported: plugins declare settings with it
@@ -228,6 +228,14 @@ class Sink(ABC):
     def held_schemas(self) -> list[dict[str, Any]]:
         """Schema definitions the sink holds (``cdc run --adopt`` continues after them)."""
         return []
+
+    def follow(self, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
+        """``cdc tail``: yield each event (one encoded line) as the sink makes it durable,
+        from the end (``from_end``) or the beginning, until ``stop`` is set; reads only. Sinks
+        whose events are read with the destination's own tools keep this default."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"cdc tail cannot follow a {type(self).__name__}")
 
     def check(self) -> list[CDCError]:
         """``cdc check``: return every problem that would stop this sink (reachability,

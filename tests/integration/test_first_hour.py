@@ -384,3 +384,79 @@ def test_snapshot_wait_shows_rate_and_eta_on_a_terminal_and_logs_each_chunk(
         assert re.search(r"done, 3,000 of ~3,000 rows\r?\n", screen), screen
         chunks = [e for e in svc.log_events() if e.get("event") == "snapshot_chunk"]
         assert len(chunks) >= 30 and chunks[-1]["table_rows_done"] == 3000, chunks[-3:]
+
+
+# -- cdc tail -----------------------------------------------------------------------------------
+
+
+class _Stdout:
+    """Lines of a subprocess's stdout, read with a deadline."""
+
+    def __init__(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None
+        self.proc = proc
+        self.lines: list[str] = []
+        self._buf = b""
+        self._sel = selectors.DefaultSelector()
+        self._sel.register(proc.stdout, selectors.EVENT_READ)
+
+    def wait_lines(self, n: int, timeout: float = 60) -> list[str]:
+        deadline = time.monotonic() + timeout
+        assert self.proc.stdout is not None
+        while len(self.lines) < n and time.monotonic() < deadline:
+            if self._sel.select(timeout=0.5):
+                chunk = os.read(self.proc.stdout.fileno(), 65536)
+                if not chunk:
+                    break
+                self._buf += chunk
+                *done, self._buf = self._buf.split(b"\n")
+                self.lines += [d.decode() for d in done]
+        if len(self.lines) < n and self.proc.poll() is not None:
+            assert self.proc.stderr is not None
+            raise AssertionError(f"exited {self.proc.returncode}: {self.proc.stderr.read()!r}")
+        assert len(self.lines) >= n, f"{len(self.lines)} lines of {n}: {self.lines[-5:]}"
+        return self.lines
+
+
+@PG15
+def test_tail_follows_the_file_sink_across_rotation_from_the_end(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, pad text)", "CREATE TABLE u (id int PRIMARY KEY)",
+            "INSERT INTO t VALUES (-1, 'before the tail')")
+    out = tmp_path / "out"
+    p = pg_pipeline("p", pgdb, ["public.t", "public.u"], out)
+    p["sink"]["rotate_mb"] = 0.01  # about 10 kB per file: a few events each
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        wait_for(lambda: any(out.glob("events-*.jsonl")), what="the first event")
+        tails = {
+            fmt: subprocess.Popen([sys.executable, "-m", "cdc", "tail", str(cfg), "p", *args],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cdc_env())
+            for fmt, args in (("short", ["--table", "public.t"]), ("json", ["--format", "json"]))
+        }
+        try:
+            for proc in tails.values():  # each has taken its starting point
+                _Lines(proc).until("following pipeline p's events from now on")
+            for i in range(40):
+                execute(pgdb, f"INSERT INTO t VALUES ({i}, repeat('x', 500))", f"INSERT INTO u VALUES ({i})")
+            short = _Stdout(tails["short"]).wait_lines(40)
+            assert short[:40] == [f'c public.t {{"id":{i}}}' for i in range(40)], short[:5]
+            whole = _Stdout(tails["json"]).wait_lines(80)
+            docs = [orjson.loads(line) for line in whole[:80]]
+            assert [(d["source"]["table"], d["key"]["id"]) for d in docs] == [
+                (t, i) for i in range(40) for t in ("t", "u")
+            ]
+            assert len(list(out.glob("events-*.jsonl"))) >= 3, "the events were rotated"
+            for proc in tails.values():
+                proc.send_signal(signal.SIGINT)
+                assert proc.wait(20) == 0
+        finally:
+            for proc in tails.values():
+                if proc.poll() is None:
+                    proc.kill()
+    # a sink that cannot be followed says what can
+    p2 = pg_pipeline("w", pgdb, ["public.t"], out)
+    p2["sink"] = {"type": "webhook", "url": "http://127.0.0.1:9/hook"}
+    cfg2 = write_config(tmp_path / "w", [p2], api_port=free_port) if (tmp_path / "w").mkdir() is None else cfg
+    proc = run_cli("tail", str(cfg2), "w")
+    assert proc.returncode == 1 and "`type: file`" in proc.stderr and "webhook" in proc.stderr, proc

@@ -116,7 +116,6 @@ def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "argv",
     [
-        ["tail", "c.yaml", "p"],
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
