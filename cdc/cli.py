@@ -97,6 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         cfg = _load(args.config)
+        unknown = [n for n in args.pipeline + args.adopt if cfg.pipeline(n) is None]
+        if unknown:  # a usage error, like an invalid file
+            known = ", ".join(p.name for p in cfg.pipelines)
+            _err(f"no pipeline named {', '.join(map(repr, unknown))} in {args.config} "
+                 f"(its pipelines: {known})")
+            return EXIT_INVALID
         from cdc.service import Service
 
         return Service(cfg, only=args.pipeline, adopt=args.adopt, stop=stop).run()
@@ -320,9 +326,11 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
             try:
                 ck = store.get_checkpoint(p.name)
                 snapshots = store.snapshots(p.name)
+                saved_error = store.get_meta(p.name, "last_error")
             except CDCError as exc:
                 out.append({"name": p.name, "state": "not running", "note": str(exc)})
                 continue
+            last_error = orjson.loads(saved_error) if saved_error else None
             out.append(
                 {
                     "name": p.name,
@@ -335,6 +343,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                     "lag_s": None,
                     "events_per_s": 0.0,
                     "snapshot": _last_snapshot(snapshots),
+                    "last_error": last_error,
                 }
             )
         return out
@@ -371,6 +380,11 @@ def _snapshot_line(snap: dict[str, Any]) -> str:
     )
 
 
+def _shown(value: Any, unit: str = "") -> str:
+    """A status value for people: ``-`` when unknown, never ``None``."""
+    return "-" if value is None else f"{value}{unit}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     source = "service"
@@ -392,26 +406,51 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         ck = p.get("checkpoint") or {}
         src = p.get("source") or {}
+        age = f" (age {ck['age_s']} s)" if ck.get("age_s") is not None else ""
         lines = [
             f"{p['name']}: {p['state']}",
-            f"  source position: {src.get('position')}",
-            f"  checkpoint:      {ck.get('position')} (age {ck.get('age_s')} s)",
-            f"  lag:             {p.get('lag_s')} s",
-            f"  events/s:        {p.get('events_per_s')}",
+            f"  source position: {_shown(src.get('position'))}",
+            f"  checkpoint:      {_shown(ck.get('position'))}{age}",
+            f"  lag:             {_shown(p.get('lag_s'), ' s')}",
+            f"  events/s:        {_shown(p.get('events_per_s'))}",
         ]
         if src.get("retained_wal_bytes") is not None:
             lines.append(f"  retained WAL:    {src['retained_wal_bytes']} bytes (slot {src.get('slot')})")
         if p.get("snapshot"):
             lines.append(f"  snapshot:        {_snapshot_line(p['snapshot'])}")
         if p.get("last_error"):
-            lines.append(f"  last error:      {p['last_error'].get('kind')}: {p['last_error'].get('message')}")
+            err = p["last_error"]
+            when = ""
+            if err.get("at"):
+                when = time.strftime(" at %Y-%m-%d %H:%M:%S UTC", time.gmtime(err["at"]))
+            lines.append(f"  last error:      {err.get('kind')}{when}: {err.get('message')}")
         _out("\n".join(lines))
     return EXIT_OK
+
+
+def _unknown_table(cfg: ServiceConfig, table: str) -> str | None:
+    """Why TABLE names no table of any pipeline (with the likely name), or None."""
+    listed = sorted({t for p in cfg.pipelines for t in (getattr(p.source, "tables", None) or [])})
+    if table in listed:
+        return None
+    last = table.rpartition(".")[2]
+    guesses = [t for t in listed if names.split(t)[1] == last] if "." in "".join(listed) else []
+    hint = f" ({' or '.join(guesses)}?)" if guesses else f"; its tables: {', '.join(listed) or 'none'}"
+    return f"{table} is not a table of the pipelines in {cfg.file or 'CONFIG'}{hint}"
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from cdc.service import open_store
+
+    if args.table:
+        args.table = names.normalize(args.table)
+        problem = _unknown_table(cfg, args.table)
+        if problem:
+            _err(problem)
+            if args.json:
+                _out("[]")
+            return EXIT_OK
 
     try:
         store = open_store(cfg, readonly=True)
@@ -584,12 +623,118 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return code
 
 
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A completion script built from the parser itself: commands, then their options."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {
+        name: " ".join(o for a in p._actions for o in a.option_strings if o.startswith("--"))
+        for name, p in sub.choices.items()
+    }
+    commands = " ".join(sorted(options))
+    if args.shell == "bash":
+        cases = "\n".join(f'        {n}) opts="{o}" ;;' for n, o in sorted(options.items()))
+        _out(f"""# bash completion for cdc (cdc completion bash)
+_cdc() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} opts
+    if [[ $COMP_CWORD -eq 1 ]]; then
+        COMPREPLY=($(compgen -W "{commands} --help --version" -- "$cur"))
+        return
+    fi
+    case ${{COMP_WORDS[1]}} in
+{cases}
+        *) opts="" ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _cdc cdc""")
+    else:
+        cases = "\n".join(f"        {n}) opts=({o}) ;;" for n, o in sorted(options.items()))
+        _out(f"""#compdef cdc
+# zsh completion for cdc (cdc completion zsh)
+_cdc() {{
+    local -a opts
+    if (( CURRENT == 2 )); then
+        compadd -- {commands}
+        return
+    fi
+    case $words[2] in
+{cases}
+        *) opts=() ;;
+    esac
+    if [[ $PREFIX == -* ]]; then
+        compadd -- $opts --help
+    else
+        _files
+    fi
+}}
+compdef _cdc cdc""")
+    return EXIT_OK
+
+
 def _not_available(command: str) -> Any:
     def refuse(args: argparse.Namespace) -> int:
         _err(f"cdc {command} is not available yet in this build of cdc")
         return EXIT_FAILED
 
     return refuse
+
+
+#: what each command's --help says beyond its arguments: (description, exit codes, example)
+_HELP: dict[str, tuple[str, str, str]] = {
+    "run": ("Run every pipeline of CONFIG (or the named ones) until SIGTERM or Ctrl-C, with the "
+            "admin API at api.listen. A stop delivers what is in flight, saves the checkpoint and "
+            "exits within 10 s.",
+            "0 stopped by a signal or every pipeline finished; 1 cannot start or every pipeline "
+            "failed; 2 invalid file or unknown --pipeline", "cdc run shop.yaml"),
+    "validate": ("Check CONFIG without connecting anywhere; one FILE:LINE: path: message line "
+                 "per problem on stderr.", "0 valid; 2 invalid", "cdc validate --no-env shop.yaml"),
+    "snapshot": ("Ask the running service to snapshot TABLEs of PIPELINE (rows arrive as op r, "
+                 "interleaved with the stream), or cancel one with --cancel ID. --wait follows it "
+                 "to the end, showing rows, rate and ETA.",
+                 "0 accepted (with --wait: done; --cancel: cancelled); 1 failed or cancelled; 2 "
+                 "refused (unknown pipeline, table or id); 3 no service answers; 130 Ctrl-C (the "
+                 "snapshot goes on)", "cdc snapshot shop.yaml shop public.orders --wait"),
+    "status": ("State, source position, checkpoint, lag, events/s, snapshot progress and "
+               "retained WAL of each pipeline, and a failed pipeline's last error: from the "
+               "running service, else from the state store. Unknown values print as -.",
+               "0", "cdc status shop.yaml --json"),
+    "schemas": ("The schema versions recorded for each table (or TABLE) of CONFIG's pipelines.",
+                "0", "cdc schemas shop.yaml public.orders"),
+    "drop": ("Remove PIPELINE's footprint: its replication slot, its publication if cdc created "
+             "it, its state; the sink's data is moved aside, never deleted. Without --yes it only "
+             "prints what it would do. Stop the service running the pipeline first.",
+             "0 done (or shown); 1 failed; 2 unknown pipeline", "cdc drop shop.yaml shop --yes"),
+    "demo": ("Stream the changes of an embedded PostgreSQL, with a writer, through the real "
+             "service into a file sink in a temp folder, printing each event as one JSON line. "
+             "Ctrl-C (or closing the terminal) stops it and leaves nothing behind.",
+             "0 stopped; 1 cannot start", "cdc demo"),
+}
+
+_POSITIONALS = {
+    "config": "the pipeline file (YAML)",
+    "pipeline": "a pipeline's name in CONFIG",
+    "tables": "schema.table (MySQL: database.table), as listed in the pipeline",
+    "table": "schema.table (MySQL: database.table)",
+}
+
+
+def _describe(sub: Any) -> None:
+    """Give each command's --help its description, positionals, exit codes and an example."""
+    for name, parser in sub.choices.items():
+        description, exits, example = _HELP.get(name, ("", "", ""))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        if description:
+            parser.description = description
+        if exits and example:
+            parser.epilog = f"exit codes: {exits}\nexample:\n  {example}"
+        for action in parser._actions:
+            if action.help is None and action.dest in _POSITIONALS and not action.option_strings:
+                action.help = _POSITIONALS[action.dest]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -701,6 +846,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="stream an embedded PostgreSQL's changes to files, printing each event")
     p.add_argument("--keep", action="store_true", help="keep the temp folder at the end")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for the cdc command in bash or zsh.",
+        epilog="exit codes: 0\nexamples:\n  cdc completion bash > ~/.local/share/bash-completion/"
+        "completions/cdc\n  cdc completion zsh > \"${fpath[1]}/_cdc\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
+    p.set_defaults(fn=cmd_completion)
+    _describe(sub)
     return parser
 
 

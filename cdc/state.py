@@ -176,8 +176,13 @@ class SQLiteStore(CheckpointStore):
         self._lock = threading.Lock()
         if readonly and not self.path.exists():
             raise FatalError(f"no state file at {self.path}")
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not readonly and str(path) != ":memory:" and not self.path.parent.is_dir():
+            # A typo in state.path must not silently create a tree and start from no state.
+            raise FatalError(
+                f"state.path {self.path}: the folder {self.path.parent} does not exist; create "
+                "it (or fix the path)",
+                kind="config",
+            )
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
             self._db = sqlite3.connect(

@@ -194,6 +194,7 @@ def run_demo(keep: bool = False) -> int:
             f"cdc demo: PostgreSQL {pg.version} at {dsn} (folder {pg.base_dir})\n"
             f"cdc demo: pipeline file {config_path}, events in {work / 'out'}\n"
             f"cdc demo: admin API http://{config.api.listen}/pipelines\n"
+            f"cdc demo: in another terminal: {_cdc_command()} status {config_path}\n"
             "cdc demo: a writer is changing public.customers and public.orders; every event "
             "lands on stdout as one JSON line. Ctrl-C to stop.",
             file=sys.stderr,
@@ -219,6 +220,18 @@ def run_demo(keep: bool = False) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
         _say("cdc demo: stopped, nothing left running")
+
+
+def _cdc_command() -> str:
+    """How to run cdc from a new terminal: ``cdc`` when it is on PATH, else its full path in
+    the virtualenv (``make demo`` installs it there)."""
+    found = shutil.which("cdc")
+    candidate = Path(sys.prefix) / "bin" / "cdc"
+    if found and Path(found).resolve() == candidate.resolve():
+        return "cdc"
+    if candidate.exists():
+        return f"{candidate} (or `. {Path(sys.prefix) / 'bin' / 'activate'}` first, then cdc)"
+    return "cdc"
 
 
 def _say(text: str) -> None:

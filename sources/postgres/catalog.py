@@ -530,10 +530,10 @@ def drop_publication_if_managed(conn: psycopg.Connection[Any], name: str, dry_ru
     if row is None:
         return None
     if not row[0].startswith(PUBLICATION_MARK):
-        return f"keep publication {name} (not created by cdc)"
+        return f"{'keep' if dry_run else 'kept'} publication {name} (not created by cdc)"
     if not dry_run:
         conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
-    return f"drop publication {name}"
+    return f"{'drop' if dry_run else 'dropped'} publication {name}"
 
 
 # -- slots ---------------------------------------------------------------------------------------

@@ -432,7 +432,7 @@ class PostgresSource(Source):
                     )
                 if not dry_run:
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (src.slot,))
-                done.append(f"drop replication slot {src.slot}")
+                done.append(f"{'drop' if dry_run else 'dropped'} replication slot {src.slot}")
             pub = catalog.drop_publication_if_managed(conn, src.publication, dry_run)
             done.append(pub if pub else f"no publication {src.publication}")
         return done

@@ -4,6 +4,8 @@ servers and real subprocesses receiving real signals; PostgreSQL 15."""
 
 from __future__ import annotations
 
+import base64
+import http.client
 import os
 import re
 import selectors
@@ -19,6 +21,7 @@ from typing import Any
 import orjson
 import psycopg
 import pytest
+import yaml
 from psycopg.conninfo import make_conninfo
 
 from tests.helpers import (
@@ -26,9 +29,11 @@ from tests.helpers import (
     CdcService,
     cdc_env,
     execute,
+    metric_value,
     pg_pipeline,
     query,
     run_cli,
+    run_until_exit,
     wait_for,
     write_config,
 )
@@ -460,3 +465,236 @@ def test_tail_follows_the_file_sink_across_rotation_from_the_end(pgdb: str, tmp_
     cfg2 = write_config(tmp_path / "w", [p2], api_port=free_port) if (tmp_path / "w").mkdir() is None else cfg
     proc = run_cli("tail", str(cfg2), "w")
     assert proc.returncode == 1 and "`type: file`" in proc.stderr and "webhook" in proc.stderr, proc
+
+
+# -- status, lag, starting twice, small things ----------------------------------------------------
+
+
+@PG15
+def test_status_of_a_failed_pipeline_shows_its_last_error_and_no_none(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = write_config(tmp_path, [pg_pipeline("bad", pgdb, ["public.nope"], tmp_path / "out")], api_port=free_port)
+    svc = CdcService(cfg)
+    try:
+        svc.wait_state("bad", "failed")
+        for source in ("the running service", "state store"):
+            proc = run_cli("status", str(cfg))
+            assert proc.returncode == 0, proc
+            assert source in proc.stdout, proc.stdout
+            assert "None" not in proc.stdout, proc.stdout
+            assert re.search(r"last error:\s+source_config at .*: table public\.nope does not exist", proc.stdout), proc.stdout
+            assert "source position: -" in proc.stdout and "lag:             -" in proc.stdout
+            svc.stop()
+    finally:
+        if svc.proc.poll() is None:
+            svc.kill()
+
+
+@PG15
+def test_idle_lag_is_zero_within_3s_of_delivering_everything(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    p = pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out", heartbeat_s=60)  # no heartbeat helps
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        execute(pgdb, "INSERT INTO t VALUES (1)")
+        wait_for(lambda: svc.pipeline("p")["events_total"] >= 1, what="the event")
+        delivered = time.monotonic()
+        wait_for(lambda: svc.pipeline("p")["lag_s"] == 0, timeout=3, what="lag 0")
+        assert time.monotonic() - delivered < 3
+        _, text = svc.get("/metrics")
+        assert metric_value(text, "cdc_source_lag_seconds", pipeline="p") == 0
+
+
+@PG15
+def test_started_twice_says_cdc_is_probably_running(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        code, _, stderr = run_until_exit(cfg, timeout=30)
+        assert code == 1, stderr
+        assert "Address already in use" in stderr and "Probably cdc is already running" in stderr, stderr
+        assert f"cdc status {cfg}" in stderr
+
+
+def test_state_path_under_a_missing_folder_is_an_error(tmp_path: Path, free_port: int) -> None:
+    p = pg_pipeline("p", "postgresql://x@127.0.0.1:1/x", ["public.t"], tmp_path / "out")
+    cfg = write_config(tmp_path, [p], api_port=free_port, extra={"state": {"path": str(tmp_path / "typo" / "s.sqlite")}})
+    code, _, stderr = run_until_exit(cfg, timeout=30)
+    assert code == 1 and "does not exist" in stderr, stderr
+    assert not (tmp_path / "typo").exists()
+
+
+def test_retrying_logs_the_attempt_and_the_next_delay(tmp_path: Path, free_port: int) -> None:
+    from cdc_local.postgres import free_port as another_port
+
+    dead = f"postgresql://x@127.0.0.1:{another_port()}/x"  # nothing listens there
+    cfg = write_config(tmp_path, [pg_pipeline("p", dead, ["public.t"], tmp_path / "out")], api_port=free_port)
+    with CdcService(cfg) as svc:
+        wait_for(lambda: len([e for e in svc.log_events() if e.get("event") == "pipeline_retrying"]) >= 2,
+                 timeout=30, what="two retries")
+        retries = [e for e in svc.log_events() if e.get("event") == "pipeline_retrying"]
+        assert [e["attempt"] for e in retries[:2]] == [1, 2], retries
+        assert all(0 < e["next_attempt_in_s"] <= 30 for e in retries)
+        started = next(e for e in svc.log_events() if e.get("event") == "service_started")
+        assert "instance" not in started, started
+
+
+def test_log_format_auto_is_console_on_a_terminal_and_json_otherwise(tmp_path: Path, free_port: int) -> None:
+    import pty
+
+    p = pg_pipeline("p", "postgresql://x@127.0.0.1:1/x", ["public.t"], tmp_path / "out")
+    cfg = write_config(tmp_path, [p], api_port=free_port, extra={"state": {"path": str(tmp_path / "no" / "s.sqlite")}})
+    doc = yaml.safe_load(cfg.read_text())
+    del doc["log"]["format"]  # the default: auto
+    cfg.write_text(yaml.safe_dump(doc))
+    # not a terminal: JSON lines
+    proc = run_cli("run", str(cfg))
+    assert proc.returncode == 1
+    record = orjson.loads(proc.stderr.strip().splitlines()[-1])
+    assert record["event"] == "cannot_start"
+    # a terminal: console lines
+    parent, child = pty.openpty()
+    try:
+        run = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(cfg)], stdout=subprocess.DEVNULL,
+                               stderr=child, env=cdc_env())
+        os.close(child)
+        text = b""
+        while True:
+            try:
+                chunk = os.read(parent, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            text += chunk
+        assert run.wait(30) == 1
+    finally:
+        os.close(parent)
+    line = text.decode().strip().splitlines()[-1]
+    assert "cannot_start" in line and not line.startswith("{"), line
+
+
+@PG15
+def test_service_survives_its_stderr_pipe_closing(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    out = tmp_path / "out"
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], out)], api_port=free_port)
+    proc = subprocess.Popen([sys.executable, "-m", "cdc", "run", str(cfg)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, env=cdc_env())
+    try:
+        lines = _Lines(proc)
+        lines.until('"event": "service_started"|service_started')
+        assert proc.stderr is not None
+        proc.stderr.close()  # the reader of its logs went away (a closed terminal, a dead pipe)
+
+        def state() -> Any:
+            conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=5)
+            conn.request("GET", "/pipelines/p")
+            return orjson.loads(conn.getresponse().read())
+
+        wait_for(lambda: state()["state"] == "running", what="running")
+        execute(pgdb, "INSERT INTO t SELECT generate_series(1, 20)")
+        # logging happens now (a snapshot logs its start and end): nothing may die of it
+        conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=5)
+        conn.request("POST", "/pipelines/p/snapshots", body=b'{"tables": ["public.t"]}')
+        assert conn.getresponse().status in (200, 202)
+        wait_for(lambda: state()["snapshot"] and state()["snapshot"]["state"] == "done", what="the snapshot")
+        assert state()["state"] == "running" and proc.poll() is None
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_schemas_of_a_table_not_in_the_file_names_the_likely_table(tmp_path: Path, free_port: int) -> None:
+    p = pg_pipeline("p", "postgresql://x@127.0.0.1:1/x", ["public.orders", "public.t"], tmp_path / "out")
+    cfg = write_config(tmp_path, [p], api_port=free_port)
+    proc = run_cli("schemas", str(cfg), "orders")
+    assert proc.returncode == 0, proc
+    assert f"orders is not a table of the pipelines in {cfg} (public.orders?)" in proc.stderr, proc.stderr
+    assert "no schema versions recorded" not in proc.stdout
+
+
+@PG15
+def test_metrics_have_build_info_and_no_created_series(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    from cdc import __version__
+
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)")
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        execute(pgdb, "INSERT INTO t VALUES (1)")
+        wait_for(lambda: svc.pipeline("p")["events_total"] >= 1, what="the event")
+        _, text = svc.get("/metrics")
+        assert metric_value(text, "cdc_build_info", version=__version__) == 1, text
+        assert metric_value(text, "cdc_events_total", pipeline="p", op="c") == 1, text
+        assert "_created" not in text, text
+
+
+# -- the status page (GET /) in a real browser ----------------------------------------------------
+
+
+def _chromium() -> str:
+    import shutil
+
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    raise AssertionError("chromium is missing: run scripts/setup-test-env.sh (it installs Debian's chromium)")
+
+
+def _browse(url: str, tmp_path: Path) -> str:
+    """The page's DOM as a headless chromium sees it after loading."""
+    profile = tmp_path / f"chromium-{uuid.uuid4().hex[:6]}"
+    proc = subprocess.run(
+        [_chromium(), "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+         "--no-first-run", f"--user-data-dir={profile}",
+         "--virtual-time-budget=2000", "--dump-dom", url],
+        capture_output=True, text=True, timeout=90,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@PG15
+def test_status_page_in_a_headless_browser(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t SELECT generate_series(1, 30)")
+    good = pg_pipeline("good", pgdb, ["public.t"], tmp_path / "good")
+    bad = pg_pipeline("bad", pgdb, ["public.nope"], tmp_path / "bad")
+    cfg = write_config(tmp_path, [good, bad], api_port=free_port, extra={"api": {"token": "s3cret-token"}})
+    with CdcService(cfg) as svc:
+        svc.wait_state("good", "running")
+        svc.wait_state("bad", "failed")
+        status, doc = svc.get("/pipelines/good/snapshots", token="s3cret-token", method="POST", body={"tables": ["public.t"]})
+        assert status == 202, doc
+        wait_for(lambda: svc.get("/pipelines/good", token="s3cret-token")[1]["snapshot"]["state"] == "done",
+                 what="the snapshot")
+        # same token rules as /pipelines: without it 401 (a browser is asked for Basic credentials)
+        conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=5)
+        conn.request("GET", "/")
+        resp = conn.getresponse()
+        assert resp.status == 401 and resp.getheader("WWW-Authenticate", "").startswith("Basic")
+        # works without JavaScript: names and states are in the HTML as served (Basic password)
+        conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=5)
+        conn.request("GET", "/", headers={"Authorization": "Basic " + base64.b64encode(b"x:s3cret-token").decode()})
+        resp = conn.getresponse()
+        served = resp.read().decode()
+        assert resp.status == 200 and resp.getheader("Content-Type", "").startswith("text/html")
+        assert "<script" not in served and 'data-pipeline="good"' in served and ">running<" in served
+        dom = _browse(f"http://cdc:s3cret-token@127.0.0.1:{free_port}/", tmp_path)
+        assert 'data-pipeline="good"' in dom and 'data-pipeline="bad"' in dom, dom[-2000:]
+        assert re.search(r'class="state running">running<', dom), dom[-2000:]
+        assert re.search(r'class="state failed">failed<', dom) and "public.nope does not exist" in dom
+        sid = doc["id"]
+        assert f"{sid} done: 30 of ~30 rows" in dom, dom[-2000:]
+        assert 'http-equiv="refresh"' in dom
+        # no external assets: nothing on the page points anywhere but this service
+        assert not re.search(r'(src|href)="(https?:)?//', dom), dom
+        assert "s3cret-token" not in dom
+        # a wrong password is refused
+        dom = _browse(f"http://cdc:wrong@127.0.0.1:{free_port}/", tmp_path)
+        assert 'data-pipeline="good"' not in dom
