@@ -698,3 +698,37 @@ def test_status_page_in_a_headless_browser(pgdb: str, tmp_path: Path, free_port:
         # a wrong password is refused
         dom = _browse(f"http://cdc:wrong@127.0.0.1:{free_port}/", tmp_path)
         assert 'data-pipeline="good"' not in dom
+
+
+# -- the Grafana dashboard queries metrics that exist -------------------------------------------
+
+
+@PG15
+def test_grafana_dashboard_queries_only_metrics_the_service_exports(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    dashboard = orjson.loads((ROOT / "docker" / "grafana" / "dashboards" / "cdc.json").read_bytes())
+    queried = {
+        name
+        for panel in dashboard["panels"]
+        for target in panel["targets"]
+        for name in re.findall(r"\bcdc_[a-z_]+\b", target["expr"])
+    }
+    queried |= set(re.findall(r"\bcdc_[a-z_]+\b", dashboard["templating"]["list"][0]["query"]["query"]))
+    assert len(queried) >= 10, queried
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY)", "INSERT INTO t VALUES (1)")
+    cfg = write_config(tmp_path, [pg_pipeline("p", pgdb, ["public.t"], tmp_path / "out")], api_port=free_port)
+    with CdcService(cfg) as svc:
+        svc.wait_state("p", "running")
+        svc.get("/pipelines/p/snapshots", method="POST", body={"tables": ["public.t"]})
+        wait_for(lambda: (svc.pipeline("p")["snapshot"] or {}).get("state") == "done", what="a snapshot")
+        _, text = svc.get("/metrics")
+    exported = set()  # the families' names (a family may have no sample yet) and the samples'
+    for line in text.splitlines():
+        m = re.match(r"# TYPE (\S+) (\S+)", line) or re.match(r"([a-z_]+)[{ ]", line)
+        if m:
+            exported.add(m[1])
+    missing = queried - exported
+    assert not missing, f"the dashboard queries metrics the service does not export: {missing}"
+    # and the provisioning points at it
+    provider = (ROOT / "docker" / "grafana" / "provisioning" / "dashboards" / "cdc.yaml").read_text()
+    compose = (ROOT / "docker" / "compose.monitoring.yaml").read_text()
+    assert "/var/lib/grafana/dashboards" in provider and "./grafana/dashboards:/var/lib/grafana/dashboards" in compose
