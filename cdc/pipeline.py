@@ -319,6 +319,8 @@ class Pipeline:
         self.service = service
         self.store = store
         self._error_cleared = False
+        #: the pipeline file, named in advice (``CONFIG`` when unknown)
+        self._file = service.file or "CONFIG"
         self.adopt = adopt
         self.name = config.name
         self.status = PipelineStatus(config.name, config.source_type, config.sink_type)
@@ -604,7 +606,7 @@ class Pipeline:
                         "with snapshot.mode: initial_only), and its sink holds their rows: "
                         "starting the stream now would miss every change made since. Give the "
                         "pipeline a new sink location with snapshot.mode: initial (a fresh "
-                        f"snapshot, then the stream), or run `cdc drop CONFIG {self.name} --yes` "
+                        f"snapshot, then the stream), or run `cdc drop {self._file} {self.name} --yes` "
                         "first",
                         pipeline=self.name,
                         kind="state_lost",
@@ -613,9 +615,9 @@ class Pipeline:
                     raise FatalError(
                         f"pipeline {self.name!r} has no saved state, but its sink already holds "
                         "its events (was the state file lost or replaced?). Starting from 'now' "
-                        "would silently skip changes. Either run `cdc drop CONFIG "
+                        f"would silently skip changes. Either run `cdc drop {self._file} "
                         f"{self.name} --yes` and start fresh (with snapshot.mode: initial to "
-                        f"re-read the tables), or run `cdc run CONFIG --adopt {self.name}` to "
+                        f"re-read the tables), or run `cdc run {self._file} --adopt {self.name}` to "
                         "continue from the replication slot's confirmed position",
                         pipeline=self.name,
                         kind="state_lost",

@@ -154,7 +154,7 @@ class MySQLSource(Source):
         if adopt and checkpoint is None:
             raise FatalError(
                 f"--adopt {self.ctx.name}: a MySQL/MariaDB server keeps no record of a replica's "
-                "position, so there is nothing to continue from; run `cdc drop CONFIG "
+                f"position, so there is nothing to continue from; run `cdc drop {self.ctx.config_file} "
                 f"{self.ctx.name} --yes` and start again with a new snapshot (snapshot.mode: initial)",
                 kind="state_lost",
             )
@@ -239,7 +239,7 @@ class MySQLSource(Source):
 
     def _way_back(self) -> str:
         return (
-            f"to recover, run `cdc drop CONFIG {self.ctx.name} --yes` and start again with a new "
+            f"to recover, run `cdc drop {self.ctx.config_file} {self.ctx.name} --yes` and start again with a new "
             "snapshot (snapshot.mode: initial)"
         )
 

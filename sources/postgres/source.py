@@ -134,6 +134,7 @@ class PostgresSource(Source):
             self.ctx.name,
             decoder,
             self.cfg.heartbeat_s,
+            config_file=self.ctx.config_file,
         )
         stream.start(start)
         self._stream = stream

@@ -60,7 +60,9 @@ class ReplicationStream:
         pipeline: str,
         decoder: PgDecoder,
         heartbeat_s: float,
+        config_file: str = "CONFIG",
     ) -> None:
+        self.config_file = config_file
         self.conninfo = conninfo
         self.dsn_display = dsn_display
         self.slot = slot
@@ -126,7 +128,7 @@ class ReplicationStream:
             if sqlstate in ("42704", "55000"):
                 raise FatalError(
                     f"cannot stream from replication slot {self.slot}: {message}; to recover, "
-                    f"run `cdc drop CONFIG {self.pipeline} --yes` and start again",
+                    f"run `cdc drop {self.config_file} {self.pipeline} --yes` and start again",
                     kind="slot_lost",
                 )
             raise RetriableError(f"START_REPLICATION failed: {message}", kind="source_error")
@@ -217,12 +219,12 @@ class ReplicationStream:
                 f"the replication stream ended: {detail.splitlines()[0]}; pgoutput reads the "
                 "publication as of each change, so a slot created before its publication cannot "
                 "stream the changes in between: create the publication first, then the slot "
-                f"(or run `cdc drop CONFIG {self.pipeline} --yes` and let cdc create both)",
+                f"(or run `cdc drop {self.config_file} {self.pipeline} --yes` and let cdc create both)",
                 kind="source_config",
             )
         if "replication slot" in detail and ("does not exist" in detail or "invalidated" in detail):
             return FatalError(
-                f"the replication stream ended: {detail}; to recover, run `cdc drop CONFIG "
+                f"the replication stream ended: {detail}; to recover, run `cdc drop {self.config_file} "
                 f"{self.pipeline} --yes` and start again (snapshot.mode: initial re-reads the "
                 "tables)",
                 kind="slot_lost",
