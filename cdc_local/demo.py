@@ -195,7 +195,8 @@ def run_demo(keep: bool = False) -> int:
             f"cdc demo: pipeline file {config_path}, events in {work / 'out'}\n"
             f"cdc demo: admin API http://{config.api.listen}/pipelines\n"
             f"cdc demo: in another terminal: {_cdc_command()} status {config_path}\n"
-            "cdc demo: a writer is changing public.customers and public.orders; every event "
+            + _activate_hint()
+            + "cdc demo: a writer is changing public.customers and public.orders; every event "
             "lands on stdout as one JSON line. Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,
@@ -225,13 +226,24 @@ def run_demo(keep: bool = False) -> int:
 def _cdc_command() -> str:
     """How to run cdc from a new terminal: ``cdc`` when it is on PATH, else its full path in
     the virtualenv (``make demo`` installs it there)."""
-    found = shutil.which("cdc")
     candidate = Path(sys.prefix) / "bin" / "cdc"
-    if found and Path(found).resolve() == candidate.resolve():
+    if _on_path(candidate) or not candidate.exists():
         return "cdc"
-    if candidate.exists():
-        return f"{candidate} (or `. {Path(sys.prefix) / 'bin' / 'activate'}` first, then cdc)"
-    return "cdc"
+    return str(candidate)
+
+
+def _on_path(program: Path) -> bool:
+    found = shutil.which("cdc")
+    return found is not None and Path(found).resolve() == program.resolve()
+
+
+def _activate_hint() -> str:
+    """A line saying how to get plain ``cdc`` in a new terminal, when it is not on PATH."""
+    candidate = Path(sys.prefix) / "bin" / "cdc"
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if _on_path(candidate) or not activate.exists():
+        return ""
+    return f"cdc demo: (or run `. {activate}` there first, then plain `cdc ...`)\n"
 
 
 def _say(text: str) -> None:
