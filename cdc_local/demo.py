@@ -32,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from cdc.config_loader import load_config
 from cdc.service import Service
+from sinks.file.sink import follow_folder
 
 from .postgres import LocalPostgres, find_embedded_bindir, free_port
 
@@ -112,39 +113,12 @@ def _writer(dsn: str, stop: threading.Event) -> None:
 
 
 def _follow(folder: Path, stop: threading.Event) -> None:
-    """Print every complete line appended to the events files, in order."""
-    current: Path | None = None
-    offset = 0
-    partial = b""
+    """Print every complete line appended to the events files, in order (the file sink's own
+    follower, the one `cdc tail` uses, from the first file)."""
     out = sys.stdout.buffer
-    while not stop.is_set():
-        files = sorted(folder.glob("events-*.jsonl"))
-        if not files:
-            stop.wait(0.1)
-            continue
-        if current is None:
-            current = files[0]
-        try:
-            with open(current, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            offset += len(data)
-            data = partial + data
-            lines = data.split(b"\n")
-            partial = lines.pop()
-            for line in lines:
-                if line:
-                    out.write(line + b"\n")
-            out.flush()
-            continue
-        later = [f for f in files if f.name > current.name]
-        if later:
-            current, offset, partial = later[0], 0, b""
-            continue
-        stop.wait(0.1)
+    for line in follow_folder(str(folder), stop, from_end=False):
+        out.write(line + b"\n")
+        out.flush()
 
 
 def run_demo(keep: bool = False) -> int:

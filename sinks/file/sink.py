@@ -60,7 +60,7 @@ if TYPE_CHECKING:
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaVersion
 
-__all__ = ["FileSink", "FileConfig", "SCHEMAS_FILE", "events_file_name"]
+__all__ = ["FileSink", "FileConfig", "SCHEMAS_FILE", "events_file_name", "follow_folder"]
 
 SCHEMAS_FILE = "schemas.jsonl"
 _EVENTS_RE = re.compile(r"^events-(\d{6,})\.jsonl$")
@@ -88,6 +88,54 @@ def _events_files(folder: str) -> list[tuple[int, str]]:
             found.append((int(m.group(1)), name))
     found.sort()
     return found
+
+
+def follow_folder(folder: str, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
+    """Yield each complete event line as it lands in the folder, across rotation (the next
+    file is opened once the current one is read to its end and a newer one exists) and
+    across a restart's cut (a file that shrank is read again from its new end). Starts at
+    the end of the newest file (``tail -f``), or at the first file when not ``from_end``.
+    Reads only; runs until ``stop`` is set."""
+    index: int | None = None
+    offset = 0
+    files = _events_files(folder)
+    if files and from_end:  # the start is taken now, not at the first next()
+        index = files[-1][0]
+        with contextlib.suppress(OSError):
+            offset = os.path.getsize(os.path.join(folder, events_file_name(index)))
+    return _follow(folder, stop, index, offset)
+
+
+def _follow(folder: str, stop: threading.Event, index: int | None, offset: int) -> Iterator[bytes]:
+    partial = b""
+    while not stop.is_set():
+        files = _events_files(folder)
+        if not files:
+            stop.wait(0.1)
+            continue
+        if index is None:  # no file when following began: every event is new
+            index, offset = files[0][0], 0
+        path = os.path.join(folder, events_file_name(index))
+        try:
+            size = os.path.getsize(path)
+            if size < offset:  # cut after a restart: what follows is delivered again
+                offset, partial = size, b""
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            yield from (line for line in lines if line)
+            continue
+        later = [i for i, _ in files if i > index]
+        if later:
+            index, offset, partial = later[0], 0, b""
+            continue
+        stop.wait(0.1)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -203,50 +251,8 @@ class FileSink(Sink):
     # ------------------------------------------------------------------ cdc tail
 
     def follow(self, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
-        """Yield each complete event line as it lands in the folder, across rotation (the next
-        file is opened once the current one is read to its end and a newer one exists) and
-        across a restart's cut (a file that shrank is read again from its new end). Starts at
-        the end of the newest file (``tail -f``), or at the first file when not ``from_end``.
-        Reads only; runs until ``stop`` is set."""
-        index: int | None = None
-        offset = 0
-        files = _events_files(self.folder)
-        if files and from_end:  # the start is taken now, not at the first next()
-            index = files[-1][0]
-            with contextlib.suppress(OSError):
-                offset = os.path.getsize(os.path.join(self.folder, events_file_name(index)))
-        return self._follow(stop, from_end, index, offset)
-
-    def _follow(self, stop: threading.Event, from_end: bool, index: int | None, offset: int) -> Iterator[bytes]:
-        partial = b""
-        while not stop.is_set():
-            files = _events_files(self.folder)
-            if not files:
-                stop.wait(0.1)
-                continue
-            if index is None:  # no file when following began: every event is new
-                index, offset = files[0][0], 0
-            path = os.path.join(self.folder, events_file_name(index))
-            try:
-                size = os.path.getsize(path)
-                if size < offset:  # cut after a restart: what follows is delivered again
-                    offset, partial = size, b""
-                with open(path, "rb") as fh:
-                    fh.seek(offset)
-                    data = fh.read()
-            except FileNotFoundError:
-                data = b""
-            if data:
-                offset += len(data)
-                lines = (partial + data).split(b"\n")
-                partial = lines.pop()
-                yield from (line for line in lines if line)
-                continue
-            later = [i for i, _ in files if i > index]
-            if later:
-                index, offset, partial = later[0], 0, b""
-                continue
-            stop.wait(0.1)
+        """``cdc tail``: :func:`follow_folder` on the sink's folder."""
+        return follow_folder(self.folder, stop, from_end)
 
     # ------------------------------------------------------------------ cdc check
 
