@@ -732,3 +732,30 @@ def test_grafana_dashboard_queries_only_metrics_the_service_exports(pgdb: str, t
     provider = (ROOT / "docker" / "grafana" / "provisioning" / "dashboards" / "cdc.yaml").read_text()
     compose = (ROOT / "docker" / "compose.monitoring.yaml").read_text()
     assert "/var/lib/grafana/dashboards" in provider and "./grafana/dashboards:/var/lib/grafana/dashboards" in compose
+
+
+def test_check_kafka_sink_reachability_and_schema_topic(tmp_path: Path, free_port: int) -> None:
+    """The Kafka sink's part of `cdc check`: brokers that do not answer, a schema topic that is
+    not compacted (its records would expire). On a real Kafka-compatible broker (Tansu)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from cdc_local.postgres import free_port as another_port
+    from tests.kafka_harness import shared_broker
+
+    broker = shared_broker()
+    topic = f"fh{uuid.uuid4().hex[:8]}.schemas"
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap, "log_level": 0})
+    admin.create_topics([NewTopic(topic, 1, 1, config={"cleanup.policy": "delete"})])[topic].result(10)
+    src = {"type": "postgres", "dsn": "postgresql://x@127.0.0.1:1/x", "tables": ["public.t"]}
+    pipelines = [
+        {"name": "k", "source": src, "snapshot": {"mode": "never"},
+         "sink": {"type": "kafka", "bootstrap_servers": broker.bootstrap, "schema_topic": topic}},
+        {"name": "down", "source": src, "snapshot": {"mode": "never"},
+         "sink": {"type": "kafka", "bootstrap_servers": f"127.0.0.1:{another_port()}"}},
+    ]
+    cfg = write_config(tmp_path, pipelines, api_port=free_port)
+    proc = run_cli("check", str(cfg), timeout=120)
+    assert proc.returncode == 1, proc
+    k_part, down_part = proc.stdout.split("\ndown:")
+    assert f"schema topic {topic} has cleanup.policy=delete" in k_part and "cleanup.policy=compact" in k_part, proc.stdout
+    assert "sink [sink_unavailable]" in down_part and "cluster metadata" in down_part, proc.stdout
