@@ -11,6 +11,14 @@ decides by type, never by message text:
   what happened and how to fix it.
 * :class:`ConfigError`: the pipeline file is invalid; it carries the YAML path and line.
 
+The second axis is the side of the pipeline an error comes from: :class:`SourceError`,
+:class:`SinkError` and :class:`StateError` (each with a retriable and a fatal subclass, e.g.
+:class:`RetriableSinkError`), and :class:`ProtocolError` (a source's bytes that do not decode).
+The side decides how the pipeline reports a retry: after a sink error it is "degraded" (heartbeat
+checkpoints wait until events are durable again). Each error also has a :class:`Kind`, the finer
+class ``/healthz`` and ``/pipelines`` show. Sources and sinks classify the errors of their
+drivers by SQLSTATE or error number, never by message text, wherever the driver gives one.
+
 Errors carry the pipeline, table and position they concern so that logs and ``/pipelines``
 can show them without parsing messages.
 """
@@ -63,6 +71,7 @@ class Kind(StrEnum):
     SINK_DELIVERY = "sink_delivery"
     SINK_IO = "sink_io"
     SINK_EVENT_TOO_LARGE = "sink_event_too_large"
+    SINK_TLS = "sink_tls"
     EVENT_TOO_LARGE = "event_too_large"  # the Kafka sink's name for it, kept as shown
     # the state store
     STATE_LOST = "state_lost"
@@ -130,6 +139,14 @@ class CDCError(Exception):
     def __str__(self) -> str:
         return self.message
 
+    #: the side this class of error belongs to (None: the side its kind names)
+    _side: str | None = None
+
+    @property
+    def side(self) -> str:
+        """``source``, ``sink``, ``state`` or ``service``: by class, else by kind."""
+        return self._side or side_of(str(self.kind))
+
 
 class RetriableError(CDCError):
     """A passing fault: retry with backoff, resume from the checkpoint."""
@@ -179,7 +196,61 @@ class ConfigError(CDCError):
         super().__init__("\n".join(p.render(file) for p in problems))
 
 
-class ProtocolError(FatalError):
+class SourceError(CDCError):
+    """An error of the source side: the database, its settings, the stream."""
+
+    _side = "source"
+
+
+class SinkError(CDCError):
+    """An error of the sink side: the destination, its settings, a refused event."""
+
+    _side = "sink"
+
+
+class StateError(CDCError):
+    """An error of the state store (checkpoints, schema versions, leases)."""
+
+    _side = "state"
+
+
+class RetriableSourceError(SourceError, RetriableError):
+    """The source is out of reach for now (a connection lost, a server restarting)."""
+
+    kind = Kind.SOURCE_UNREACHABLE
+
+
+class FatalSourceError(SourceError, FatalError):
+    """The source cannot be streamed from until a person acts (grants, settings, a lost slot)."""
+
+    kind = Kind.SOURCE_ERROR
+
+
+class RetriableSinkError(SinkError, RetriableError):
+    """The sink cannot take events for now (down, full, refusing for a while)."""
+
+    kind = Kind.SINK_UNAVAILABLE
+
+
+class FatalSinkError(SinkError, FatalError):
+    """The sink cannot take events until a person acts (settings, auth, a refused event)."""
+
+    kind = Kind.SINK_CONFIG
+
+
+class RetriableStateError(StateError, RetriableError):
+    """The state store is out of reach for now."""
+
+    kind = Kind.STATE_UNREACHABLE
+
+
+class FatalStateError(StateError, FatalError):
+    """The state store cannot be used until a person acts (corrupt, newer, lost)."""
+
+    kind = Kind.STATE_ERROR
+
+
+class ProtocolError(FatalSourceError):
     """A source sent bytes that do not decode: a bug or a protocol this build does not know.
     Fatal (retrying from the checkpoint would read the same bytes again), with the position and
     table where it happened."""

@@ -38,11 +38,11 @@ from cdc.config import PipelineConfig, ServiceConfig
 from cdc.errors import (
     CDCError,
     FatalError,
+    FatalStateError,
     Kind,
     LeaseLost,
     NotAvailableYet,
     RetriableError,
-    side_of,
 )
 from cdc.events import ChangeEvent
 from cdc.lease import PipelineLease
@@ -324,6 +324,8 @@ class Pipeline:
         self.adopt = adopt
         self.name = config.name
         self.status = PipelineStatus(config.name, config.source_type, config.sink_type)
+        #: the side of the error the pipeline retries after (a sink's: "degraded")
+        self._retrying_side = ""
         self.log = get_logger(pipeline=config.name)
         self._on_events = on_events
         self._shared = shared or {}
@@ -446,12 +448,13 @@ class Pipeline:
             assert error is not None
             if previous is not State.RETRYING or reason != "degraded":
                 status.retries += 1
-                if side_of(error.kind) == "sink":
+                if error.side == "sink":
                     status.sink_errors += 1
                 event = "pipeline_degraded" if reason == "degraded" else "pipeline_retrying"
                 more: dict[str, Any] = {} if delay is None else {
                     "attempt": status.retries, "next_attempt_in_s": round(delay, 1)}
                 self.log.warning(event, error_kind=error.kind, error=redact(str(error)), **more)
+            self._retrying_side = error.side
             status.last_error = {"kind": error.kind, "message": redact(str(error)), "at": time.time()}
         elif state is State.FAILED:
             assert error is not None
@@ -601,7 +604,7 @@ class Pipeline:
         if checkpoint is None:
             if sink.holds_events():
                 if not self.adopt and self.store.snapshots(self.name):
-                    raise FatalError(
+                    raise FatalStateError(
                         f"pipeline {self.name!r} has snapshots but has never streamed (it ran "
                         "with snapshot.mode: initial_only), and its sink holds their rows: "
                         "starting the stream now would miss every change made since. Give the "
@@ -609,10 +612,10 @@ class Pipeline:
                         f"snapshot, then the stream), or run `cdc drop {self._file} {self.name} --yes` "
                         "first",
                         pipeline=self.name,
-                        kind="state_lost",
+                        kind=Kind.STATE_LOST,
                     )
                 if not self.adopt:
-                    raise FatalError(
+                    raise FatalStateError(
                         f"pipeline {self.name!r} has no saved state, but its sink already holds "
                         "its events (was the state file lost or replaced?). Starting from 'now' "
                         f"would silently skip changes. Either run `cdc drop {self._file} "
@@ -620,7 +623,7 @@ class Pipeline:
                         f"re-read the tables), or run `cdc run {self._file} --adopt {self.name}` to "
                         "continue from the replication slot's confirmed position",
                         pipeline=self.name,
-                        kind="state_lost",
+                        kind=Kind.STATE_LOST,
                     )
                 assert self._registry is not None
                 seeded = self._registry.seed(sink.held_schemas())
@@ -803,9 +806,4 @@ class Pipeline:
     def _sink_degraded(self) -> bool:
         """Retrying after a sink failure: heartbeat checkpoints wait, and the pipeline shows
         `running` again only once events were made durable."""
-        error = self.status.last_error
-        return (
-            self.status.state is State.RETRYING
-            and error is not None
-            and side_of(str(error.get("kind", ""))) == "sink"
-        )
+        return self.status.state is State.RETRYING and self._retrying_side == "sink"

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
     from cdc.schema import SchemaRegistry, SchemaVersion
     from cdc.snapshot_api import SnapshotReader
     from cdc.state import CheckpointStore
+    from cdc.verify import SinkView
 
 class Batch:
     """What a source's reader hands to the pipeline.
@@ -169,6 +170,22 @@ class Source(ABC):
     def poll(self) -> None:  # noqa: B027 - optional hook
         """Called every few seconds from the supervisor thread to refresh :meth:`status`."""
 
+    # -- cdc verify (see cdc.verify) -------------------------------------------------------------
+
+    def parse_position(self, text: str) -> Any:
+        """The position a checkpoint string (from :meth:`serialize_position`) stands for, in the
+        form :meth:`position_reached` compares. Sources without ``cdc verify`` keep this."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot be verified")
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        """Whether an event carrying this ``source`` block (as the sink stored it) stands before
+        ``high`` (a chunk's high watermark) in the stream."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot be verified")
+
     @classmethod
     def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
         """``cdc check``: connect and return EVERY problem that would stop this source, each
@@ -193,6 +210,10 @@ class Sink(ABC):
     Config: ClassVar[type]
     #: False for a plugin whose settings validate but which `cdc run` refuses (not built yet)
     available: ClassVar[bool] = True
+    #: the ``format`` values the sink takes; another one is a validation error
+    formats: ClassVar[tuple[str, ...]] = ("cdc", "debezium")
+    #: transforms that do not apply to the sink; listing one is a validation error
+    refused_transforms: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, config: Any, ctx: PluginContext) -> None:
         self.config = config
@@ -242,6 +263,13 @@ class Sink(ABC):
         permissions, topic or stream settings), each message naming its fix, without writing
         anything. The default checks nothing."""
         return []
+
+    def verify_view(self) -> SinkView:
+        """What the sink holds, for ``cdc verify`` (see :mod:`cdc.verify`); called without
+        :meth:`open`. Sinks that cannot be read back keep this default."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"cdc verify cannot read back the {type(self).__name__} sink")
 
     def describe_drop(self) -> list[str]:
         """What ``cdc drop`` would move away at the sink, one line each."""

@@ -13,7 +13,7 @@ import importlib.metadata
 from dataclasses import dataclass
 from typing import Any
 
-from cdc.errors import FatalError
+from cdc.errors import FatalError, Kind
 
 GROUPS = {
     "source": "cdc.sources",
@@ -57,7 +57,7 @@ def load(kind: str, name: str) -> Any:
         raise FatalError(
             f"no {kind} plugin named {name!r} is installed (installed: {known}); a plugin is a "
             f"package registering an entry point in the group {GROUPS[kind]!r}",
-            kind="plugin_missing",
+            kind=Kind.PLUGIN_MISSING,
         )
     module_name, _, attr = info.target.partition(":")
     try:
@@ -69,17 +69,17 @@ def load(kind: str, name: str) -> Any:
         pkg = f" (from the package {info.distribution!r})" if info.distribution else ""
         raise FatalError(
             f"the {kind} plugin {name!r}{pkg} cannot be imported: {exc}; install what it needs",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     except AttributeError as exc:
         raise FatalError(
             f"the {kind} plugin {name!r} points at {info.target}, which does not exist: {exc}",
-            kind="plugin_invalid",
+            kind=Kind.PLUGIN_INVALID,
         ) from exc
     if kind in ("source", "sink") and not hasattr(cls, "Config"):
         raise FatalError(
             f"the {kind} plugin {name!r} ({info.target}) has no Config dataclass",
-            kind="plugin_invalid",
+            kind=Kind.PLUGIN_INVALID,
         )
     _cache[key] = cls
     return cls

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import FatalError
+from cdc.errors import FatalError, FatalStateError, Kind
 
 if TYPE_CHECKING:
     from cdc.lease import LeaseCoordinator
@@ -178,10 +178,10 @@ class SQLiteStore(CheckpointStore):
             raise FatalError(f"no state file at {self.path}")
         if not readonly and str(path) != ":memory:" and not self.path.parent.is_dir():
             # A typo in state.path must not silently create a tree and start from no state.
-            raise FatalError(
+            raise FatalStateError(
                 f"state.path {self.path}: the folder {self.path.parent} does not exist; create "
                 "it (or fix the path)",
-                kind="config",
+                kind=Kind.CONFIG,
             )
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
@@ -195,20 +195,20 @@ class SQLiteStore(CheckpointStore):
             else:
                 self._db.execute("SELECT count(*) FROM checkpoints").fetchone()
         except sqlite3.DatabaseError as exc:
-            raise FatalError(
+            raise FatalStateError(
                 f"the state file {self.path} is not a valid cdc state database ({exc}); "
                 "restore it from a backup, or move it away and recover the pipelines as "
                 "the docs describe (cdc drop, or cdc run --adopt)",
-                kind="state_corrupt",
+                kind=Kind.STATE_CORRUPT,
             ) from exc
 
     def _migrate(self) -> None:
         (current,) = self._db.execute("PRAGMA user_version").fetchone()
         if current > SCHEMA_VERSION:
-            raise FatalError(
+            raise FatalStateError(
                 f"the state file {self.path} was written by a newer cdc (format {current}, "
                 f"this one reads {SCHEMA_VERSION}); upgrade cdc",
-                kind="state_version",
+                kind=Kind.STATE_VERSION,
             )
         self._db.executescript(_DDL)
         self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
@@ -226,13 +226,13 @@ class SQLiteStore(CheckpointStore):
         # SQLite's primary result codes (the low byte of the extended one): CORRUPT, NOTADB
         code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
         if code in (SQLITE_CORRUPT, SQLITE_NOTADB) or isinstance(exc, sqlite3.DataError):
-            return FatalError(
+            return FatalStateError(
                 f"the state file {self.path} is damaged ({text}); restore it from a backup, or "
                 "move it away and recover the pipelines as the docs describe (cdc drop, or cdc "
                 "run --adopt)",
-                kind="state_corrupt",
+                kind=Kind.STATE_CORRUPT,
             )
-        return FatalError(f"the state file {self.path} failed: {text}", kind="state_error")
+        return FatalStateError(f"the state file {self.path} failed: {text}")
 
     def get_checkpoint(self, pipeline: str) -> Checkpoint | None:
         rows = self._run(

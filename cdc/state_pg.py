@@ -51,7 +51,14 @@ import orjson
 import psycopg
 from psycopg import errors as pg_errors
 
-from cdc.errors import FatalError, LeaseLost, RetriableError
+from cdc.errors import (
+    FatalError,
+    FatalStateError,
+    Kind,
+    LeaseLost,
+    RetriableError,
+    RetriableStateError,
+)
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
 from cdc.state import (
@@ -179,14 +186,12 @@ class _Connection:
             except psycopg.Error as exc:
                 if _is_connection_error(exc):
                     self.close()
-                    raise RetriableError(
+                    raise RetriableStateError(
                         f"the state database {self._display} is unreachable: "
                         f"{redact(str(exc).strip())}",
-                        kind="state_unreachable",
                     ) from exc
-                raise FatalError(
+                raise FatalStateError(
                     f"the state database {self._display} failed: {redact(str(exc).strip())}",
-                    kind="state_error",
                 ) from exc
 
     def close(self) -> None:
@@ -226,7 +231,7 @@ class PostgresStore(CheckpointStore):
                 self._db.run(self._migrate)
         except RetriableError as exc:
             self._db.close()
-            raise FatalError(str(exc), kind="state_unreachable") from exc
+            raise FatalStateError(str(exc), kind=Kind.STATE_UNREACHABLE) from exc
         except FatalError:
             self._db.close()
             raise
@@ -240,10 +245,10 @@ class PostgresStore(CheckpointStore):
             row = conn.execute("SELECT max(version) FROM cdc_state_version").fetchone()
             current = row[0] if row and row[0] is not None else 0
             if current > SCHEMA_VERSION:
-                raise FatalError(
+                raise FatalStateError(
                     f"the state database {self.display} was written by a newer cdc (format "
                     f"{current}, this one reads {SCHEMA_VERSION}); upgrade cdc",
-                    kind="state_version",
+                    kind=Kind.STATE_VERSION,
                 )
             conn.execute(_DDL)
             if current < SCHEMA_VERSION:
@@ -254,8 +259,8 @@ class PostgresStore(CheckpointStore):
         try:
             conn.execute("SELECT count(*) FROM cdc_checkpoints").fetchone()
         except pg_errors.UndefinedTable as exc:
-            raise FatalError(
-                f"no cdc state in the database {self.display} yet", kind="state_missing"
+            raise FatalStateError(
+                f"no cdc state in the database {self.display} yet", kind=Kind.STATE_MISSING
             ) from exc
 
     # -- fencing ----------------------------------------------------------------------------

@@ -20,6 +20,9 @@ from tests.helpers import read_events, read_schemas
 
 class SinkHarness:
     name = "?"
+    #: False for a sink that keeps state (tables), not events: the suite then checks its rows
+    #: (``rows``) and stored position (``position``) instead of ``events``
+    keeps_events = True
 
     def sink_config(self) -> dict[str, Any]:
         raise NotImplementedError
@@ -93,4 +96,5 @@ HARNESSES: dict[str, Callable[[Path], SinkHarness]] = {
     "nats": lambda tmp: __import__("tests.nats_harness", fromlist=["NatsHarness"]).NatsHarness(tmp),
     "redis": lambda tmp: __import__("tests.redis_harness", fromlist=["RedisHarness"]).RedisHarness(tmp),
     "rabbitmq": lambda tmp: __import__("tests.rabbitmq_harness", fromlist=["RabbitHarness"]).RabbitHarness(tmp),
+    "postgres": lambda tmp: __import__("tests.pg_sink_harness", fromlist=["PostgresSinkHarness"]).PostgresSinkHarness(tmp),
 }

@@ -51,16 +51,31 @@ from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableError,
+    RetriableSinkError,
+)
 from cdc.events import encode_line_chunks
 from cdc.plugin import PluginContext, Sink
+from cdc.verify import EventFold
 from sinks.file.config import FileConfig
 
 if TYPE_CHECKING:
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaVersion
 
-__all__ = ["FileSink", "FileConfig", "SCHEMAS_FILE", "events_file_name", "follow_folder"]
+__all__ = [
+    "FileSink",
+    "FileConfig",
+    "FolderReader",
+    "SCHEMAS_FILE",
+    "events_file_name",
+    "follow_folder",
+]
 
 SCHEMAS_FILE = "schemas.jsonl"
 _EVENTS_RE = re.compile(r"^events-(\d{6,})\.jsonl$")
@@ -219,10 +234,10 @@ class FileSink(Sink):
     # ------------------------------------------------------------------ errors
 
     def _io_error(self, what: str, path: str, e: OSError) -> RetriableError:
-        return RetriableError(
+        return RetriableSinkError(
             f"file sink: cannot {what} {path}: {e.strerror or e}",
             pipeline=self.ctx.name,
-            kind="sink_io",
+            kind=Kind.SINK_IO,
         )
 
     def _fatal(self, what: str, path: str, e: OSError) -> FatalError:
@@ -272,11 +287,11 @@ class FileSink(Sink):
                 target = parent
         if not os.access(target, os.W_OK | os.X_OK):
             what = "write in" if exists else f"create {self.folder} under"
-            return [FatalError(
+            return [FatalSinkError(
                 f"file sink: this user cannot {what} {target}: give it write permission "
                 f"(`chown` or `chmod u+w {target}`) or point sink.path elsewhere",
                 pipeline=self.ctx.name,
-                kind="sink_config",
+                kind=Kind.SINK_CONFIG,
             )]
         return []
 
@@ -484,8 +499,8 @@ class FileSink(Sink):
 
     def _require(self, fh: IO[bytes] | None) -> IO[bytes]:
         if fh is None:
-            raise RetriableError(
-                f"file sink for {self.folder} is not open", pipeline=self.ctx.name, kind="sink_io"
+            raise RetriableSinkError(
+                f"file sink for {self.folder} is not open", pipeline=self.ctx.name, kind=Kind.SINK_IO
             )
         return fh
 
@@ -559,6 +574,14 @@ class FileSink(Sink):
             parts.append(SCHEMAS_FILE)
         return f"{verb} {' and '.join(parts)} from {self.folder} to {target}"
 
+    def verify_view(self) -> EventFold:
+        """The fold of the folder's events for ``cdc verify``, read incrementally (see
+        :class:`FolderReader`)."""
+        reader = FolderReader(self.folder)
+        fold = EventFold(reader.read_new)
+        reader.on_rewrite = fold.reset
+        return fold
+
     def describe_drop(self) -> list[str]:
         plan = self._drop_plan()
         if plan is None:
@@ -586,3 +609,51 @@ class FileSink(Sink):
         line = self._summary("moved", names, target)
         self._log.info("file sink dropped its files", target=target, files=len(names))
         return [line]
+
+
+class FolderReader:
+    """Reads a sink folder's events as they are appended, complete lines only (a line still
+    being written is read next time). When the sink rewrote what was read (after a crash it
+    cuts the events past the checkpoint and writes them again), ``on_rewrite`` is called and
+    the folder is read again from its first file."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder = folder
+        self.on_rewrite: Any = None
+        self._index = 0  # the file being read (0: none yet)
+        self._offset = 0
+
+    def _restart(self) -> None:
+        self._index, self._offset = 0, 0
+        if self.on_rewrite is not None:
+            self.on_rewrite()
+
+    def read_new(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        files = _events_files(self.folder)
+        indexes = [i for i, _ in files]
+        if self._index and self._index not in indexes:
+            self._restart()
+        for index, name in files:
+            if index < self._index:
+                continue
+            if index > self._index:
+                self._index, self._offset = index, 0
+            path = os.path.join(self.folder, name)
+            try:
+                with open(path, "rb") as fh:
+                    size = os.fstat(fh.fileno()).st_size
+                    if size < self._offset:  # cut by the sink: read everything again
+                        self._restart()
+                        return self.read_new()
+                    fh.seek(self._offset)
+                    data = fh.read(size - self._offset)
+            except FileNotFoundError:
+                self._restart()
+                return self.read_new()
+            end = data.rfind(b"\n") + 1
+            for line in data[:end].splitlines():
+                if line:
+                    out.append(orjson.loads(line))
+            self._offset += end
+        return out

@@ -75,7 +75,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableError,
+    RetriableSinkError,
+)
 from cdc.log import add_secrets, redact
 from cdc.plugin import PluginContext, Sink
 from sinks.kafka.config import (
@@ -140,7 +147,7 @@ def _kafka() -> Any:
     except ImportError as exc:
         raise FatalError(
             f"the kafka sink needs the confluent-kafka package: pip install confluent-kafka ({exc})",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     return confluent_kafka
 
@@ -262,11 +269,10 @@ class KafkaSink(Sink):
         }
 
     def _unavailable(self, what: str, exc: BaseException | str) -> RetriableError:
-        return RetriableError(
+        return RetriableSinkError(
             f"kafka sink: {what}: the broker at {self.config.bootstrap_servers} did not answer "
             f"({redact(str(exc))})",
             pipeline=self.ctx.name,
-            kind="sink_unavailable",
         )
 
     def _client_error(self, exc: BaseException) -> FatalError:
@@ -274,7 +280,7 @@ class KafkaSink(Sink):
             "kafka sink: librdkafka refused the sink's settings (check sink.config): "
             + redact(str(exc)),
             pipeline=self.ctx.name,
-            kind="config",
+            kind=Kind.CONFIG,
         )
 
     def _new_admin(self) -> Any:
@@ -359,10 +365,10 @@ class KafkaSink(Sink):
     def _raise_failures(self) -> None:
         if self._fatal is not None:
             text, self._fatal = self._fatal, None
-            raise RetriableError(
+            raise RetriableSinkError(
                 f"kafka sink: the producer hit a fatal error and is restarted: {text}",
                 pipeline=self.ctx.name,
-                kind="sink_delivery",
+                kind=Kind.SINK_DELIVERY,
             )
         failure, count = self._failure, self._failed
         if failure is None:
@@ -377,17 +383,17 @@ class KafkaSink(Sink):
             ck.KafkaError.TOPIC_AUTHORIZATION_FAILED,
             ck.KafkaError.CLUSTER_AUTHORIZATION_FAILED,
         ):
-            raise FatalError(
+            raise FatalSinkError(
                 f"kafka sink: the broker refused writing to topic {topic}: {redact(err.str())}; "
                 "grant the service's principal WRITE (and IDEMPOTENT_WRITE on older brokers)",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
-        raise RetriableError(
+        raise RetriableSinkError(
             f"kafka sink: {count} record(s) were not delivered (first: topic {where}: "
             f"{redact(err.str())}); resuming from the checkpoint",
             pipeline=self.ctx.name,
-            kind="sink_delivery",
+            kind=Kind.SINK_DELIVERY,
         )
 
     def _too_large(
@@ -399,14 +405,14 @@ class KafkaSink(Sink):
             if broker
             else f"larger than the producer's message.max.bytes ({self._max_bytes})"
         )
-        return FatalError(
+        return FatalSinkError(
             f"kafka sink: {what} is {size} bytes, {why}. It is not skipped: raise "
             "`config: {message.max.bytes: N}` in the sink section and the topic's "
             f"max.message.bytes (broker: message.max.bytes) for {topic}, and the consumers' "
             "fetch limits, then restart",
             pipeline=self.ctx.name,
             position=event_id,
-            kind="event_too_large",
+            kind=Kind.EVENT_TOO_LARGE,
         )
 
     # ------------------------------------------------------------------ open / close
@@ -470,21 +476,21 @@ class KafkaSink(Sink):
             except CDCError as exc:
                 return [exc]
             if "compact" not in policy:
-                problems.append(FatalError(
+                problems.append(FatalSinkError(
                     f"kafka sink: the schema topic {self.schema_topic} has cleanup.policy="
                     f"{policy}; with time-based retention its records expire. Run "
                     f"`kafka-configs --alter --entity-type topics --entity-name "
                     f"{self.schema_topic} --add-config cleanup.policy=compact`",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
+                    kind=Kind.SINK_CONFIG,
                 ))
         self._admin = None
         return problems
 
     def _require(self) -> Any:
         if self._producer is None:
-            raise RetriableError(
-                "kafka sink is not open", pipeline=self.ctx.name, kind="sink_unavailable"
+            raise RetriableSinkError(
+                "kafka sink is not open", pipeline=self.ctx.name
             )
         return self._producer
 
@@ -511,7 +517,7 @@ class KafkaSink(Sink):
                 f"kafka sink: topic name {name[:60]}... is longer than Kafka's {MAX_TOPIC_LENGTH} "
                 "characters; shorten sink.topic",
                 pipeline=self.ctx.name,
-                kind="config",
+                kind=Kind.CONFIG,
             )
         ck = _kafka()
         tm = self._metadata(name).topics.get(name)
@@ -533,11 +539,11 @@ class KafkaSink(Sink):
     def _topic_error(self, name: str, err: Any) -> CDCError:
         ck = _kafka()
         if err.code() == ck.KafkaError.TOPIC_AUTHORIZATION_FAILED:
-            return FatalError(
+            return FatalSinkError(
                 f"kafka sink: not allowed to use topic {name}: {err.str()}; grant the service's "
                 "principal DESCRIBE, CREATE and WRITE on it",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         return self._unavailable(f"cannot read the metadata of topic {name}", err.str())
 
@@ -550,7 +556,7 @@ class KafkaSink(Sink):
                 f"the cluster has {self._brokers} broker(s); set sink.topic_replication_factor "
                 f"to at most {self._brokers} (or create the topic yourself)",
                 pipeline=self.ctx.name,
-                kind="config",
+                kind=Kind.CONFIG,
             )
         new = ck.admin.NewTopic(
             name, num_partitions=partitions, replication_factor=rf, config=dict(config or {})
@@ -577,7 +583,7 @@ class KafkaSink(Sink):
                     f"kafka sink: cannot create topic {name} with topic_replication_factor {rf}: "
                     f"{text}; lower sink.topic_replication_factor",
                     pipeline=self.ctx.name,
-                    kind="config",
+                    kind=Kind.CONFIG,
                 ) from exc
             if code in (
                 ck.KafkaError.POLICY_VIOLATION,
@@ -586,11 +592,11 @@ class KafkaSink(Sink):
                 ck.KafkaError.INVALID_PARTITIONS,
                 ck.KafkaError.TOPIC_EXCEPTION,
             ):
-                raise FatalError(
+                raise FatalSinkError(
                     f"kafka sink: the broker refused to create topic {name}: {redact(text)}; "
                     "create it yourself or grant the service's principal CREATE",
                     pipeline=self.ctx.name,
-                    kind="sink_auth" if "AUTHORIZATION" in str(code) else "config",
+                    kind=Kind.SINK_AUTH if "AUTHORIZATION" in str(code) else "config",
                 ) from exc
             raise self._unavailable(f"cannot create topic {name}", text) from exc
         self._log.info(
@@ -669,7 +675,7 @@ class KafkaSink(Sink):
                 "(sink.topic)",
                 pipeline=self.ctx.name,
                 table=sv.name,
-                kind="config",
+                kind=Kind.CONFIG,
             )
         route = _Route(name, info.partitions, info.compacted, sv.qualified)
         self._routes[sv] = route
@@ -767,16 +773,16 @@ class KafkaSink(Sink):
         if code == ck.KafkaError.MSG_SIZE_TOO_LARGE:
             return self._too_large(event_id, size, topic)
         if code == ck.KafkaError._FATAL:
-            return RetriableError(
+            return RetriableSinkError(
                 f"kafka sink: the producer hit a fatal error and is restarted: {redact(str(exc))}",
                 pipeline=self.ctx.name,
-                kind="sink_delivery",
+                kind=Kind.SINK_DELIVERY,
             )
         if isinstance(exc, ck.KafkaException):
-            return RetriableError(
+            return RetriableSinkError(
                 f"kafka sink: cannot produce to topic {topic}: {redact(str(exc))}",
                 pipeline=self.ctx.name,
-                kind="sink_delivery",
+                kind=Kind.SINK_DELIVERY,
             )
         raise exc
 
@@ -888,6 +894,13 @@ class KafkaSink(Sink):
             )
         return sorted(set(names))
 
+    def verify_view(self) -> Any:
+        """The per-partition folds of the pipeline's data topics, for ``cdc verify`` (see
+        :mod:`sinks.kafka.verify`)."""
+        from sinks.kafka.verify import KafkaView, TopicsReader
+
+        return KafkaView(TopicsReader(self._new_consumer(), _kafka(), self._data_topics()))
+
     def _kept_line(self, verb: str) -> str:
         topics = ", ".join(self._data_topics()) or "none"
         return (
@@ -982,12 +995,11 @@ class _Waiter:
             sink._degraded = True
             cause = f": {sink._broker_error}" if sink._broker_error else ""
             sink.ctx.degraded(
-                RetriableError(
+                RetriableSinkError(
                     f"kafka sink: the broker at {sink.config.bootstrap_servers} has not "
                     f"acknowledged {remaining} record(s) for {stalled:.0f}s{cause}; waiting, "
                     "nothing is skipped",
                     pipeline=sink.ctx.name,
-                    kind="sink_unavailable",
                 )
             )
             sink._log.warning("kafka sink waiting for the broker", records=remaining)
@@ -995,11 +1007,10 @@ class _Waiter:
             if sink._stop_seen is None:
                 sink._stop_seen = now
             if now - sink._stop_seen >= STOP_WAIT_S:
-                raise RetriableError(
+                raise RetriableSinkError(
                     f"kafka sink: stopping with {remaining} record(s) not acknowledged by the "
                     "broker; they are produced again after the restart",
                     pipeline=sink.ctx.name,
-                    kind="sink_unavailable",
                 )
         return True
 

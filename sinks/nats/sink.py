@@ -68,7 +68,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableSinkError,
+)
 from cdc.log import add_secrets, redact
 from cdc.plugin import PluginContext, Sink
 from sinks.nats.config import NatsConfig, covers, render_subject, subject_pattern
@@ -113,7 +119,7 @@ def _nats() -> Any:
     except ImportError as exc:
         raise FatalError(
             f"the nats sink needs the nats-py package: pip install nats-py ({exc})",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     return nats
 
@@ -223,21 +229,19 @@ class NatsSink(Sink):
         try:
             return ssl.create_default_context(cafile=self.config.tls_ca_file or None)
         except (OSError, ssl.SSLError) as exc:
-            raise FatalError(
+            raise FatalSinkError(
                 f"nats sink: cannot load tls_ca_file {self.config.tls_ca_file}: {exc}; point "
                 "sink.tls_ca_file at a PEM file of CA certificates",
                 pipeline=self.ctx.name,
-                kind="sink_config",
             ) from exc
 
     def _auth_kwargs(self) -> dict[str, Any]:
         c = self.config
         kwargs: dict[str, Any] = {}
         if (c.user is None) != (c.password is None):
-            raise FatalError(
+            raise FatalSinkError(
                 "nats sink: set both user and password, or neither",
                 pipeline=self.ctx.name,
-                kind="sink_config",
             )
         if c.user is not None:
             kwargs["user"], kwargs["password"] = c.user, c.password
@@ -293,10 +297,9 @@ class NatsSink(Sink):
             if "authorization" in text.lower() or isinstance(exc, nats.errors.AuthorizationError):
                 raise self._auth_error(text) from exc
             if isinstance(exc, nats.errors.InvalidUserCredentialsError):
-                raise FatalError(
+                raise FatalSinkError(
                     f"nats sink: the creds file {self.config.creds} is not valid: {text}",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
                 ) from exc
             raise _Failed(f"cannot connect: {type(exc).__name__} {text}") from exc
         self._nc = nc
@@ -304,19 +307,19 @@ class NatsSink(Sink):
         self._max_payload = int(getattr(nc, "max_payload", 0) or self._max_payload)
 
     def _tls_error(self, detail: str) -> FatalError:
-        return FatalError(
+        return FatalSinkError(
             f"nats sink: the TLS certificate of {self._where} does not verify ({detail}); set "
             "sink.tls_ca_file to the PEM file of the CA that signed it",
             pipeline=self.ctx.name,
-            kind="sink_tls",
+            kind=Kind.SINK_TLS,
         )
 
     def _auth_error(self, detail: str) -> FatalError:
-        return FatalError(
+        return FatalSinkError(
             f"nats sink: {self._where} refused the login: {detail}; check sink.user/password, "
             "sink.token or sink.creds",
             pipeline=self.ctx.name,
-            kind="sink_auth",
+            kind=Kind.SINK_AUTH,
         )
 
     async def _disconnect(self) -> None:
@@ -346,14 +349,13 @@ class NatsSink(Sink):
             raise _Failed(f"JetStream is unavailable: {exc}") from exc
         if info is None:
             if not self.config.create_stream:
-                raise FatalError(
+                raise FatalSinkError(
                     f"nats sink: the stream {name} does not exist and create_stream is false. "
                     f"Create it covering the subjects {' and '.join(wanted)} (e.g. `nats stream "
                     f"add {name} --subjects '{self.event_filter}' --subjects "
                     f"'{self.schema_subject}' --storage file --dupe-window 2m`), or set "
                     "create_stream: true",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
                 )
             try:
                 await js.add_stream(
@@ -379,12 +381,11 @@ class NatsSink(Sink):
         missing = [w for w in wanted if not any(covers(s, w) for s in subjects)]
         if missing:
             if not self.config.create_stream:
-                raise FatalError(
+                raise FatalSinkError(
                     f"nats sink: the stream {name} does not cover the subject(s) "
                     f"{', '.join(missing)} (it has {', '.join(subjects) or 'none'}) and "
                     "create_stream is false: add them to the stream, or set create_stream: true",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
                 )
             config = info.config
             config.subjects = subjects + missing
@@ -414,12 +415,11 @@ class NatsSink(Sink):
             )
 
     def _stream_refused(self, what: str, exc: Any) -> FatalError:
-        return FatalError(
+        return FatalSinkError(
             f"nats sink: {what}: {redact(str(getattr(exc, 'description', None) or exc))}; "
             "create or change the stream yourself, or check the account's JetStream "
             "permissions and limits",
             pipeline=self.ctx.name,
-            kind="sink_config",
         )
 
     def _attempt(self, what: str, make: Any, give_up_s: float | None = None) -> Any:
@@ -434,10 +434,9 @@ class NatsSink(Sink):
                 attempt += 1
                 self._run(self._disconnect())
                 if give_up_s is not None and time.monotonic() - started > give_up_s:
-                    raise RetriableError(
+                    raise RetriableSinkError(
                         f"nats sink: {what} at {self._where}: {failed.text}",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     ) from failed
                 self._wait_retry(what, failed.text, attempt)
 
@@ -463,18 +462,17 @@ class NatsSink(Sink):
             f"(attempt {attempt + 1}), nothing is skipped"
         )
         if self.ctx.stop.wait(delay):
-            raise RetriableError(
+            raise RetriableSinkError(
                 f"nats sink: stopping while {self._where} is unavailable ({text}); what was "
                 "not acknowledged is published again after the restart",
                 pipeline=self.ctx.name,
-                kind="sink_unavailable",
             )
 
     def _report_degraded(self, message: str) -> None:
         if not self._degraded:
             self._degraded = True
             self._log.warning("nats sink cannot publish, retrying", reason=message)
-        self.ctx.degraded(RetriableError(message, pipeline=self.ctx.name, kind="sink_unavailable"))
+        self.ctx.degraded(RetriableSinkError(message, pipeline=self.ctx.name))
 
     def _recovered(self) -> None:
         if self._degraded:
@@ -592,11 +590,11 @@ class NatsSink(Sink):
                 "included). It is not skipped: raise max_payload in the nats-server "
                 "configuration (up to 64 MB), then restart"
             )
-        return FatalError(
+        return FatalSinkError(
             f"nats sink: event {event_id} is {size} bytes, {why}",
             pipeline=self.ctx.name,
             position=event_id,
-            kind="event_too_large",
+            kind=Kind.EVENT_TOO_LARGE,
         )
 
     def _publish(self, msgs: list[_Msg]) -> None:
@@ -672,11 +670,11 @@ class NatsSink(Sink):
             if code in (400, 403, 413) and "timeout" not in text.lower():
                 if "maximum" in text.lower() and "size" in text.lower():
                     return self._too_large(msg.event_id, len(msg.data))
-                return FatalError(
+                return FatalSinkError(
                     f"nats sink: JetStream refused {what} on {msg.subject}: {text}",
                     pipeline=self.ctx.name,
                     position=msg.event_id,
-                    kind="sink_rejected",
+                    kind=Kind.SINK_REJECTED,
                 )
             return _Failed(f"JetStream refused {what}: {text}")
         return _Failed(f"{type(exc).__name__}: {redact(str(exc))}")
@@ -741,11 +739,10 @@ class NatsSink(Sink):
                 if self._stop_seen is None:
                     self._stop_seen = now
                 if now - self._stop_seen >= STOP_WAIT_S:
-                    raise RetriableError(
+                    raise RetriableSinkError(
                         f"nats sink: stopping with {len(self._inflight)} message(s) not "
                         "acknowledged by JetStream; they are published again after the restart",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     )
         self._recovered()
 

@@ -91,7 +91,14 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableError,
+    RetriableSinkError,
+)
 from cdc.log import redact
 from cdc.plugin import PluginContext, Sink
 from sinks.rabbitmq.config import (
@@ -150,7 +157,7 @@ def _aiormq() -> Any:
     except ImportError as exc:
         raise FatalError(
             f"the rabbitmq sink needs the aiormq package: pip install aiormq ({exc})",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     return aiormq
 
@@ -256,18 +263,17 @@ class RabbitMQSink(Sink):
         loop = self._loop
         if loop is None:
             coro.close()
-            raise RetriableError(
-                "rabbitmq sink is not open", pipeline=self.ctx.name, kind="sink_unavailable"
+            raise RetriableSinkError(
+                "rabbitmq sink is not open", pipeline=self.ctx.name
             )
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
             return future.result(timeout)
         except concurrent.futures.TimeoutError as exc:
             future.cancel()
-            raise RetriableError(
+            raise RetriableSinkError(
                 f"rabbitmq sink: the client did not answer within {timeout:.0f}s",
                 pipeline=self.ctx.name,
-                kind="sink_unavailable",
             ) from exc
 
     # ------------------------------------------------------------------ connection
@@ -329,60 +335,58 @@ class RabbitMQSink(Sink):
     def _classify(self, exc: Exception) -> CDCError:
         exc_mod = _aiormq().exceptions
         if isinstance(exc, exc_mod.ProbableAuthenticationError):
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: the broker at {self._where} refused the login "
                 f"({_text(exc)}); check the user and password in sink.url",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         if isinstance(exc, exc_mod.AuthenticationError):
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: no common login mechanism with {self._where} ({_text(exc)})",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         if isinstance(exc, exc_mod.ChannelAccessRefused):
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: the broker at {self._where} does not allow declaring exchange "
                 f"{self.config.exchange!r} ({_text(exc)}); grant the user configure and write "
                 f"permissions on it in vhost {self._vhost!r}",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         if isinstance(exc, exc_mod.ChannelPreconditionFailed):
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: exchange {self.config.exchange!r} exists with other settings "
                 f"({_text(exc)}); the sink needs a durable topic exchange: delete it or point "
                 "sink.exchange at another name",
                 pipeline=self.ctx.name,
-                kind="sink_config",
             )
         if isinstance(exc, exc_mod.ConnectionClosed):
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
             if code in (_NOT_ALLOWED, _ACCESS_REFUSED, _NOT_FOUND):
-                return FatalError(
+                return FatalSinkError(
                     f"rabbitmq sink: the broker at {self._where} refused virtual host "
                     f"{self._vhost!r} ({_text(exc)}); create it or grant the user access",
                     pipeline=self.ctx.name,
-                    kind="sink_auth",
+                    kind=Kind.SINK_AUTH,
                 )
             return self._unavailable("the broker closed the connection", exc)
         if _cert_failed(exc):
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: the TLS certificate of {self._where} does not verify "
                 f"({_text(exc)}); set sink.ca_file to the CA that signed it",
                 pipeline=self.ctx.name,
-                kind="sink_tls",
+                kind=Kind.SINK_TLS,
             )
         if isinstance(exc, (OSError, TimeoutError, EOFError, exc_mod.AMQPError)):
             return self._unavailable("cannot connect", exc)
         return self._unavailable("unexpected client error", repr(exc))
 
     def _unavailable(self, what: str, exc: BaseException | str) -> RetriableError:
-        return RetriableError(
+        return RetriableSinkError(
             f"rabbitmq sink: {what} to {self._where}: {_text(exc)}",
             pipeline=self.ctx.name,
-            kind="sink_unavailable",
         )
 
     # ------------------------------------------------------------------ open / close
@@ -428,11 +432,10 @@ class RabbitMQSink(Sink):
             try:
                 self._ssl = ssl.create_default_context(cafile=self.config.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise FatalError(
+                raise FatalSinkError(
                     f"rabbitmq sink: cannot load ca_file {self.config.ca_file}: {exc}; point "
                     "sink.ca_file at a PEM file of CA certificates",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
                 ) from exc
 
     def close(self) -> None:
@@ -479,12 +482,11 @@ class RabbitMQSink(Sink):
             return key
         key = render_key(self.config.routing_key, pipeline=self.ctx.name, schema=schema, table=table)
         if len(key.encode()) > MAX_SHORTSTR:
-            raise FatalError(
+            raise FatalSinkError(
                 f"rabbitmq sink: the routing key of table {sv.name} is longer than AMQP's "
                 f"{MAX_SHORTSTR} bytes ({key[:60]}...); shorten sink.routing_key",
                 pipeline=self.ctx.name,
                 table=sv.name,
-                kind="sink_config",
             )
         self._routes[sv] = key
         return key
@@ -679,23 +681,21 @@ class RabbitMQSink(Sink):
         stalled = now - progress_at
         if not self._degraded and stalled >= DEGRADED_AFTER_S:
             self._degrade(
-                RetriableError(
+                RetriableSinkError(
                     f"rabbitmq sink: the broker at {self._where} has not confirmed "
                     f"{len(self._pending)} message(s) for {stalled:.0f}s; waiting, nothing is "
                     "skipped",
                     pipeline=self.ctx.name,
-                    kind="sink_unavailable",
                 )
             )
         if self.ctx.stop.is_set():
             if self._stop_seen is None:
                 self._stop_seen = now
             if now - self._stop_seen >= STOP_WAIT_S:
-                raise RetriableError(
+                raise RetriableSinkError(
                     f"rabbitmq sink: stopping with {len(self._pending)} message(s) not confirmed "
                     "by the broker; they are published again after the restart",
                     pipeline=self.ctx.name,
-                    kind="sink_unavailable",
                 )
 
     def _retry(self) -> None:
@@ -803,14 +803,14 @@ class RabbitMQSink(Sink):
                 (e for e in entries if len(e.body) > limit), entry
             )
             what = "schema" if culprit.routing_key == self._schema_key else "event"
-            return FatalError(
+            return FatalSinkError(
                 f"rabbitmq sink: {what} {culprit.label} is {len(culprit.body)} bytes, more than "
                 f"the broker's max_message_size ({limit} bytes); the broker at {self._where} "
                 "refused it. It is not skipped: raise max_message_size in rabbitmq.conf (the "
                 "most is 512 MiB), then restart",
                 pipeline=self.ctx.name,
                 position=culprit.label,
-                kind="event_too_large",
+                kind=Kind.EVENT_TOO_LARGE,
             )
         return None
 
@@ -960,12 +960,12 @@ class RabbitMQSink(Sink):
     def drop(self) -> list[str]:
         held, existed, refused = self._ledger(delete=True)
         if refused:
-            raise FatalError(
+            raise FatalSinkError(
                 f"rabbitmq sink: the broker refused deleting the ledger queue {self.ledger} "
                 f"({refused}); grant the user configure permission on it, or delete it with "
                 "rabbitmqctl, then run cdc drop again",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         self._held = {}
         lines = []

@@ -58,7 +58,13 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableSinkError,
+)
 from cdc.log import add_secrets, redact
 from cdc.plugin import PluginContext, Sink
 from sinks.redis.config import RedisConfig, render_key
@@ -95,7 +101,7 @@ def _redis() -> Any:
     except ImportError as exc:
         raise FatalError(
             f"the redis sink needs the redis package (redis-py): pip install redis ({exc})",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     return redis
 
@@ -240,10 +246,9 @@ class RedisSink(Sink):
         try:
             return rd.Redis.from_url(self.config.url, **kwargs)
         except (ValueError, TypeError) as exc:
-            raise FatalError(
+            raise FatalSinkError(
                 f"redis sink: cannot use url {self._where}: {redact(str(exc))}",
                 pipeline=self.ctx.name,
-                kind="sink_config",
             ) from exc
 
     def _drop_client(self) -> None:
@@ -260,42 +265,42 @@ class RedisSink(Sink):
         ex = rd.exceptions
         text = redact(str(exc)) or type(exc).__name__
         if isinstance(exc, ex.AuthenticationError | ex.AuthorizationError):
-            return FatalError(
+            return FatalSinkError(
                 f"redis sink: {self._where} refused the login: {text}; check the user and "
                 "password in sink.url",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         if isinstance(exc, ex.NoPermissionError):
-            return FatalError(
+            return FatalSinkError(
                 f"redis sink: {self._where} refused a command: {text}; grant the user XADD, "
                 "HSET, HGET, HMGET, HGETALL, RPUSH, LRANGE, DEL, EXISTS, TYPE, MULTI, EXEC and INFO on the keys "
                 f"cdc:{self.ctx.name}:* and the stream keys",
                 pipeline=self.ctx.name,
-                kind="sink_auth",
+                kind=Kind.SINK_AUTH,
             )
         if isinstance(exc, ex.ResponseError) and (
             "WRONGTYPE" in str(exc) or "NOAUTH" in str(exc) or "WRONGPASS" in str(exc)
         ):
-            return FatalError(
+            return FatalSinkError(
                 f"redis sink: {self._where} refused a command: {text}",
                 pipeline=self.ctx.name,
-                kind="sink_auth" if "AUTH" in str(exc) or "PASS" in str(exc) else "sink_rejected",
+                kind=Kind.SINK_AUTH if "AUTH" in str(exc) or "PASS" in str(exc) else "sink_rejected",
             )
         if isinstance(exc, ex.ExecAbortError):
             inner = str(exc)
             if "WRONGTYPE" in inner or "NOPERM" in inner:
-                return FatalError(
+                return FatalSinkError(
                     f"redis sink: {self._where} refused the batch: {text}",
                     pipeline=self.ctx.name,
-                    kind="sink_rejected",
+                    kind=Kind.SINK_REJECTED,
                 )
         if _cert_failed(exc):
-            return FatalError(
+            return FatalSinkError(
                 f"redis sink: the TLS certificate of {self._where} does not verify ({text}); "
                 "set sink.tls_ca_file to the PEM file of the CA that signed it",
                 pipeline=self.ctx.name,
-                kind="sink_tls",
+                kind=Kind.SINK_TLS,
             )
         if isinstance(exc, ex.RedisError | OSError):
             return _Failed(f"{type(exc).__name__}: {text}")
@@ -326,31 +331,28 @@ class RedisSink(Sink):
                 self._drop_client()
                 attempt += 1
                 if give_up_s is not None and time.monotonic() - started > give_up_s:
-                    raise RetriableError(
+                    raise RetriableSinkError(
                         f"redis sink: {what} failed at {self._where}: {verdict.text}",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     ) from exc
                 delay = random.uniform(
                     BACKOFF_BASE_S / 2, min(MAX_BACKOFF_S, BACKOFF_BASE_S * 2 ** min(attempt, 10))
                 )
-                error = RetriableError(
+                error = RetriableSinkError(
                     f"redis sink: {what} failed at {self._where}: {verdict.text}; retrying "
                     f"in {delay:.1f}s (attempt {attempt + 1}), nothing is skipped",
                     pipeline=self.ctx.name,
-                    kind="sink_unavailable",
                 )
                 if not self._degraded:
                     self._degraded = True
                     self._log.warning("redis sink cannot write, retrying", reason=verdict.text)
                 self.ctx.degraded(error)
                 if self.ctx.stop.wait(delay):
-                    raise RetriableError(
+                    raise RetriableSinkError(
                         f"redis sink: stopping while {self._where} is unavailable "
                         f"({verdict.text}); what is not written is delivered again after a "
                         "restart",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     ) from exc
                 continue
             if self._degraded:
@@ -373,11 +375,10 @@ class RedisSink(Sink):
                     "redis sink: the server does not answer", waited_s=round(waited, 1)
                 )
                 self.ctx.degraded(
-                    RetriableError(
+                    RetriableSinkError(
                         f"redis sink: {self._busy_what}: no answer from {self._where} for "
                         f"{waited:.0f}s; waiting, nothing is skipped",
                         pipeline=self.ctx.name,
-                        kind="sink_unavailable",
                     )
                 )
 
@@ -467,14 +468,14 @@ class RedisSink(Sink):
             return DEFAULT_MAX_BULK
 
     def _too_large(self, e: ChangeEvent, size: int) -> FatalError:
-        return FatalError(
+        return FatalSinkError(
             f"redis sink: event {e.id} is {size} bytes, more than the server's "
             f"proto-max-bulk-len ({self._max_bulk} bytes), the most one XADD field may hold. "
             "It is not skipped: raise proto-max-bulk-len (CONFIG SET proto-max-bulk-len N, and "
             "in redis.conf), then restart",
             pipeline=self.ctx.name,
             position=e.id,
-            kind="event_too_large",
+            kind=Kind.EVENT_TOO_LARGE,
         )
 
     def close(self) -> None:
@@ -584,11 +585,11 @@ class RedisSink(Sink):
         for key, kind in zip(keys, types, strict=True):
             kind = kind.decode() if isinstance(kind, bytes) else str(kind)
             if kind not in ("none", "stream"):
-                raise FatalError(
+                raise FatalSinkError(
                     f"redis sink: the key {key} holds a {kind}, not a stream; rename or delete "
                     "it, or point sink.stream elsewhere",
                     pipeline=self.ctx.name,
-                    kind="sink_rejected",
+                    kind=Kind.SINK_REJECTED,
                 )
             self._checked.add(key)
 

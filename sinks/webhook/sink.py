@@ -62,7 +62,13 @@ from urllib.parse import urlsplit, urlunsplit
 import httpx
 import orjson
 
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableSinkError,
+)
 from cdc.events import encode_lines
 from cdc.plugin import PluginContext, Sink, setting
 
@@ -274,11 +280,11 @@ class WebhookSink(Sink):
             with socket.create_connection((parts.hostname or "", port), timeout=5):
                 return []
         except OSError as exc:
-            return [RetriableError(
+            return [RetriableSinkError(
                 f"webhook sink: nothing accepts connections at {self._where} "
                 f"({exc.strerror or exc}); start the receiver or fix sink.url",
                 pipeline=self.ctx.name,
-                kind="sink_unavailable",
+                kind=Kind.SINK_UNAVAILABLE,
             )]
 
     def open(self, resume: str | None) -> None:
@@ -291,11 +297,10 @@ class WebhookSink(Sink):
             try:
                 verify = ssl.create_default_context(cafile=self.config.ca_file)
             except (OSError, ssl.SSLError) as exc:
-                raise FatalError(
+                raise FatalSinkError(
                     f"webhook sink: cannot load ca_file {self.config.ca_file}: {exc}; "
                     "point sink.ca_file at a PEM file of CA certificates",
                     pipeline=self.ctx.name,
-                    kind="sink_config",
                 ) from exc
         from cdc import __version__
 
@@ -402,10 +407,9 @@ class WebhookSink(Sink):
         RetriableError when stopping while the receiver is unavailable."""
         client = self._client
         if client is None:
-            raise RetriableError(
+            raise RetriableSinkError(
                 f"webhook sink for {self._where} is not open",
                 pipeline=self.ctx.name,
-                kind="sink_unavailable",
             )
         body = self._body(batch)
         bid = batch_id(batch)
@@ -451,11 +455,10 @@ class WebhookSink(Sink):
                 delay = min(max(retry_after, MIN_RETRY_AFTER_S), cap)
             else:
                 delay = random.uniform(0, min(cap, BACKOFF_BASE_S * 2 ** min(attempt - 1, 30)))
-            error = RetriableError(
+            error = RetriableSinkError(
                 f"webhook {self._where}: {failure}; the batch of {len(batch)} events "
                 f"(batch id {bid[:16]}…) is sent again in {delay:.1f}s (attempt {attempt + 1})",
                 pipeline=self.ctx.name,
-                kind="sink_unavailable",
             )
             self._degraded = True
             self.ctx.degraded(error)
@@ -469,11 +472,10 @@ class WebhookSink(Sink):
                 retry_after_s=retry_after,
             )
             if self.ctx.stop.wait(delay):
-                raise RetriableError(
+                raise RetriableSinkError(
                     f"webhook {self._where}: stopping while the receiver is unavailable "
                     f"({failure}); unacknowledged batches are sent again after a restart",
                     pipeline=self.ctx.name,
-                    kind="sink_unavailable",
                 )
 
     def _post(
@@ -549,8 +551,8 @@ class WebhookSink(Sink):
         self._log.error(
             "webhook receiver refused a batch", status=status, events=len(batch), batch_id=bid
         )
-        return FatalError(
-            message, pipeline=self.ctx.name, table=batch[0].table, kind="sink_rejected"
+        return FatalSinkError(
+            message, pipeline=self.ctx.name, table=batch[0].table, kind=Kind.SINK_REJECTED
         )
 
     def _event_too_large(self, event: ChangeEvent, status_line: str) -> FatalError:
@@ -559,14 +561,14 @@ class WebhookSink(Sink):
         self._log.error(
             "webhook receiver refused a single event as too large", event_id=event.id, bytes=size
         )
-        return FatalError(
+        return FatalSinkError(
             f"webhook {self._where} answered {status_line} to event {event.id} alone "
             f"({size} bytes of event JSON, a {body}-byte request): raise the receiver's "
             "request size limit; the event is never dropped, the pipeline resends it from "
             "the checkpoint after a restart",
             pipeline=self.ctx.name,
             table=event.table,
-            kind="sink_event_too_large",
+            kind=Kind.SINK_EVENT_TOO_LARGE,
         )
 
     # ------------------------------------------------------------------ facts

@@ -16,7 +16,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 
 #: server error codes
 ER_DBACCESS_DENIED = 1044
@@ -54,11 +54,11 @@ def connection_settings(dsn: str) -> dict[str, Any]:
         parts = urlsplit(dsn)
         port = parts.port
     except ValueError as exc:
-        raise FatalError(f"invalid MySQL DSN: {exc}", kind="config") from exc
+        raise FatalError(f"invalid MySQL DSN: {exc}", kind=Kind.CONFIG) from exc
     if parts.scheme not in ("mysql", "mariadb"):
         raise FatalError(
             f"invalid MySQL DSN: scheme {parts.scheme!r}, expected mysql://user:password@host:3306",
-            kind="config",
+            kind=Kind.CONFIG,
         )
     settings: dict[str, Any] = {
         "host": parts.hostname or "127.0.0.1",
@@ -74,12 +74,12 @@ def connection_settings(dsn: str) -> dict[str, Any]:
         if conv is None:
             raise FatalError(
                 f"invalid MySQL DSN: unknown parameter {key!r} (known: {', '.join(sorted(_DSN_PARAMS))})",
-                kind="config",
+                kind=Kind.CONFIG,
             )
         try:
             converted = conv(value)  # type: ignore[operator]
         except ValueError as exc:
-            raise FatalError(f"invalid MySQL DSN: {key}={value!r}: {exc}", kind="config") from exc
+            raise FatalError(f"invalid MySQL DSN: {key}={value!r}: {exc}", kind=Kind.CONFIG) from exc
         # PyMySQL takes ssl_ca, ssl_verify_cert, ... as arguments of their own (its ``ssl``
         # dict would silently ignore verify_cert / verify_identity)
         settings[key] = converted
@@ -95,13 +95,13 @@ def connect(settings: dict[str, Any], display: str) -> Any:
     except pymysql.err.OperationalError as exc:
         code = exc.args[0] if exc.args else 0
         if code in (ER_ACCESS_DENIED, ER_DBACCESS_DENIED):
-            raise FatalError(
+            raise FatalSourceError(
                 f"MySQL refused the login to {display}: {exc.args[1] if len(exc.args) > 1 else exc}",
-                kind="source_auth",
+                kind=Kind.SOURCE_AUTH,
             ) from exc
-        raise RetriableError(f"cannot connect to {display}: {exc}", kind="source_unreachable") from exc
+        raise RetriableSourceError(f"cannot connect to {display}: {exc}") from exc
     except pymysql.err.MySQLError as exc:
-        raise RetriableError(f"cannot connect to {display}: {exc}", kind="source_unreachable") from exc
+        raise RetriableSourceError(f"cannot connect to {display}: {exc}") from exc
 
 
 def error_code(exc: BaseException) -> int:
@@ -206,9 +206,9 @@ def check_server(facts: ServerFacts) -> None:
                 "only the changed parts of JSON values): run SET GLOBAL binlog_row_value_options = ''"
             )
     if problems:
-        raise FatalError(
+        raise FatalSourceError(
             "the MySQL/MariaDB server is not set up for change data capture: " + "; ".join(problems),
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         )
 
 
@@ -266,7 +266,7 @@ def check_grants(conn: Any, facts: ServerFacts, tables: list[str]) -> None:
             else:
                 raise
     if problems:
-        raise FatalError("; ".join(problems), kind="source_grants")
+        raise FatalSourceError("; ".join(problems), kind=Kind.SOURCE_GRANTS)
 
 
 def _account(user: str) -> str:
@@ -321,15 +321,15 @@ def master_status(conn: Any, facts: ServerFacts) -> tuple[str, int, str]:
             last = exc
             continue
         if row is None:
-            raise FatalError(
+            raise FatalSourceError(
                 "the server reports no binary log (SHOW MASTER STATUS is empty): enable log_bin",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             )
         gtids = ""
         if "executed_gtid_set" in names:
             gtids = str(row[names.index("executed_gtid_set")] or "")
         return str(row[0]), int(row[1]), gtids.replace("\n", "")
-    raise FatalError(f"cannot read the server's binlog position: {last}", kind="source_error")
+    raise FatalSourceError(f"cannot read the server's binlog position: {last}")
 
 
 def binary_logs(conn: Any) -> list[str]:
@@ -344,10 +344,9 @@ def mariadb_gtid_at(conn: Any, file: str, pos: int) -> str:
         cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
         row = cur.fetchone()
     if row is None or row[0] is None:
-        raise FatalError(
+        raise FatalSourceError(
             f"MariaDB cannot tell the GTID state at {file}:{pos} (BINLOG_GTID_POS returned NULL: "
             "the file is gone or the position is not a transaction boundary)",
-            kind="source_error",
         )
     return str(row[0])
 

@@ -10,12 +10,12 @@ any row change). The source answers them with catalog queries, once per new tabl
 never per event; a test answers them from a dict.
 
 Transactions: a GTID event (MariaDB, MySQL with GTIDs) or a ``BEGIN`` query starts one; an XID
-event, a ``COMMIT`` query, or the statement itself for DDL ends it. Events get the id
-``mysql:<binlog file>:<position of the transaction's first event>:<seq>``, stable because the
-binlog is immutable; the last event of a transaction is only known at its end, so a batch that
-must end inside a transaction keeps its last event back. Positions are handed over only at
-transaction ends: :class:`.position.BinlogPosition` (the end of the transaction's last event) or
-:class:`.position.GtidPosition` (the GTID state including it).
+event, a ``COMMIT`` query, or the statement itself for DDL ends it. Ids, the last-event mark,
+key changes (``d`` + ``c``) and batch cutting are the shared :class:`cdc.assembly.TxAssembler`'s
+(``self.tx``); a transaction's id is ``<binlog file>:<position of its first event>``, stable
+because the binlog is immutable, so events get ``mysql:<file>:<pos>:<seq>``. Positions are handed
+over only at transaction ends: :class:`.position.BinlogPosition` (the end of the transaction's
+last event) or :class:`.position.GtidPosition` (the GTID state including it).
 
 Tables: a TABLE_MAP binds a table id to a description until the next ROTATE or
 FORMAT_DESCRIPTION (ids may start again after a server restart); a listed table's description
@@ -36,8 +36,8 @@ import time
 from typing import Any, Protocol
 
 from cdc import names
-from cdc.errors import FatalError, ProtocolError
-from cdc.events import ChangeEvent
+from cdc.assembly import TxAssembler
+from cdc.errors import FatalError, FatalSourceError, Kind, ProtocolError
 from cdc.plugin import Batch
 from cdc.schema import Column, SchemaVersion, TableSchema
 
@@ -65,6 +65,8 @@ from .rows import (
 BATCH_EVENTS = 2000
 #: a batch is also handed over once its rows hold about this many bytes (big values)
 BATCH_BYTES = 4 * 1024 * 1024
+#: what an event's Python objects take, roughly (added to the batch's byte estimate)
+EVENT_COST = 800
 #: most seconds events wait in the reader while other tables' transactions keep it busy
 MAX_HOLD_S = 0.2
 #: most seconds between heartbeat positions while other tables' transactions keep it busy
@@ -179,27 +181,22 @@ class MySQLDecoder:
         self.gtids: MariaDBGtidState | MySQLGtidSet | None = None
         self.dirty = False  # the end position moved since it was last handed over
         self.handed_at = 0.0
-        self.in_tx = False
+        #: ids, transactions and batches (written once for every source)
+        self.tx = TxAssembler("mysql", batch_events=BATCH_EVENTS, batch_bytes=BATCH_BYTES)
         self._tx_explicit = False
         self._tx_file = ""
         self._tx_file_idx = 0
         self._tx_pos = 0
-        self._tx_id = ""
         self._tx_gtid: str | None = None
         self._tx_gtid_parts: tuple[Any, ...] | None = None
         self._tx_ts_ms = 0
         self._tx_unix = 0.0
         self._tx_server = 0
-        self._tx_seq = 0
-        self._tx_sources: dict[str, dict[str, Any]] = {}
         self._commit_unix = 0.0
-        self._emit_ms = 0
         self._by_id: dict[int, _Table | None] = {}
         self._compiled: dict[bytes, _Table] = {}
         self._current: dict[str, _Table] = {}
-        self._out: list[ChangeEvent] = []
-        self._out_cost = 0
-        self._out_since = 0.0
+        self._out_since = 0.0  # when the oldest event gathered was made (monotonic)
         self._handlers: dict[type, Any] = {
             P.WriteRows: self._on_write_or_delete,
             P.UpdateRows: self._on_update,
@@ -231,9 +228,7 @@ class MySQLDecoder:
         self.file = self.end_file = position.file
         self.file_idx = file_index(position.file)
         self.end_pos = position.pos
-        self.in_tx = False
-        self._out = []
-        self._out_cost = 0
+        self.tx.reset()
         self._by_id.clear()
         self.handed_at = time.monotonic()
 
@@ -248,8 +243,14 @@ class MySQLDecoder:
         return result
 
     @property
-    def pending_events(self) -> int:
-        return len(self._out)
+    def in_tx(self) -> bool:
+        """A transaction is open (its end not read yet)."""
+        return self.tx.in_tx
+
+    @property
+    def pending(self) -> int:
+        """Events gathered and not handed over yet."""
+        return len(self.tx.out)
 
     # -- positions --------------------------------------------------------------------------------
 
@@ -260,29 +261,21 @@ class MySQLDecoder:
         return BinlogPosition(self.end_file, self.end_pos)
 
     def _flush_out(self) -> Batch:
-        """Hand over the events gathered so far. Inside a transaction the last event is kept
-        back, since only the transaction's end tells whether it is the last."""
-        out = self._out
-        position: Position | None
-        if self.in_tx:
-            keep = out[-1:]
-            events = out[:-1]
-            position = None
-        else:
-            keep = []
-            events = out
+        """Hand over the events gathered so far (:meth:`cdc.assembly.TxAssembler.take`); when
+        they end at a transaction end, with the position reached."""
+        events, whole, cost = self.tx.take()
+        position: Position | None = None
+        if whole:
             position = self.position()
-            self.dirty = False
-            self.handed_at = time.monotonic()
-        self._out = keep
-        self._out_since = time.monotonic() if keep else 0.0
-        cost = self._out_cost
-        self._out_cost = 0
+            if not self.tx.in_tx:
+                self.dirty = False
+                self.handed_at = time.monotonic()
+        self._out_since = time.monotonic() if self.tx.out else 0.0
         return Batch(events, position, self._commit_unix or None, cost + 64)
 
     def idle_batch(self) -> Batch | None:
         """Nothing is waiting: the events gathered, or the position as a heartbeat batch."""
-        if self._out:
+        if self.tx.out:
             return self._flush_out()
         if self.dirty:
             self.dirty = False
@@ -293,29 +286,20 @@ class MySQLDecoder:
     # -- transactions -----------------------------------------------------------------------------
 
     def _begin(self, h: P.EventHeader) -> None:
-        self.in_tx = True
         self._tx_explicit = False
         self._tx_file = self.file
         self._tx_file_idx = self.file_idx
         self._tx_pos = h.log_pos - h.event_size
-        self._tx_id = f"{self.file}:{self._tx_pos}"
+        self.tx.begin(f"{self.file}:{self._tx_pos}")
         self._tx_gtid = None
         self._tx_gtid_parts = None
         self._tx_unix = float(h.timestamp)
         self._tx_ts_ms = h.timestamp * 1000
         self._tx_server = h.server_id
-        self._tx_seq = 0
-        self._tx_sources = {}
-        self._emit_ms = int(time.time() * 1000)
 
     def _end_tx(self, end_pos: int) -> Batch | None:
-        out = self._out
-        if out:
-            last = out[-1]
-            t = last.transaction
-            if t is not None and t[0] == self._tx_id:
-                last.transaction = (t[0], t[1], True)
-        self.in_tx = False
+        tx = self.tx
+        tx.commit()
         self.end_file = self.file
         self.end_pos = end_pos
         parts = self._tx_gtid_parts
@@ -323,12 +307,8 @@ class MySQLDecoder:
             self.gtids.add(*parts)
         self._commit_unix = self._tx_unix
         self.dirty = True
-        if out:
-            if (
-                len(out) >= BATCH_EVENTS
-                or self._out_cost >= BATCH_BYTES
-                or time.monotonic() - self._out_since >= MAX_HOLD_S
-            ):
+        if tx.out:
+            if tx.full() or time.monotonic() - self._out_since >= MAX_HOLD_S:
                 return self._flush_out()
         elif time.monotonic() - self.handed_at >= HANDOVER_S:
             return self.idle_batch()
@@ -356,13 +336,13 @@ class MySQLDecoder:
     def _implicit_end(self, h: P.EventHeader) -> Batch | None:
         """A new transaction starts while one is open (an XA PREPARE's group, a binlog written
         by a crashed server): the open one ends where the new one starts."""
-        if not self.in_tx:
+        if not self.tx.in_tx:
             return None
-        self.hooks.warning("transaction_without_end", transaction=self._tx_id)
+        self.hooks.warning("transaction_without_end", transaction=self.tx.tx_id)
         return self._end_tx(h.log_pos - h.event_size)
 
     def _on_xid(self, ev: P.Xid | P.XaPrepare) -> Batch | None:
-        if not self.in_tx:
+        if not self.tx.in_tx:
             self.end_file = self.file
             self.end_pos = ev.header.log_pos
             self.dirty = True
@@ -374,15 +354,15 @@ class MySQLDecoder:
         head = query[:12].lstrip().upper()
         h = ev.header
         if head.startswith("BEGIN") or head.startswith("XA START") or head.startswith("XA BEGIN"):
-            if not self.in_tx:
+            if not self.tx.in_tx:
                 self._begin(h)
             self._tx_explicit = True
             return None
         if head.startswith("COMMIT") or (head.startswith("ROLLBACK") and not _ROLLBACK_TO_RE.match(query)):
-            if not self.in_tx:
+            if not self.tx.in_tx:
                 return None
             return self._end_tx(h.log_pos)
-        if not self.in_tx:
+        if not self.tx.in_tx:
             self._begin(h)
         if head.startswith("TRUNCATE"):
             name = parse_truncate(query, ev.schema)
@@ -409,11 +389,11 @@ class MySQLDecoder:
         self.file_idx = file_index(ev.next_file)
         self._forget_table_ids()
         if ev.header.timestamp:
-            if not self.in_tx:
+            if not self.tx.in_tx:
                 self.end_file = ev.next_file
                 self.end_pos = ev.position
                 self.dirty = True
-        elif ev.next_file != self.end_file and not self.in_tx:
+        elif ev.next_file != self.end_file and not self.tx.in_tx:
             # the dump starts in another file than the checkpoint's (GTID mode)
             self.end_file = ev.next_file
             self.end_pos = ev.position
@@ -495,8 +475,8 @@ class MySQLDecoder:
         return None
 
     def _at(self) -> tuple[int, int, int]:
-        if self.in_tx:
-            return (self._tx_file_idx, self._tx_pos, self._tx_seq)
+        if self.tx.in_tx:
+            return (self._tx_file_idx, self._tx_pos, self.tx.seq)
         return (self.file_idx, self.end_pos, 0)
 
     def _compile(self, ev: P.TableMap, name: str) -> _Table:
@@ -524,7 +504,7 @@ class MySQLDecoder:
         try:
             columns = columns_from_description(desc, json_columns, plugins)
         except UnsupportedColumn as exc:
-            raise FatalError(str(exc), kind="source_config", table=name) from exc
+            raise FatalSourceError(str(exc), kind=Kind.SOURCE_CONFIG, table=name) from exc
         key = list(desc.primary_key)
         excluded = self.excluded_for(name)
         col_names = [c.name for c in columns]
@@ -539,13 +519,13 @@ class MySQLDecoder:
                 raise FatalError(
                     f"columns.exclude for {name} names the key column {columns[k].name!r}; key "
                     "columns cannot be excluded",
-                    kind="config",
+                    kind=Kind.CONFIG,
                     table=name,
                 )
         try:
             codec = RowCodec(columns, key, excluded, bigint_as_string=self.bigint_as_string)
         except UnsupportedColumn as exc:
-            raise FatalError(f"{name}: {exc}", kind="source_config", table=name) from exc
+            raise FatalSourceError(f"{name}: {exc}", kind=Kind.SOURCE_CONFIG, table=name) from exc
         schema = TableSchema(
             name,
             tuple(Column(c.name, type_name(c), c.nullable) for c in columns if c.name not in excluded),
@@ -557,7 +537,7 @@ class MySQLDecoder:
     # -- events -----------------------------------------------------------------------------------
 
     def _source_block(self, table: _Table) -> dict[str, Any]:
-        block = self._tx_sources.get(table.name)
+        block = self.tx.sources.get(table.name)
         if block is None:
             block = {
                 "connector": "mysql",
@@ -566,7 +546,7 @@ class MySQLDecoder:
                 "schema": table.schema_name,
                 "table": table.table_name,
                 "ts_ms": self._tx_ts_ms,
-                "tx": self._tx_gtid or self._tx_id,
+                "tx": self._tx_gtid or self.tx.tx_id,
                 "file": self._tx_file,
                 "pos": self._tx_pos,
                 "server_id": self._tx_server,
@@ -574,18 +554,18 @@ class MySQLDecoder:
             if self._tx_gtid is not None:
                 block["gtid"] = self._tx_gtid
             block["snapshot"] = False
-            self._tx_sources[table.name] = block
+            self.tx.sources[table.name] = block
         return block
 
     def _rows_table(self, ev: P.WriteRows | P.DeleteRows | P.UpdateRows) -> _Table | None:
         table = self._by_id.get(ev.table_id)
         if table is None:
             return None
-        if not self.in_tx:
+        if not self.tx.in_tx:
             self._begin(ev.header)
-        if not self._out:
+        if not self.tx.out:
             self._out_since = time.monotonic()
-        self._out_cost += ev.end - ev.start
+        self.tx.cost += ev.end - ev.start
         return table
 
     def _on_write_or_delete(self, ev: P.WriteRows | P.DeleteRows) -> Batch | None:
@@ -597,14 +577,17 @@ class MySQLDecoder:
             rows = table.codec.rows(ev.data, ev.start, ev.end, ev.present)
         except (IndexError, ValueError, UnicodeDecodeError) as exc:
             raise self._decode_error(table, exc) from exc
-        emit = self._emit
+        tx = self.tx
+        emit = tx.emit
+        source = self._source_block(table)
         version = table.version
+        tx.cost += EVENT_COST * len(rows)
         if isinstance(ev, P.WriteRows):
             for row, key in rows:
-                emit(table, version, "c", key, None, row)
+                emit("c", source, version, key, None, row)
         else:
             for row, key in rows:
-                emit(table, version, "d", key, row, None)
+                emit("d", source, version, key, row, None)
         return self._after_rows()
 
     def _on_update(self, ev: P.UpdateRows) -> Batch | None:
@@ -615,67 +598,36 @@ class MySQLDecoder:
             rows = table.codec.updates(ev.data, ev.start, ev.end, ev.present, ev.present_after)
         except (IndexError, ValueError, UnicodeDecodeError) as exc:
             raise self._decode_error(table, exc) from exc
-        emit = self._emit
+        tx = self.tx
+        update = tx.update
+        source = self._source_block(table)
         version = table.version
+        tx.cost += EVENT_COST * len(rows)
         for before, old_key, after, new_key in rows:
-            if old_key is not None and new_key is not None and old_key != new_key:
-                emit(table, version, "d", old_key, before, None, {"to": new_key})
-                emit(table, version, "c", new_key, None, after, {"from": old_key})
-            else:
-                emit(table, version, "u", new_key, before, after)
+            update(source, version, before, old_key, after, new_key)
         return self._after_rows()
 
     def _on_partial_update(self, ev: P.PartialUpdateRows) -> Batch | None:
         table = self._by_id.get(ev.table_id)
         if table is None:
             return None
-        raise FatalError(
+        raise FatalSourceError(
             f"{table.name}: the binlog holds a partial JSON update (binlog_row_value_options="
             "PARTIAL_JSON); cdc needs whole rows: SET GLOBAL binlog_row_value_options = ''",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
             table=table.name,
         )
 
     def _after_rows(self) -> Batch | None:
-        if len(self._out) >= BATCH_EVENTS or (self._out_cost >= BATCH_BYTES and len(self._out) > 1):
+        if self.tx.full():
             return self._flush_out()
         return None
 
     def _decode_error(self, table: _Table, exc: Exception) -> FatalError:
-        return FatalError(
+        return FatalSourceError(
             f"cannot decode a row event of {table.name} at {self.file}:{self._tx_pos}: {exc!r}",
-            kind="protocol",
+            kind=Kind.PROTOCOL,
             table=table.name,
-        )
-
-    def _emit(
-        self,
-        table: _Table,
-        version: SchemaVersion,
-        op: str,
-        key: dict[str, Any] | None,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        key_change: dict[str, Any] | None = None,
-    ) -> None:
-        seq = self._tx_seq
-        self._tx_seq = seq + 1
-        tx = self._tx_id
-        self._out_cost += 800  # an event's Python objects, roughly (as the PostgreSQL decoder counts)
-        self._out.append(
-            ChangeEvent(
-                f"mysql:{tx}:{seq}",
-                op,
-                self._emit_ms,
-                self._source_block(table),
-                (tx, seq, False),
-                version,
-                key,
-                before,
-                after,
-                None,
-                key_change,
-            )
         )
 
     def _emit_truncate(self, name: str) -> None:
@@ -683,9 +635,11 @@ class MySQLDecoder:
         if table is None:
             table = self._catalog_table(name)
             self._current[name] = table
-        if not self._out:
+        tx = self.tx
+        if not tx.out:
             self._out_since = time.monotonic()
-        self._emit(table, table.version, "t", None, None, None)
+        tx.cost += EVENT_COST
+        tx.emit("t", self._source_block(table), table.version, None, None, None)
 
     def _catalog_table(self, name: str) -> _Table:
         """The current version of a table the stream has not described in this session (a

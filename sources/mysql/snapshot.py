@@ -82,7 +82,7 @@ from typing import Any
 import orjson
 
 from cdc._codegen import make_function
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 from cdc.names import split as split_table_name
 from cdc.schema import Column, TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
@@ -493,11 +493,11 @@ def _column(
             "plugin",
             plugin=dt.upper(),
         )
-    raise FatalError(
+    raise FatalSourceError(
         f"cannot snapshot {table}: column {name!r} has the type {column_type}, which the snapshot "
         "reader cannot read as the binlog stream delivers it; exclude the column (columns.exclude) "
         "or leave the table out of the snapshot",
-        kind="snapshot_refused",
+        kind=Kind.SNAPSHOT_REFUSED,
         table=table,
     )
 
@@ -589,11 +589,11 @@ class _Table:
     def where(self, cursor: Any) -> str:
         """``WHERE`` for the rows after ``cursor`` (as :meth:`cursor_of` made it)."""
         if not isinstance(cursor, list | tuple) or len(cursor) != len(self.key_idx):
-            raise FatalError(
+            raise FatalSourceError(
                 f"the snapshot cursor {cursor!r} does not fit the key {list(self.key_names)} of "
                 f"{self.name} (was the primary key changed during the snapshot?); request a new "
                 "snapshot of the table",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=self.name,
             )
         exprs: list[str] = []
@@ -614,10 +614,10 @@ class _Table:
 
     def _literal(self, col: _Col, value: Any) -> str:
         kind = col.kind
-        bad = FatalError(
+        bad = FatalSourceError(
             f"the snapshot cursor of {self.name} holds {value!r} for the key column "
             f"{col.meta.name!r}, which is not a value of its type; request a new snapshot",
-            kind="snapshot_refused",
+            kind=Kind.SNAPSHOT_REFUSED,
             table=self.name,
         )
         if kind in ("int", "enum", "set", "bit"):
@@ -929,40 +929,38 @@ class MySQLSnapshotReader(SnapshotReader):
             or isinstance(exc, pymysql.err.InterfaceError)
         ):
             self.close()
-            return RetriableError(
+            return RetriableSourceError(
                 f"lost the snapshot connection to {self.display} while {doing}: {text}",
-                kind="source_unreachable",
                 table=table,
             )
         if code in (catalog.ER_NO_SUCH_TABLE, catalog.ER_BAD_DB):
-            return FatalError(
+            return FatalSourceError(
                 f"cannot snapshot {what}: the table does not exist (or is not visible to {self._user})",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=table,
             )
         if code in (catalog.ER_TABLEACCESS_DENIED, catalog.ER_DBACCESS_DENIED, 1143):
             db, name = split_table_name(table) if table else ("", "")
-            return FatalError(
+            return FatalSourceError(
                 f"cannot snapshot {what}: the user {self._user} lacks SELECT on it ({text}): GRANT "
                 f"SELECT ON {catalog.quote_ident(db)}.{catalog.quote_ident(name)} TO {_account(self._user)}",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=table,
             )
         if code in (catalog.ER_ACCESS_DENIED, catalog.ER_SPECIFIC_ACCESS_DENIED):
-            return FatalError(
+            return FatalSourceError(
                 f"the server refused the snapshot ({doing}): {text}",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=table,
             )
         if code in _AGAIN:
-            return RetriableError(
+            return RetriableSourceError(
                 f"the snapshot read of {what} failed ({doing}): {text}",
-                kind="source_error",
+                kind=Kind.SOURCE_ERROR,
                 table=table,
             )
-        return FatalError(
+        return FatalSourceError(
             f"the server refused a snapshot query of {what} ({doing}): {text}",
-            kind="source_error",
             table=table,
         )
 
@@ -998,9 +996,9 @@ class MySQLSnapshotReader(SnapshotReader):
             cur.execute(_COLUMNS_SQL, (db, name))
             columns = tuple(tuple(r) for r in cur.fetchall())
             if not columns:
-                raise FatalError(
+                raise FatalSourceError(
                     f"cannot snapshot {table}: the table does not exist (or is not visible to {self._user})",
-                    kind="snapshot_refused",
+                    kind=Kind.SNAPSHOT_REFUSED,
                     table=table,
                 )
             cur.execute(f"SHOW INDEX FROM {catalog.quote_ident(db)}.{catalog.quote_ident(name)}")
@@ -1032,7 +1030,7 @@ class MySQLSnapshotReader(SnapshotReader):
             if k in excluded:
                 raise FatalError(
                     f"columns.exclude for {table} names the key column {k!r}; key columns cannot be excluded",
-                    kind="config",
+                    kind=Kind.CONFIG,
                     table=table,
                 )
         cols: list[_Col] = []
@@ -1052,9 +1050,9 @@ class MySQLSnapshotReader(SnapshotReader):
                 hidden_idx[j] = len(cols) + len(hidden)
                 hidden.append(f"({catalog.quote_ident(cols[i].meta.name)}+0)")
             elif cols[i].kind == "json":
-                raise FatalError(
+                raise FatalSourceError(
                     f"cannot snapshot {table}: a JSON key column",
-                    kind="snapshot_refused",
+                    kind=Kind.SNAPSHOT_REFUSED,
                     table=table,
                 )
         schema = TableSchema(
@@ -1081,9 +1079,8 @@ class MySQLSnapshotReader(SnapshotReader):
                 raise self._error(exc, table, "reading a chunk") from exc
             except (OSError, EOFError) as exc:
                 self.close()
-                raise RetriableError(
+                raise RetriableSourceError(
                     f"lost the snapshot connection to {self.display} while reading {table}: {exc}",
-                    kind="source_unreachable",
                     table=table,
                 ) from exc
             except BaseException:
@@ -1105,10 +1102,10 @@ class MySQLSnapshotReader(SnapshotReader):
                 file = status.get("binlog_snapshot_file", "")
                 pos = int(status.get("binlog_snapshot_position") or 0)
                 if not file:
-                    raise FatalError(
+                    raise FatalSourceError(
                         "MariaDB reports no binlog snapshot position (is log_bin on?); snapshots "
                         "need the binlog",
-                        kind="snapshot_refused",
+                        kind=Kind.SNAPSHOT_REFUSED,
                         table=table,
                     )
             else:
@@ -1179,9 +1176,9 @@ class MySQLSnapshotReader(SnapshotReader):
                 continue
             self._status_sql = statement
             if row is None:
-                raise FatalError(
+                raise FatalSourceError(
                     "the server reports no binary log; snapshots need the binlog",
-                    kind="snapshot_refused",
+                    kind=Kind.SNAPSHOT_REFUSED,
                 )
             gtids = (
                 _text(row[names.index("executed_gtid_set")] or "")
@@ -1237,9 +1234,9 @@ class MySQLSnapshotReader(SnapshotReader):
             return None
         try:
             if stream.field_count != table.nfields:
-                raise FatalError(
+                raise FatalSourceError(
                     f"{table.name}: the server sent {stream.field_count} columns for {table.nfields}",
-                    kind="protocol",
+                    kind=Kind.PROTOCOL,
                     table=table.name,
                 )
             parse = table.parse
@@ -1252,9 +1249,9 @@ class MySQLSnapshotReader(SnapshotReader):
                 except (IndexError, ValueError, UnicodeDecodeError, orjson.JSONDecodeError) as exc:
                     stream.abandon()
                     self._conn = None
-                    raise FatalError(
+                    raise FatalSourceError(
                         f"cannot decode a row of {table.name} read by the snapshot: {exc!r}",
-                        kind="protocol",
+                        kind=Kind.PROTOCOL,
                         table=table.name,
                     ) from exc
                 if lr >= 0:

@@ -1,14 +1,16 @@
 """The MySQL / MariaDB source: the binlog, read as a replica, decoded by cdc's own code.
 
-Theory of operation. Three layers, the lower two pure (sans-IO):
+Theory of operation. Four layers, the lower two pure (sans-IO):
 
 * :mod:`.protocol` turns one binlog event's bytes into a message (``TableMap``, ``WriteRows``,
   ``Xid``, ``Rotate``, ``MariaDBGtid``, ...);
 * :mod:`.decoder` turns messages into change events and batches (transactions, ids, positions,
-  table descriptions compiled into row decoders, renames, truncates);
-* this module does the I/O: the checks at start, the binlog connection (:mod:`._wire`, the only
-  module touching PyMySQL's private API), waiting for packets, and the catalog look-ups the
-  decoder asks for through its hooks (:class:`MySQLSource` implements
+  table descriptions compiled into row decoders, renames, truncates), with the transaction and
+  batch assembly shared with the PostgreSQL source (:mod:`cdc.assembly`);
+* :mod:`.stream` is the binlog connection (:mod:`._wire`, the only module touching PyMySQL's
+  private API): registering as a replica, the dump, waiting for packets, heartbeats;
+* this module composes them: the checks at start, the start position, and the catalog look-ups
+  the decoder asks for through its hooks (:class:`MySQLSource` implements
   :class:`.decoder.DecoderHooks`).
 
 *Start* (:meth:`MySQLSource.open`, supervisor thread): a regular PyMySQL connection checks the
@@ -56,36 +58,36 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
-import time
-import uuid
 from typing import Any
 
 from cdc import names
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSourceError,
+    FatalStateError,
+    Kind,
+    RetriableSourceError,
+)
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 from cdc.schema import SchemaVersion, TableSchema
 from cdc.snapshot_api import SnapshotReader
 
-from . import _wire, catalog
-from . import protocol as P
+from . import catalog
 from .config import MySQLConfig
 from .decoder import MySQLDecoder, parse_truncate
 from .position import (
     BinlogPosition,
     GtidPosition,
-    MySQLGtidSet,
     Position,
     file_index,
     parse_position,
 )
+from .stream import BinlogStream
 
 __all__ = ["MySQLSource", "parse_truncate"]
 
-#: seconds the server waits before sending a heartbeat while it has nothing to send
-SERVER_HEARTBEAT_S = 1.0
-#: seconds without any packet from the server before the connection counts as lost
-DEAD_AFTER_S = 30.0
 #: state-store meta keys (per pipeline): the renames followed, excluded columns seen
 META_RENAMES = "mysql.renames"
 META_EXCLUDED_SEEN = "mysql.excluded_seen"
@@ -103,7 +105,7 @@ def _library() -> Any:
     except ImportError as exc:
         raise FatalError(
             f"the mysql source needs the package PyMySQL ({exc}): pip install PyMySQL",
-            kind="plugin_import",
+            kind=Kind.PLUGIN_IMPORT,
         ) from exc
     _LIB = pymysql
     return _LIB
@@ -132,9 +134,7 @@ class MySQLSource(Source):
         self._server_id = 0
         self._tag = ""
         self._gtid_mode = False
-        self._wire: _wire.BinlogConnection | None = None
-        self._reader = P.BinlogReader()
-        self._last_recv = 0.0
+        self._stream: BinlogStream | None = None
         self._acked: Position | None = None
         self._status: dict[str, Any] = {}
 
@@ -152,11 +152,11 @@ class MySQLSource(Source):
     def open(self, checkpoint: str | None, *, adopt: bool = False) -> Position:
         pymysql = _library()
         if adopt and checkpoint is None:
-            raise FatalError(
+            raise FatalStateError(
                 f"--adopt {self.ctx.name}: a MySQL/MariaDB server keeps no record of a replica's "
                 f"position, so there is nothing to continue from; run `cdc drop {self.ctx.config_file} "
                 f"{self.ctx.name} --yes` and start again with a new snapshot (snapshot.mode: initial)",
-                kind="state_lost",
+                kind=Kind.STATE_LOST,
             )
         self._settings = catalog.connection_settings(self.cfg.dsn)
         try:
@@ -173,16 +173,15 @@ class MySQLSource(Source):
                 self._set_aliases(renames, start)
         except pymysql.err.OperationalError as exc:
             if catalog.error_code(exc) in catalog.CLIENT_ERRORS:
-                raise RetriableError(
+                raise RetriableSourceError(
                     f"lost the connection to {self.dsn_display} while starting: {exc}",
-                    kind="source_unreachable",
                 ) from exc
-            raise FatalError(
-                f"the server refused a start-up query: {catalog.error_text(exc)}", kind="source_error"
+            raise FatalSourceError(
+                f"the server refused a start-up query: {catalog.error_text(exc)}"
             ) from exc
         except pymysql.err.MySQLError as exc:
-            raise FatalError(
-                f"the server refused a start-up query: {catalog.error_text(exc)}", kind="source_error"
+            raise FatalSourceError(
+                f"the server refused a start-up query: {catalog.error_text(exc)}"
             ) from exc
         self._open_stream(start)
         return start
@@ -196,10 +195,10 @@ class MySQLSource(Source):
             self._server_id = 1_000_000_000 + int.from_bytes(digest[:4], "big") % 3_000_000_000
         self._tag = f"cdc:{install[:8]}:{self.ctx.name}"[:60]
         if self._server_id == facts.server_id:
-            raise FatalError(
+            raise FatalSourceError(
                 f"server_id {self._server_id} is the MySQL server's own server_id: give this "
                 "pipeline another `source.server_id` (unique among the server's replicas)",
-                kind="server_id_collision",
+                kind=Kind.SERVER_ID_COLLISION,
             )
         hosts = catalog.replica_hosts(conn, facts)
         if hosts is None:
@@ -212,11 +211,11 @@ class MySQLSource(Source):
             return
         for sid, host in hosts:
             if sid == self._server_id and host[:60] != self._tag:
-                raise FatalError(
+                raise FatalSourceError(
                     f"server_id {self._server_id} is already used by a replica connected to the "
                     f"server (reported host {host or '(none)'!r}): two replicas with one id "
                     "disconnect each other; give this pipeline another `source.server_id`",
-                    kind="server_id_collision",
+                    kind=Kind.SERVER_ID_COLLISION,
                 )
 
     def _use_gtid(self, facts: catalog.ServerFacts) -> bool:
@@ -227,10 +226,10 @@ class MySQLSource(Source):
             gtid_on = (facts.var("gtid_mode") or "").upper() == "ON"
         if mode == "gtid":
             if not facts.mariadb and not gtid_on:
-                raise FatalError(
+                raise FatalSourceError(
                     f"positions: gtid needs gtid_mode=ON on the MySQL server (it is "
                     f"{facts.var('gtid_mode') or 'OFF'}); use positions: file or enable GTIDs",
-                    kind="source_config",
+                    kind=Kind.SOURCE_CONFIG,
                 )
             return True
         if mode == "file":
@@ -263,10 +262,10 @@ class MySQLSource(Source):
         try:
             saved = parse_position(checkpoint)
         except ValueError as exc:
-            raise FatalError(
+            raise FatalStateError(
                 f"the saved checkpoint {checkpoint!r} is not a MySQL binlog position ({exc}); was "
                 f"the pipeline's source type changed? {self._way_back()}",
-                kind="state_invalid",
+                kind=Kind.STATE_INVALID,
             ) from exc
         files = catalog.binary_logs(conn)
         if self._gtid_mode and isinstance(saved, BinlogPosition):
@@ -295,78 +294,33 @@ class MySQLSource(Source):
         if saved.file in files:
             return
         oldest = files[0] if files else "none"
-        raise FatalError(
+        raise FatalSourceError(
             f"the binlog file {saved.file} of the last checkpoint {saved} was purged from the "
             f"server (oldest binlog now: {oldest}): the changes committed after the checkpoint "
             f"are gone; {self._way_back()}. To prevent it, keep binlogs longer "
             "(binlog_expire_logs_seconds / expire_logs_days) than a pipeline may stay stopped",
-            kind="binlog_purged",
+            kind=Kind.BINLOG_PURGED,
             position=str(saved),
         )
 
     def _open_stream(self, start: Position) -> None:
-        pymysql = _library()
         assert self._settings is not None and self._facts is not None
-        settings = dict(self._settings)
-        settings.pop("autocommit", None)
-        settings["read_timeout"] = int(max(DEAD_AFTER_S * 2, settings.get("read_timeout") or 0))
-        mariadb = self._facts.mariadb
         decoder = self._decoder
-        decoder.mariadb = mariadb
+        decoder.mariadb = self._facts.mariadb
         decoder.flavor = self._facts.flavor
-        decoder.start(start)
         self._acked = start
-        self._close_stream()
-        try:
-            wire = _wire.BinlogConnection.connect(settings)
-        except pymysql.err.MySQLError as exc:
-            raise self._stream_error(exc) from exc
-        except OSError as exc:
-            raise RetriableError(
-                f"cannot connect to {self.dsn_display}: {exc}", kind="source_unreachable"
-            ) from exc
-        self._wire = wire
-        try:
-            wire.prepare(
-                heartbeat_s=min(settings["read_timeout"] / 2.0, SERVER_HEARTBEAT_S),
-                replica_uuid=str(uuid.uuid5(uuid.NAMESPACE_URL, f"cdc:{self._tag}")),
-                mariadb=mariadb,
-                mariadb_gtid_state=start.gtids if isinstance(start, GtidPosition) and mariadb else None,
-            )
-            wire.register(self._server_id, self._tag)
-            if isinstance(start, GtidPosition) and not mariadb:
-                members = MySQLGtidSet.parse(start.gtids).intervals()
-                if any(tag for _, tag, _ in members):
-                    raise FatalError(
-                        f"the GTID set {start.gtids} holds tagged GTIDs (MySQL 8.4 tags), which "
-                        "this build cannot resume from; use positions: file",
-                        kind="source_config",
-                    )
-                encoded = _wire.encode_mysql_gtids([(sid, ivs) for sid, _, ivs in members])
-                wire.dump_gtid(self._server_id, encoded)
-            elif isinstance(start, GtidPosition):
-                wire.dump(self._server_id, "", 4)
-            else:
-                wire.dump(self._server_id, start.file, start.pos)
-        except pymysql.err.MySQLError as exc:
-            self._close_stream()
-            raise self._stream_error(exc) from exc
-        except (OSError, EOFError) as exc:
-            self._close_stream()
-            raise RetriableError(
-                f"lost the binlog connection to {self.dsn_display}: {exc}", kind="source_unreachable"
-            ) from exc
-        self._reader = P.BinlogReader(checksum=wire.checksum, file=start.file)
-        self._last_recv = time.monotonic()
-        # Start the dump now: a refused dump (purged binlog, missing grant) fails the start.
-        deadline = time.monotonic() + 30
-        while True:
-            ev = self._fetch()
-            decoder.feed(ev)
-            if ev.__class__ is P.Rotate:
-                break
-            if time.monotonic() > deadline:
-                break
+        if self._stream is not None:
+            self._stream.close()
+        self._stream = BinlogStream(
+            self._settings,
+            self.dsn_display,
+            decoder,
+            server_id=self._server_id,
+            tag=self._tag,
+            mariadb=self._facts.mariadb,
+            way_back=self._way_back(),
+        )
+        self._stream.start(start)
         self.ctx.log.info(
             "binlog_stream_open",
             position=str(start),
@@ -374,92 +328,11 @@ class MySQLSource(Source):
             positions="gtid" if self._gtid_mode else "file",
         )
 
-    # -- reading --------------------------------------------------------------------------------
-
     def read(self, timeout: float) -> Batch | None:
-        wire = self._wire
-        if wire is None:
-            raise RetriableError("the binlog connection is closed", kind="source_unreachable")
-        decoder = self._decoder
-        feed = decoder.feed
-        deadline = 0.0
-        while True:
-            if not decoder.in_tx and not wire.pending():
-                batch = decoder.idle_batch()
-                if batch is not None:
-                    return batch
-                now = time.monotonic()
-                if not deadline:
-                    deadline = now + timeout
-                if now - self._last_recv > DEAD_AFTER_S:
-                    raise RetriableError(
-                        f"no data and no heartbeat from {self.dsn_display} for {DEAD_AFTER_S:.0f} s",
-                        kind="source_unreachable",
-                    )
-                remaining = deadline - now
-                if remaining <= 0:
-                    return None
-                if not wire.wait(min(remaining, 0.5)):
-                    continue
-            batch = feed(self._fetch())
-            if batch is not None:
-                return batch
-
-    def _fetch(self) -> P.Event:
-        wire = self._wire
-        if wire is None:
-            raise RetriableError("the binlog connection is closed", kind="source_unreachable")
-        pymysql = _library()
-        try:
-            packet = wire.read_event()
-        except pymysql.err.MySQLError as exc:
-            raise self._stream_error(exc) from exc
-        except (OSError, EOFError) as exc:
-            raise RetriableError(
-                f"lost the binlog connection to {self.dsn_display}: {exc}", kind="source_unreachable"
-            ) from exc
-        if packet is None:
-            raise RetriableError(
-                f"{self.dsn_display} ended the binlog stream (server shutting down?)",
-                kind="source_unreachable",
-            )
-        self._last_recv = time.monotonic()
-        return self._reader.parse(packet, 1)
-
-    def _stream_error(self, exc: Exception) -> Exception:
-        code = catalog.error_code(exc)
-        text = catalog.error_text(exc)
-        position = self._decoder.position()
-        if code == catalog.ER_MASTER_FATAL_READING_BINLOG:
-            if "same server_uuid" in text or "same server_id" in text:
-                return self._collision(text)
-            return FatalError(
-                f"the server cannot send the binlog from the last checkpoint {position}: {text}; "
-                f"if the binlog was purged, the changes after the checkpoint are gone; {self._way_back()}",
-                kind="binlog_purged",
-                position=str(position),
-            )
-        if code == catalog.ER_SLAVE_SAME_ID:
-            return self._collision(text)
-        if code == catalog.ER_SPECIFIC_ACCESS_DENIED:
-            return FatalError(
-                f"the server refused to send the binlog: {text}; GRANT REPLICATION SLAVE ON *.* "
-                "to the pipeline's user",
-                kind="source_grants",
-            )
-        if code in (catalog.ER_ACCESS_DENIED, catalog.ER_DBACCESS_DENIED):
-            return FatalError(f"MySQL refused the login to {self.dsn_display}: {text}", kind="source_auth")
-        return RetriableError(
-            f"lost the binlog connection to {self.dsn_display}: {text}", kind="source_unreachable"
-        )
-
-    def _collision(self, text: str) -> FatalError:
-        return FatalError(
-            f"another replica connected to the server with this pipeline's server_id "
-            f"{self._server_id} ({text}): two replicas with one id disconnect each other; give "
-            "this pipeline (or the other replica) another `source.server_id`",
-            kind="server_id_collision",
-        )
+        stream = self._stream
+        if stream is None:
+            raise RetriableSourceError("the binlog connection is closed")
+        return stream.read(timeout)
 
     # -- renames ----------------------------------------------------------------------------------
 
@@ -494,12 +367,12 @@ class MySQLSource(Source):
                 exists = cur.fetchone() is not None
             if exists:
                 continue  # a table of the old name again: it is what the file lists
-            raise FatalError(
+            raise FatalSourceError(
                 f"the listed table {old} was renamed to {new} while this pipeline was streaming it "
                 f"(it followed the rename); {old} no longer exists: list {new} instead of {old} in "
                 f"`tables` of pipeline {self.ctx.name} (and move any columns.exclude entry of it), "
                 "then start again",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=old,
             )
 
@@ -580,7 +453,7 @@ class MySQLSource(Source):
                 f"{', '.join(repr(c) for c in missing)} for {listed}, which has no such column "
                 f"(its columns: {', '.join(columns)}); the column meant to be hidden would be "
                 f"sent: fix the name in columns.exclude.{listed} (or remove it) and start again",
-                kind="config",
+                kind=Kind.CONFIG,
                 table=listed,
             )
 
@@ -618,7 +491,7 @@ class MySQLSource(Source):
                 )
                 return catalog.catalog_table(conn, schema_name, table_name, json_columns)
             except pymysql.err.MySQLError as exc:
-                raise RetriableError(f"cannot describe {name} for a TRUNCATE: {exc}", kind="source_error") from exc
+                raise RetriableSourceError(f"cannot describe {name} for a TRUNCATE: {exc}", kind=Kind.SOURCE_ERROR) from exc
 
     def renamed(self, old: str, new: str, file: str, end_pos: int, exclude_moved: bool) -> None:
         if exclude_moved:
@@ -651,13 +524,11 @@ class MySQLSource(Source):
             except pymysql.err.MySQLError as exc:
                 if catalog.error_code(exc) in catalog.CLIENT_ERRORS:
                     self._conn = None
-                    raise RetriableError(
+                    raise RetriableSourceError(
                         f"lost the catalog connection while describing {schema}.{table}: {exc}",
-                        kind="source_unreachable",
                     ) from exc
-                raise FatalError(
+                raise FatalSourceError(
                     f"cannot read the {what} columns of {schema}.{table}: {catalog.error_text(exc)}",
-                    kind="source_error",
                     table=f"{schema}.{table}",
                 ) from exc
 
@@ -685,6 +556,17 @@ class MySQLSource(Source):
     def serialize_position(self, position: Any) -> str:
         return str(position)
 
+    def parse_position(self, text: str) -> Position:
+        return parse_position(text)
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        """Events carry the start of their transaction (``file``, ``pos``); ``high`` is a binlog
+        position: the event is before it when it starts before it."""
+        try:
+            return bool((file_index(str(source["file"])), int(source["pos"])) < high.order)
+        except (KeyError, TypeError, ValueError):
+            return False
+
     def poll(self) -> None:
         if self._facts is None or self._settings is None:
             return
@@ -709,14 +591,11 @@ class MySQLSource(Source):
 
     # -- closing ----------------------------------------------------------------------------------
 
-    def _close_stream(self) -> None:
-        wire = self._wire
-        self._wire = None
-        if wire is not None:
-            wire.close()
-
     def close(self) -> None:
-        self._close_stream()
+        stream = self._stream
+        self._stream = None
+        if stream is not None:
+            stream.close()
         conn = self._conn
         self._conn = None
         if conn is not None:
@@ -735,7 +614,7 @@ class MySQLSource(Source):
         src = cls(config, ctx)
         try:
             conn = catalog.connect(catalog.connection_settings(config.dsn), src.dsn_display)
-        except (FatalError, RetriableError) as exc:
+        except CDCError as exc:
             return [exc]
         problems: list[CDCError] = []
         try:
@@ -749,8 +628,8 @@ class MySQLSource(Source):
             except FatalError as exc:
                 problems.append(exc)
         except pymysql.err.MySQLError as exc:
-            problems.append(FatalError(
-                f"the server refused a check query: {catalog.error_text(exc)}", kind="source_error"
+            problems.append(FatalSourceError(
+                f"the server refused a check query: {catalog.error_text(exc)}", kind=Kind.SOURCE_ERROR
             ))
         finally:
             try:

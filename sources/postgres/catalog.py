@@ -19,7 +19,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from cdc import names
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 
 from .relations import RelationFacts, TypeFacts, typmods_wanted
 
@@ -41,14 +41,16 @@ def connect_error(exc: psycopg.Error, what: str, dsn_display: str) -> Exception:
     """Map a connection failure to Fatal (auth, missing database) or Retriable (the rest)."""
     state = getattr(exc, "sqlstate", None)
     message = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+    # libpq reports a failed connection attempt as text only (there is no result, so no
+    # SQLSTATE): the refused password is the one case told by its text
     if state in _FATAL_CONNECT_STATES or "password authentication failed" in message:
-        return FatalError(
+        return FatalSourceError(
             f"cannot connect to {dsn_display} for {what}: {message}; check the DSN's user, "
             "password and database",
-            kind="source_auth",
+            kind=Kind.SOURCE_AUTH,
         )
-    return RetriableError(
-        f"cannot connect to {dsn_display} for {what}: {message}", kind="source_unreachable"
+    return RetriableSourceError(
+        f"cannot connect to {dsn_display} for {what}: {message}"
     )
 
 
@@ -58,7 +60,7 @@ def conninfo(dsn: str, dsn_display: str, pipeline: str, **extra: str) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise FatalError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind="config") from exc
+        raise FatalSourceError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind=Kind.CONFIG) from exc
     options = params.get("options")
     params["options"] = f"{options} {SESSION_OPTIONS}" if options else SESSION_OPTIONS
     params.setdefault("connect_timeout", "10")
@@ -123,28 +125,28 @@ def server_problems(facts: ServerFacts) -> list[FatalError]:
     start and by ``cdc check``)."""
     problems: list[FatalError] = []
     if facts.version < MIN_SERVER_VERSION:
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"PostgreSQL {facts.version // 10000} is not supported; cdc needs PostgreSQL 14 or newer",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ))
     if facts.wal_level != "logical":
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"the server's wal_level is {facts.wal_level!r}, logical decoding needs 'logical': "
             "set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET wal_level = "
             "logical) and restart PostgreSQL",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ))
     if not (facts.superuser or facts.replication):
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"the role {facts.user!r} lacks the REPLICATION attribute needed to stream changes: "
             f'run `ALTER ROLE "{facts.user}" WITH REPLICATION` as a superuser',
-            kind="source_permission",
+            kind=Kind.SOURCE_PERMISSION,
         ))
     if facts.encoding != "UTF8":
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"the database encoding is {facts.encoding}; cdc needs a UTF8 database so that text "
             "values are exact",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ))
     return problems
 
@@ -172,7 +174,7 @@ def check_tables(
         others = [p for p in problems if not _is_identity_problem(p)]
         if others:
             raise others[0]
-        raise FatalError("; ".join(str(p) for p in identity), kind="source_config")
+        raise FatalSourceError("; ".join(str(p) for p in identity), kind=Kind.SOURCE_CONFIG)
     return facts
 
 
@@ -196,44 +198,44 @@ def table_problems(
             (schema, table),
         ).fetchone()
         if row is None and renamed and name in renamed:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"table {name} does not exist: the pipeline followed it when it was renamed to "
                 f"{renamed[name]} (every change was delivered, the later ones under the new "
                 f"name); list {renamed[name]} in `tables` instead of {name} and start again",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             ))
             continue
         if row is None:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"table {name} does not exist in this database (names are exact catalog names: "
                 "schema.table, case-sensitive; quote a name with a dot, a space or a quote); "
                 "create it or remove it from `tables`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             ))
             continue
         oid, relkind, replident, is_partition, has_pk, can_select, can_use = row
         if relkind not in ("r", "p"):
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"{name} is not a table (relkind {relkind!r}); only tables and partitioned "
                 "tables can be captured",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=name,
             ))
             continue
         if not can_use:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"the connecting role lacks USAGE on schema {schema}: run `GRANT USAGE ON SCHEMA "
                 f"{sql.Identifier(schema).as_string(conn)} TO {sql.Identifier(role).as_string(conn)}`",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
                 table=name,
             ))
         if not can_select:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"the connecting role lacks SELECT on {name}: run `GRANT SELECT ON {name} TO "
                 f"{sql.Identifier(role).as_string(conn)}`",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
                 table=name,
             ))
         ancestors: tuple[str, ...] = ()
@@ -251,10 +253,10 @@ def table_problems(
     for f in facts.values():
         listed = [a for a in f.ancestors if a in facts]
         if listed:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"{f.name} is a partition of {listed[0]}, which is also listed: events of a "
                 f"partitioned table use the root's name; remove {f.name} from `tables`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=f.name,
             ))
     for f in facts.values():
@@ -273,7 +275,7 @@ def table_problems(
         for t in targets:
             problem = _identity_problem(t)
             if problem:
-                problems.append(FatalError(problem, kind="source_config"))
+                problems.append(FatalSourceError(problem, kind=Kind.SOURCE_CONFIG))
     return facts, problems
 
 
@@ -331,12 +333,12 @@ def ensure_publication(
                 )
             )
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot create the publication {name}: {str(exc).strip()}. Creating a "
                 "publication needs ownership of the tables: create it as their owner "
                 f"(`CREATE PUBLICATION {name} FOR TABLE {', '.join(wanted)} WITH "
                 "(publish_via_partition_root = true)`) and cdc will use it as it is",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
             ) from exc
         return "created"
     oid, alltables, ins, upd, dele, trunc, viaroot, comment = row
@@ -368,10 +370,10 @@ def ensure_publication(
                 )
                 done = "altered"
         except psycopg.errors.InsufficientPrivilege as exc:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot alter the publication {name} to match `tables`: {str(exc).strip()}; "
                 "alter it as the owner of the tables",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
             ) from exc
         return done
     # Someone else's publication: check only.
@@ -429,26 +431,26 @@ def publication_problems(
         if owned is not None and not owned[0]:
             not_owned.append(t)
     if not_owned:
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"cdc would {action} the publication {name} at start, which needs ownership of the "
             f"tables, and the connecting role does not own {', '.join(not_owned)}: create the "
             f"publication as their owner (`CREATE PUBLICATION {name} FOR TABLE "
             f"{', '.join(wanted)} WITH (publish_via_partition_root = true)`) and cdc will use it "
             "as it is",
-            kind="source_permission",
+            kind=Kind.SOURCE_PERMISSION,
         ))
     if action == "create":
         (can_create,) = conn.execute(
             "SELECT has_database_privilege(current_database(), 'CREATE')"
         ).fetchone() or (True,)
         if not can_create:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"cdc would create the publication {name} at start, which needs CREATE on the "
                 f"database: run `GRANT CREATE ON DATABASE "
                 f"{sql.Identifier(conn.info.dbname).as_string(conn)} TO "
                 f"{sql.Identifier(conn.info.user).as_string(conn)}`, or create the publication "
                 "yourself",
-                kind="source_permission",
+                kind=Kind.SOURCE_PERMISSION,
             ))
     return problems
 
@@ -469,10 +471,10 @@ def _foreign_publication_problems(
     wanted = sorted(tables)
     missing_ops = [op for op, on in zip(("insert", "update", "delete", "truncate"), ops, strict=True) if not on]
     if missing_ops:
-        problems.append(FatalError(
+        problems.append(FatalSourceError(
             f"publication {name} (not created by cdc) does not publish {', '.join(missing_ops)}: "
             f"run `ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')`",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ))
     published = {
         names.join(r[0], r[1])
@@ -489,10 +491,10 @@ def _foreign_publication_problems(
                     " (if it is a partitioned table: the publication publishes its partitions; "
                     f"run `ALTER PUBLICATION {name} SET (publish_via_partition_root = true)`)"
                 )
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"publication {name} (not created by cdc) does not include {t}{hint}: run "
                 f"`ALTER PUBLICATION {name} ADD TABLE {t}`",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
                 table=t,
             ))
     if version >= 150000 and not alltables:
@@ -506,17 +508,17 @@ def _foreign_publication_problems(
             if tname not in tables:
                 continue
             if has_filter:
-                problems.append(FatalError(
+                problems.append(FatalSourceError(
                     f"publication {name} has a row filter on {tname}: cdc would miss rows; run "
                     f"`ALTER PUBLICATION {name} SET TABLE ...` without a WHERE clause for it",
-                    kind="source_config",
+                    kind=Kind.SOURCE_CONFIG,
                     table=tname,
                 ))
             if has_cols:
-                problems.append(FatalError(
+                problems.append(FatalSourceError(
                     f"publication {name} has a column list on {tname}: cdc would miss columns; "
                     f"publish the whole table (use columns.exclude in the pipeline instead)",
-                    kind="source_config",
+                    kind=Kind.SOURCE_CONFIG,
                     table=tname,
                 ))
     return problems
@@ -569,16 +571,16 @@ def create_slot(conn: psycopg.Connection[Any], slot: str) -> str:
             "SELECT lsn::text FROM pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,)
         ).fetchone()
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise FatalError(
+        raise FatalSourceError(
             f"cannot create the replication slot {slot}: {str(exc).strip()}",
-            kind="source_permission",
+            kind=Kind.SOURCE_PERMISSION,
         ) from exc
     except psycopg.errors.ConfigurationLimitExceeded as exc:
-        raise FatalError(
+        raise FatalSourceError(
             f"cannot create the replication slot {slot}: {str(exc).strip()}; raise "
             "max_replication_slots (and max_wal_senders) in postgresql.conf, or drop unused "
             "slots (`cdc status --json` and /metrics list unused cdc_* slots)",
-            kind="source_config",
+            kind=Kind.SOURCE_CONFIG,
         ) from exc
     assert row is not None
     return str(row[0])

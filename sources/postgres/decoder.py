@@ -15,10 +15,11 @@ other tables map to ``None`` and their changes are skipped. A listed table descr
 another name logs ``table_renamed`` (once per name) and its events use the streamed name. A
 change for a relation never described is a protocol error.
 
-*Transactions.* pgoutput sends whole committed transactions in commit order. Events get the id
-``pg:<commit LSN>:<seq>`` and ``transaction`` ``(commit LSN, seq, last)``. The last event of a
-transaction is only known at Commit, which then marks it ``last``. The schema version of a
-description is resolved at ``(commit LSN, seq of the next event)``.
+*Transactions.* pgoutput sends whole committed transactions in commit order. Ids, the
+``transaction`` triple, the last-event mark, key changes and batch cutting are the shared
+:class:`cdc.assembly.TxAssembler`'s (``self.tx``); here a transaction's id is its commit LSN, so
+events get ``pg:<commit LSN>:<seq>``. The schema version of a description is resolved at
+``(commit LSN, seq of the next event)``.
 
 *Rows.* An Insert converts with the table's generated ``fast_row``. An Update or Delete may carry
 unchanged TOASTed values (listed in ``unchanged`` unless the old tuple has them) and an old
@@ -31,10 +32,10 @@ relation it names.
 them. :meth:`cut` ends it at the last Commit when there is one, with that Commit's end LSN as
 the position (confirming it makes PostgreSQL skip the transaction after a restart). Only inside
 one transaction larger than a batch are events handed over without a position, and then the
-newest one is kept back, since only Commit tells whether it is the last.
+newest one is kept back (see :meth:`cdc.assembly.TxAssembler.take`).
 
 Speed: :meth:`feed` runs once per message. It tests the message class by identity, changes go
-first, the Insert path is written out inline, and rows convert through the generated functions.
+first, and rows convert through the generated functions.
 """
 
 from __future__ import annotations
@@ -44,8 +45,8 @@ from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from cdc import names
-from cdc.errors import FatalError
-from cdc.events import ChangeEvent
+from cdc.assembly import TxAssembler
+from cdc.errors import ProtocolError
 from cdc.plugin import Batch
 from cdc.schema import SchemaVersion, TableSchema
 
@@ -146,20 +147,12 @@ class PgDecoder:
         self.relations: dict[int, StreamRelation | None] = {}
         #: end LSN of the last Commit (the position a batch ending there carries)
         self.position = position if position is not None else Lsn(0)
-        self.in_tx = False
-        self._tx_id = ""
+        #: ids, transactions and batches (written once for every source)
+        self.tx = TxAssembler("pg", batch_events=BATCH_EVENTS, batch_bytes=BATCH_BYTES, clock=clock)
         self._tx_xid = ""
         self._tx_lsn = 0
         self._tx_ts_ms = 0
         self._tx_commit_unix = 0.0
-        self._tx_seq = 0
-        self._tx_sources: dict[int, dict[str, Any]] = {}
-        self._emit_ms = 0
-        #: events gathered and not handed over yet
-        self.out: list[ChangeEvent] = []
-        #: events in out up to the last Commit (0: no Commit since the last hand-over)
-        self._boundary = 0
-        self._out_cost = 0
 
     # -- feeding ------------------------------------------------------------------------------
 
@@ -168,70 +161,53 @@ class PgDecoder:
         """The commit LSN of the transaction being decoded (0 before the first)."""
         return self._tx_lsn
 
+    @property
+    def in_tx(self) -> bool:
+        """A transaction is open (its Commit not decoded yet)."""
+        return self.tx.in_tx
+
+    @property
+    def pending(self) -> int:
+        """Events gathered and not handed over yet."""
+        return len(self.tx.out)
+
     def feed(self, msg: Any, nbytes: int = 0) -> Batch | None:
         """Take one message (``nbytes``: its frame's size, for the batch's memory estimate);
-        return a batch when one is due. Raises :class:`FatalError` (``protocol``) for a change
-        of a relation never described, and whatever ``facts`` and ``resolve`` raise."""
+        return a batch when one is due. Raises :class:`ProtocolError` for a change of a
+        relation never described, and whatever ``facts`` and ``resolve`` raise."""
         cls = msg.__class__
+        tx = self.tx
         if cls is Insert or cls is Update or cls is Delete:
             rel = self.relations.get(msg.relid)
             if rel is None:
                 if msg.relid not in self.relations:
-                    raise FatalError(
+                    raise ProtocolError(
                         f"pgoutput sent a change for relation {msg.relid} before describing it",
-                        kind="protocol",
+                        position=str(Lsn(self._tx_lsn)),
                     )
                 return None  # a relation of the publication we do not capture
-            self._out_cost += nbytes + 800  # what an event's Python objects take, roughly
+            tx.cost += nbytes + 800  # what an event's Python objects take, roughly
+            source = tx.sources.get(rel.relid) or self._source_block(rel)
             if cls is Insert:
-                # The hottest path: an Insert never carries UNCHANGED, and _emit is inlined.
+                # the hottest path: an Insert never carries UNCHANGED
                 after = rel.fast_row(msg.new)
-                seq = self._tx_seq
-                self._tx_seq = seq + 1
-                tx = self._tx_id
-                source = self._tx_sources.get(rel.relid) or self._source_block(rel)
-                self.out.append(
-                    ChangeEvent(
-                        f"pg:{tx}:{seq}",
-                        "c",
-                        self._emit_ms,
-                        source,
-                        (tx, seq, False),
-                        rel.version,
-                        rel.key(after),
-                        None,
-                        after,
-                    )
-                )
+                due = tx.emit("c", source, rel.version, rel.key(after), None, after)
             elif cls is Update:
-                self._on_update(rel, msg)
+                due = self._on_update(rel, source, msg)
             else:
-                self._on_delete(rel, msg)
-            if len(self.out) >= BATCH_EVENTS or (
-                self._out_cost >= BATCH_BYTES and len(self.out) > 1
-            ):
-                return self.cut()
-            return None
+                due = self._on_delete(rel, source, msg)
+            return self.cut() if due else None
         if cls is Begin:
-            self.in_tx = True
             self._tx_lsn = msg.final_lsn
-            self._tx_id = str(Lsn(msg.final_lsn))
             self._tx_xid = str(msg.xid)
             self._tx_commit_unix = pg_time_to_unix(msg.commit_ts)
             self._tx_ts_ms = int(self._tx_commit_unix * 1000)
-            self._tx_seq = 0
-            self._tx_sources = {}
-            self._emit_ms = int(self._clock() * 1000)
+            tx.begin(str(Lsn(msg.final_lsn)))
             return None
         if cls is Commit:
-            out = self.out
-            if out and out[-1].transaction is not None and out[-1].transaction[0] == self._tx_id:
-                t = out[-1].transaction
-                out[-1].transaction = (t[0], t[1], True)
-            self.in_tx = False
+            tx.commit()
             self.position = Lsn(msg.end_lsn)
-            self._boundary = len(out)
-            if len(out) >= BATCH_EVENTS or self._out_cost >= BATCH_BYTES:
+            if tx.full():
                 return self.cut()
             return None
         if cls is Relation:
@@ -241,7 +217,8 @@ class PgDecoder:
             for relid in msg.relids:
                 rel = self.relations.get(relid)
                 if rel is not None:
-                    self._emit(rel, "t", None, None, None)
+                    source = tx.sources.get(rel.relid) or self._source_block(rel)
+                    tx.emit("t", source, rel.version, None, None, None)
             return None
         if cls is Type or cls is Origin or cls is Message:
             return None
@@ -250,68 +227,26 @@ class PgDecoder:
     def cut(self) -> Batch:
         """Hand over the events gathered so far, ending on a transaction boundary whenever one
         exists (see the module docstring)."""
-        out = self.out
-        if not self.in_tx:
-            events, keep, position = out, [], self.position
-        elif self._boundary:
-            b = self._boundary
-            events, keep, position = out[:b], out[b:], self.position
-        else:
-            events, keep, position = out[:-1], out[-1:], None
-        self._boundary = 0
-        self.out = keep
-        cost = self._out_cost
-        self._out_cost = 0
-        return Batch(events, position, self._tx_commit_unix or None, cost + 64)
+        events, whole, cost = self.tx.take()
+        return Batch(events, self.position if whole else None, self._tx_commit_unix or None, cost + 64)
 
     # -- events -------------------------------------------------------------------------------
 
     def _source_block(self, rel: StreamRelation) -> dict[str, Any]:
-        block = self._tx_sources.get(rel.relid)
-        if block is None:
-            block = self._tx_sources[rel.relid] = {
-                "connector": "postgres",
-                "pipeline": self.pipeline,
-                "db": self.database,
-                "schema": rel.schema_name,
-                "table": rel.table_name,
-                "ts_ms": self._tx_ts_ms,
-                "tx": self._tx_xid,
-                "lsn": self._tx_id,
-                "snapshot": False,
-            }
+        block = self.tx.sources[rel.relid] = {
+            "connector": "postgres",
+            "pipeline": self.pipeline,
+            "db": self.database,
+            "schema": rel.schema_name,
+            "table": rel.table_name,
+            "ts_ms": self._tx_ts_ms,
+            "tx": self._tx_xid,
+            "lsn": self.tx.tx_id,
+            "snapshot": False,
+        }
         return block
 
-    def _emit(
-        self,
-        rel: StreamRelation,
-        op: str,
-        key: dict[str, Any] | None,
-        before: dict[str, Any] | None,
-        after: dict[str, Any] | None,
-        unchanged: list[str] | None = None,
-        key_change: dict[str, Any] | None = None,
-    ) -> None:
-        seq = self._tx_seq
-        self._tx_seq = seq + 1
-        tx = self._tx_id
-        self.out.append(
-            ChangeEvent(
-                f"pg:{tx}:{seq}",
-                op,
-                self._emit_ms,
-                self._source_block(rel),
-                (tx, seq, False),
-                rel.version,
-                key,
-                before,
-                after,
-                unchanged,
-                key_change,
-            )
-        )
-
-    def _on_update(self, rel: StreamRelation, msg: Update) -> None:
+    def _on_update(self, rel: StreamRelation, source: dict[str, Any], msg: Update) -> bool:
         after, unchanged = rel.row(msg.new)
         before: dict[str, Any] | None = None
         old_key: dict[str, Any] | None = None
@@ -332,14 +267,9 @@ class PgDecoder:
                 else:
                     still.append(name)
             unchanged = still or None
-        new_key = rel.key(after)
-        if old_key is not None and new_key is not None and old_key != new_key:
-            self._emit(rel, "d", old_key, before, None, None, {"to": new_key})
-            self._emit(rel, "c", new_key, None, after, unchanged, {"from": old_key})
-            return
-        self._emit(rel, "u", new_key, before, after, unchanged)
+        return self.tx.update(source, rel.version, before, old_key, after, rel.key(after), unchanged)
 
-    def _on_delete(self, rel: StreamRelation, msg: Delete) -> None:
+    def _on_delete(self, rel: StreamRelation, source: dict[str, Any], msg: Delete) -> bool:
         if msg.old_kind == "O":
             before, _ = rel.row(msg.old)
         elif msg.old_kind == "K":
@@ -347,7 +277,7 @@ class PgDecoder:
         else:
             before = None
         key = rel.key(before) if before is not None else None
-        self._emit(rel, "d", key, before, None)
+        return self.tx.emit("d", source, rel.version, key, before, None)
 
     # -- relations ------------------------------------------------------------------------------
 
@@ -377,7 +307,7 @@ class PgDecoder:
                 "(REPLICA IDENTITY FULL carries no key): its events until the next schema "
                 "version have key null",
             )
-        version = self._resolve(shape.schema, (self._tx_lsn, self._tx_seq))
+        version = self._resolve(shape.schema, (self._tx_lsn, self.tx.seq))
         self.relations[msg.relid] = StreamRelation(
             msg.relid, msg.namespace, msg.name, version, shape
         )

@@ -33,7 +33,7 @@ from typing import Any
 
 from cdc import names
 from cdc._codegen import make_function
-from cdc.errors import FatalError
+from cdc.errors import FatalError, Kind
 from cdc.schema import Column, TableSchema
 
 from .pgoutput import UNCHANGED, Relation
@@ -279,7 +279,7 @@ def describe(
             f"the table does not have (its columns: {', '.join(col_names)}); correct the name in "
             "the pipeline file (an excluded column that does not exist would let the column "
             "meant to be hidden through)",
-            kind="config",
+            kind=Kind.CONFIG,
             table=listed or name,
         )
     for k in key:
@@ -287,7 +287,7 @@ def describe(
             raise FatalError(
                 f"columns.exclude for {name} names the key column {k!r}; key columns "
                 "cannot be excluded",
-                kind="config",
+                kind=Kind.CONFIG,
                 table=name,
             )
     types, typmods, not_null = facts.types, facts.typmods, facts.not_null

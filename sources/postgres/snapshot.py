@@ -39,12 +39,13 @@ import psycopg
 from psycopg import pq, sql
 
 from cdc._codegen import make_function
-from cdc.errors import FatalError, RetriableError
+from cdc.errors import FatalError, FatalSourceError, Kind, RetriableSourceError
 from cdc.events import ChangeEvent
 from cdc.log import mask_dsn
 from cdc.names import split as split_table_name
 from cdc.schema import TableSchema
 from cdc.snapshot_api import Chunk, SnapshotReader, TableInfo
+from cdc.verify import RangeSum
 
 from . import catalog
 from .lsn import Lsn
@@ -136,7 +137,7 @@ def _compile_rows(table: str, columns: list[Entry], key: list[str]) -> Any:
 class _Table:
     """What the reader compiled for one table."""
 
-    __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "convert", "block")
+    __slots__ = ("name", "schema", "key", "key_types", "key_index", "select", "convert", "block", "columns")
 
     def __init__(
         self,
@@ -149,7 +150,9 @@ class _Table:
         select: sql.Composable,
         convert: Any,
         block: dict[str, Any],
+        columns: list[Entry],
     ) -> None:
+        self.columns = columns  # (result index, name, converter) of the event's columns
         self.name = name
         self.schema = schema
         self.key = key
@@ -192,7 +195,7 @@ class PostgresSnapshotReader(SnapshotReader):
         except FatalError:
             raise
         except psycopg.Error as exc:
-            raise RetriableError(f"snapshot connection failed: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"snapshot connection failed: {exc}") from exc
 
     # -- describe ---------------------------------------------------------------------------
 
@@ -201,7 +204,7 @@ class PostgresSnapshotReader(SnapshotReader):
             t = self._table(table, refresh=True)
             estimate = self._estimate(table)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         return TableInfo(table, t.key, estimate)
 
     def _table(self, table: str, refresh: bool = False) -> _Table:
@@ -217,15 +220,15 @@ class PostgresSnapshotReader(SnapshotReader):
             (schema_name, table_name),
         ).fetchone()
         if row is None:
-            raise FatalError(
-                f"cannot snapshot {table}: the table does not exist", kind="snapshot_refused", table=table
+            raise FatalSourceError(
+                f"cannot snapshot {table}: the table does not exist", kind=Kind.SNAPSHOT_REFUSED, table=table
             )
         relid, relkind, replident, database, can_select = row
         if not can_select:
-            raise FatalError(
+            raise FatalSourceError(
                 f"cannot snapshot {table}: the role has no SELECT privilege on it (GRANT SELECT "
                 f"ON {table} TO <role>)",
-                kind="snapshot_refused",
+                kind=Kind.SNAPSHOT_REFUSED,
                 table=table,
             )
         self._database = database
@@ -273,6 +276,7 @@ class PostgresSnapshotReader(SnapshotReader):
                 "snapshot": True,
             },
             key_index=[names.index(k) for k in key_names],
+            columns=shape.columns,
         )
         self._tables[table] = t
         return t
@@ -305,27 +309,40 @@ class PostgresSnapshotReader(SnapshotReader):
         try:
             return self._read(table, cursor, limit)
         except psycopg.OperationalError as exc:
-            raise RetriableError(f"lost the snapshot connection: {exc}", kind="source_unreachable") from exc
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         except psycopg.Error as exc:
-            raise FatalError(f"cannot read {table}: {str(exc).strip()}", kind="snapshot_refused", table=table) from exc
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
 
-    def _read(self, table: str, cursor: Any, limit: int | None) -> Chunk:
+    def _read(self, table: str, cursor: Any, limit: int | None, upto: Any = None) -> Chunk:
         t = self._table(table)
         conn = self._conn()
         query: sql.Composable = t.select
         params: list[Any] = []
         if t.key:
             key_sql = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
+            conditions = []
             if cursor is not None:
-                casts = sql.SQL(", ").join(
-                    sql.SQL(f"${i}::{ty}") for i, ty in enumerate(t.key_types, 1)
-                )
-                query = sql.SQL("{} WHERE ({}) > ({})").format(query, key_sql, casts)
-                params = list(cursor)
+                conditions.append(sql.SQL("({}) > ({})").format(key_sql, self._casts(t, 1)))
+                params.extend(cursor)
+            if upto is not None:
+                conditions.append(sql.SQL("({}) <= ({})").format(key_sql, self._casts(t, len(params) + 1)))
+                params.extend(upto)
+            if conditions:
+                query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
             query = sql.SQL("{} ORDER BY {}").format(query, key_sql)
             if limit is not None:
                 query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(limit))
-        text = query.as_string(conn)
+        res, snap_text, high, read_at = self._consistent(table, query.as_string(conn), params)
+        return self._chunk(t, res, snap_text, high, read_at, limit)
+
+    @staticmethod
+    def _casts(t: _Table, first: int) -> sql.Composable:
+        return sql.SQL(", ").join(sql.SQL(f"${i}::{ty}") for i, ty in enumerate(t.key_types, first))
+
+    def _consistent(self, table: str, text: str, params: list[Any]) -> tuple[Any, str, Lsn, float]:
+        """Run one read-only query in its own REPEATABLE READ transaction: its result (text
+        format), the snapshot, the high watermark and the read time."""
+        conn = self._conn()
         for _ in range(RACE_RETRIES):
             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
             try:
@@ -346,8 +363,8 @@ class PostgresSnapshotReader(SnapshotReader):
                     conn.execute("ROLLBACK")
                     if state in ("42703", "42P01"):  # a column or the table went away meanwhile
                         self._tables.pop(table, None)
-                        raise RetriableError(f"{table} changed while it was read: {message}", kind="source_schema")
-                    raise FatalError(f"cannot read {table}: {message}", kind="snapshot_refused", table=table)
+                        raise RetriableSourceError(f"{table} changed while it was read: {message}", kind=Kind.SOURCE_SCHEMA)
+                    raise FatalSourceError(f"cannot read {table}: {message}", kind=Kind.SNAPSHOT_REFUSED, table=table)
                 conn.execute("COMMIT")
             except psycopg.Error:
                 if not conn.closed and not conn.broken:
@@ -356,12 +373,88 @@ class PostgresSnapshotReader(SnapshotReader):
                     except psycopg.Error:
                         pass
                 raise
-            return self._chunk(t, res, snap_text, Lsn.parse(insert_lsn), read_at, limit)
-        raise RetriableError(
+            return res, snap_text, Lsn.parse(insert_lsn), read_at
+        raise RetriableSourceError(
             f"snapshot of {table}: a committed transaction stayed invisible to {RACE_RETRIES} "
             "reads in a row (a synchronous standby not answering?)",
-            kind="source_busy",
+            kind=Kind.SOURCE_BUSY,
         )
+
+    # -- cdc verify: checksums of key ranges (see cdc.verify) ---------------------------------------
+
+    def range_layout(self, table: str) -> tuple[list[str], list[str], list[str]]:
+        """The columns a checksum covers (the event's, in order), the key columns and their
+        types (for the cursor casts)."""
+        t = self._table(table)
+        return [c.name for c in t.schema.columns], list(t.key), list(t.key_types)
+
+    def range_checksum(self, table: str, cursor: Any, limit: int) -> RangeSum:
+        """Count and digest of the next ``limit`` rows after ``cursor`` in key order, in one
+        consistent read: md5 over the md5 of each row's text (``ROW(columns)::text`` with the
+        stream's session settings), in key order."""
+        try:
+            t = self._table(table)
+            conn = self._conn()
+            columns, key, _ = self.range_layout(table)
+            ident = sql.Identifier
+            key_sql = sql.SQL(", ").join(ident(k) for k in key)
+            inner = sql.SQL("SELECT {} FROM {}").format(
+                sql.SQL(", ").join(ident(c) for c in columns), self._ident(table)
+            )
+            params: list[Any] = []
+            if cursor is not None:
+                inner = sql.SQL("{} WHERE ({}) > ({})").format(inner, key_sql, self._casts(t, 1))
+                params = list(cursor)
+            inner = sql.SQL("{} ORDER BY {} LIMIT {}").format(inner, key_sql, sql.Literal(limit))
+            query = sql.SQL(
+                "SELECT count(*), md5(string_agg(md5(ROW({})::text), '' ORDER BY {})), {} FROM ({}) s"
+            ).format(
+                sql.SQL(", ").join(sql.SQL("s.") + ident(c) for c in columns),
+                sql.SQL(", ").join(sql.SQL("s.") + ident(k) for k in key),
+                sql.SQL(", ").join(
+                    sql.SQL("(array_agg(s.{}::text ORDER BY {}))[1]").format(
+                        ident(k), sql.SQL(", ").join(sql.SQL("s.{} DESC").format(ident(k2)) for k2 in key)
+                    )
+                    for k in key
+                ),
+                inner,
+            )
+            res, _, high, _ = self._consistent(table, query.as_string(conn), params)
+        except psycopg.OperationalError as exc:
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
+        except psycopg.Error as exc:
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
+        count = int(res.get_value(0, 0).decode())
+        digest = (res.get_value(0, 1) or b"").decode()
+        end = [(res.get_value(0, 2 + j) or b"").decode() for j in range(len(key))] if count else None
+        res.clear()
+        return RangeSum(count, digest, cursor, end, count < limit, high)
+
+    def read_range(self, table: str, after: Any, upto: Any) -> Chunk:
+        """The rows with ``after`` < key <= ``upto`` (``None``: unbounded), in one consistent
+        read."""
+        try:
+            return self._read(table, after, None, upto)
+        except psycopg.OperationalError as exc:
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
+        except psycopg.Error as exc:
+            raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
+
+    def rows_from_text(self, table: str, rows: list[list[bytes | None]]) -> list[tuple[dict[str, Any] | None, dict[str, Any]]]:
+        """Rows of the table's columns in text form (another database's copy with the same
+        types) converted like the table's own: ``(key, after)`` each."""
+        t = self._table(table)
+        width = max((idx for idx, _, _ in t.columns), default=-1) + 1
+        # the converter reads result columns by their index in the table's SELECT
+        by_name = {c.name: j for j, c in enumerate(t.schema.columns)}
+        full: list[list[bytes | None]] = []
+        for row in rows:
+            values: list[bytes | None] = [None] * width
+            for idx, name, _ in t.columns:
+                values[idx] = row[by_name[name]]
+            full.append(values)
+        result: list[tuple[dict[str, Any] | None, dict[str, Any]]] = t.convert(lambda i, j: full[i][j], len(full))
+        return result
 
     def _chunk(self, t: _Table, res: Any, snap_text: str, high: Lsn, read_at: float, limit: int | None) -> Chunk:
         n = res.ntuples

@@ -38,7 +38,14 @@ from typing import Any
 import psycopg
 
 from cdc import names
-from cdc.errors import CDCError, FatalError, RetriableError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSourceError,
+    Kind,
+    RetriableError,
+    RetriableSourceError,
+)
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 
@@ -101,13 +108,12 @@ class PostgresSource(Source):
                 log.info("publication", publication=self.publication, action=done)
                 start = self._prepare_slot(conn, checkpoint, adopt)
         except psycopg.OperationalError as exc:
-            raise RetriableError(
+            raise RetriableSourceError(
                 f"lost the connection to {self.dsn_display} while starting: {exc}",
-                kind="source_unreachable",
             ) from exc
         except psycopg.Error as exc:
-            raise FatalError(
-                f"PostgreSQL refused a start-up query: {str(exc).strip()}", kind="source_error"
+            raise FatalSourceError(
+                f"PostgreSQL refused a start-up query: {str(exc).strip()}"
             ) from exc
         assert self.ctx.registry is not None
         decoder = self._decoder = PgDecoder(
@@ -162,7 +168,7 @@ class PostgresSource(Source):
 
     def slot_problems(
         self, slot: catalog.SlotFacts | None, database: str, checkpoint: str | None, adopt: bool
-    ) -> list[FatalError | RetriableError]:
+    ) -> list[FatalSourceError | RetriableSourceError]:
         """What stops the pipeline from reading its slot, each with its way out (at start, the
         first is raised; ``cdc check`` lists them). The advice never drops the slot of a
         pipeline that another instance is running: it says to look first."""
@@ -172,74 +178,74 @@ class PostgresSource(Source):
             f"{config}`), then, to recover, run `cdc drop {config} {self.ctx.name} --yes` and "
             "start again with snapshot.mode: initial to re-read the tables"
         )
-        problems: list[FatalError | RetriableError] = []
+        problems: list[FatalSourceError | RetriableSourceError] = []
         if slot is not None and (slot.slot_type != "logical" or slot.plugin != "pgoutput"):
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"replication slot {self.slot} exists but is not a logical pgoutput slot "
                 f"(type {slot.slot_type}, plugin {slot.plugin}); choose another `slot` name",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             ))
             return problems
         if slot is not None and slot.database != database:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"replication slot {self.slot} belongs to database {slot.database}, not "
                 f"{database}; choose another `slot` name",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             ))
             return problems
         if checkpoint is not None:
             ckpt = Lsn.parse(checkpoint)
             if slot is None:
-                problems.append(FatalError(
+                problems.append(FatalSourceError(
                     f"replication slot {self.slot} is missing (dropped by someone?): changes "
                     f"committed after the last checkpoint {ckpt} may be gone; {way_back}",
-                    kind="slot_missing",
+                    kind=Kind.SLOT_MISSING,
                     position=str(ckpt),
                 ))
                 return problems
             if slot.wal_status == "lost":
-                problems.append(FatalError(
+                problems.append(FatalSourceError(
                     f"replication slot {self.slot} is invalidated (wal_status lost: the server "
                     f"removed WAL it still needed, see max_slot_wal_keep_size); changes after "
                     f"the last checkpoint {ckpt} are gone; {way_back}",
-                    kind="slot_lost",
+                    kind=Kind.SLOT_LOST,
                     position=str(ckpt),
                 ))
                 return problems
             confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
             if ckpt < confirmed:
-                problems.append(FatalError(
+                problems.append(FatalSourceError(
                     f"the saved checkpoint {ckpt} is behind the slot's confirmed position "
                     f"{confirmed} (was the state restored from a backup?): the changes in "
                     f"between can no longer be read; {way_back}",
-                    kind="state_behind_slot",
+                    kind=Kind.STATE_BEHIND_SLOT,
                     position=str(ckpt),
                 ))
         elif slot is not None and slot.wal_status == "lost":
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
                 f"(`cdc drop {config} {self.ctx.name} --yes`) and start again",
-                kind="slot_lost",
+                kind=Kind.SLOT_LOST,
             ))
         elif slot is None and adopt:
-            problems.append(FatalError(
+            problems.append(FatalSourceError(
                 f"--adopt {self.ctx.name}: there is no replication slot {self.slot} to continue "
                 f"from; {way_back}",
-                kind="slot_missing",
+                kind=Kind.SLOT_MISSING,
             ))
         if slot is not None and slot.active_pid is not None:
             problems.append(self._slot_in_use(slot))
         return problems
 
-    def _slot_in_use(self, slot: catalog.SlotFacts) -> RetriableError:
-        return RetriableError(
+    def _slot_in_use(self, slot: catalog.SlotFacts) -> RetriableSourceError:
+        return RetriableSourceError(
             f"replication slot {self.slot} is in use by another connection (server PID "
             f"{slot.active_pid}): probably another cdc instance is running pipeline "
             f"{self.ctx.name} (`cdc status {self.ctx.config_file}` asks the service at its "
             "api.listen; `SELECT application_name, client_addr FROM pg_stat_replication WHERE "
             f"pid = {slot.active_pid}` names the reader). Stop that one first, or leave it "
             "running and do not start this one; cdc retries until the slot is free",
-            kind="slot_in_use",
+            kind=Kind.SLOT_IN_USE,
         )
 
     # -- reading --------------------------------------------------------------------------------
@@ -247,7 +253,7 @@ class PostgresSource(Source):
     def read(self, timeout: float) -> Batch | None:
         stream = self._stream
         if stream is None:
-            raise RetriableError("the replication connection is closed", kind="source_unreachable")
+            raise RetriableSourceError("the replication connection is closed")
         return stream.read(timeout)
 
     # -- relations and renames ----------------------------------------------------------------
@@ -267,9 +273,8 @@ class PostgresSource(Source):
                 )
             except psycopg.OperationalError as exc:
                 name = names.join(msg.namespace, msg.name)
-                raise RetriableError(
+                raise RetriableSourceError(
                     f"lost the catalog connection while describing {name}: {exc}",
-                    kind="source_unreachable",
                 ) from exc
 
     def _record_rename(self, listed: str, name: str) -> None:
@@ -310,6 +315,13 @@ class PostgresSource(Source):
 
     def serialize_position(self, position: Any) -> str:
         return str(position)
+
+    def parse_position(self, text: str) -> Lsn:
+        return Lsn.parse(text)
+
+    def event_before(self, source: dict[str, Any], high: Any) -> bool:
+        lsn = source.get("lsn")
+        return isinstance(lsn, str) and Lsn.parse(lsn) < high
 
     # -- monitoring -------------------------------------------------------------------------------
 
@@ -384,11 +396,11 @@ class PostgresSource(Source):
                         "FROM pg_replication_slots"
                     ).fetchone()
                     if free is not None and free[0] <= 0:
-                        problems.append(FatalError(
+                        problems.append(FatalSourceError(
                             f"cdc would create the replication slot {src.slot} at start, but all "
                             "max_replication_slots are taken: raise max_replication_slots (and "
                             "max_wal_senders) in postgresql.conf, or drop unused slots",
-                            kind="source_config",
+                            kind=Kind.SOURCE_CONFIG,
                         ))
                 for table, columns in sorted(src.exclude.items()):
                     if table not in found:
@@ -398,16 +410,16 @@ class PostgresSource(Source):
                         "AND NOT attisdropped", (found[table].oid,)).fetchall()}
                     missing = sorted(set(columns) - have)
                     if missing:
-                        problems.append(FatalError(
+                        problems.append(FatalSourceError(
                             f"columns.exclude names columns that {table} does not have: "
                             f"{', '.join(missing)} (names are exact and case-sensitive); fix or "
                             "remove them",
-                            kind="config",
+                            kind=Kind.CONFIG,
                             table=table,
                         ))
         except psycopg.Error as exc:
-            problems.append(FatalError(
-                f"PostgreSQL refused a check query: {str(exc).strip()}", kind="source_error"
+            problems.append(FatalSourceError(
+                f"PostgreSQL refused a check query: {str(exc).strip()}", kind=Kind.SOURCE_ERROR
             ))
         return problems
 

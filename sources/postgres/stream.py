@@ -34,7 +34,14 @@ import psycopg
 from psycopg import pq
 from psycopg.pq.abc import PGconn
 
-from cdc.errors import FatalError, ProtocolError, RetriableError
+from cdc.errors import (
+    FatalError,
+    FatalSourceError,
+    Kind,
+    ProtocolError,
+    RetriableError,
+    RetriableSourceError,
+)
 from cdc.plugin import Batch
 
 from .decoder import BATCH_EVENTS, PgDecoder
@@ -93,19 +100,19 @@ class ReplicationStream:
         if repl.status != pq.ConnStatus.OK:
             message = repl.get_error_message().strip()
             repl.finish()
+            # a failed connection attempt has no result, so no SQLSTATE: told by its text
             if (
                 "password authentication failed" in message
                 or "no pg_hba.conf entry for replication" in message
             ):
-                raise FatalError(
+                raise FatalSourceError(
                     f"cannot open a replication connection to {self.dsn_display}: {message}; "
                     "pg_hba.conf must allow the role (a `host` line for the database, or "
                     "`replication` in older setups)",
-                    kind="source_auth",
+                    kind=Kind.SOURCE_AUTH,
                 )
-            raise RetriableError(
+            raise RetriableSourceError(
                 f"cannot open a replication connection to {self.dsn_display}: {message}",
-                kind="source_unreachable",
             )
         pubs = self.publication.replace("'", "''")
         command = (
@@ -120,18 +127,18 @@ class ReplicationStream:
             repl.finish()
             sqlstate = state.decode() if state else ""
             if sqlstate == "55006":
-                raise RetriableError(
+                raise RetriableSourceError(
                     f"replication slot {self.slot} is in use by another connection: {message}; "
                     "is another cdc instance running this pipeline?",
-                    kind="slot_in_use",
+                    kind=Kind.SLOT_IN_USE,
                 )
             if sqlstate in ("42704", "55000"):
-                raise FatalError(
+                raise FatalSourceError(
                     f"cannot stream from replication slot {self.slot}: {message}; to recover, "
                     f"run `cdc drop {self.config_file} {self.pipeline} --yes` and start again",
-                    kind="slot_lost",
+                    kind=Kind.SLOT_LOST,
                 )
-            raise RetriableError(f"START_REPLICATION failed: {message}", kind="source_error")
+            raise RetriableSourceError(f"START_REPLICATION failed: {message}", kind=Kind.SOURCE_ERROR)
         repl.nonblocking = 1
         self._repl = repl
         self._received = start
@@ -147,7 +154,7 @@ class ReplicationStream:
         """The next batch: events, a heartbeat, or None when ``timeout`` passed with neither."""
         repl = self._repl
         if repl is None:
-            raise RetriableError("the replication connection is closed", kind="source_unreachable")
+            raise RetriableSourceError("the replication connection is closed")
         deadline = time.monotonic() + timeout
         get = repl.get_copy_data
         decoder = self.decoder
@@ -172,8 +179,8 @@ class ReplicationStream:
                 if nbytes < 0:
                     raise self._lost(None)
                 # Nothing buffered: hand over what we have, else wait for the socket.
-                out = decoder.out
-                if (out and not decoder.in_tx) or len(out) >= BATCH_EVENTS:
+                pending = decoder.pending
+                if (pending and not decoder.in_tx) or pending >= BATCH_EVENTS:
                     batch = decoder.cut()
                     self._housekeeping()
                     return batch
@@ -202,37 +209,44 @@ class ReplicationStream:
             ) from exc
 
     def _lost(self, exc: BaseException | None) -> FatalError | RetriableError:
+        """The stream ended: classified by the SQLSTATE of the server's error when it sent one
+        (42704: the publication was dropped, the only object looked up by name while the slot
+        is held; 55000: the slot was invalidated), else a lost connection (retriable)."""
         repl = self._repl
         detail = repl.get_error_message().strip() if repl is not None else ""
+        sqlstate = ""
         if repl is not None and (not detail or detail == "no error details available"):
             # a server error ending COPY BOTH is in the next result, not on the connection
             try:
                 res = repl.get_result()
                 if res is not None and res.status == pq.ExecStatus.FATAL_ERROR:
-                    detail = res.get_error_message().strip()
+                    detail = res.get_error_message().strip() or detail
+                    state = res.error_field(pq.DiagnosticField.SQLSTATE)
+                    sqlstate = state.decode() if state else ""
             except Exception:
                 pass
+        if detail == "no error details available":
+            detail = ""
         if not detail and exc is not None:
             detail = str(exc)
-        if "publication" in detail and "does not exist" in detail:
-            return FatalError(
+        if sqlstate == "42704":
+            return FatalSourceError(
                 f"the replication stream ended: {detail.splitlines()[0]}; pgoutput reads the "
                 "publication as of each change, so a slot created before its publication cannot "
                 "stream the changes in between: create the publication first, then the slot "
                 f"(or run `cdc drop {self.config_file} {self.pipeline} --yes` and let cdc create both)",
-                kind="source_config",
+                kind=Kind.SOURCE_CONFIG,
             )
-        if "replication slot" in detail and ("does not exist" in detail or "invalidated" in detail):
-            return FatalError(
+        if sqlstate == "55000":
+            return FatalSourceError(
                 f"the replication stream ended: {detail}; to recover, run `cdc drop {self.config_file} "
                 f"{self.pipeline} --yes` and start again (snapshot.mode: initial re-reads the "
                 "tables)",
-                kind="slot_lost",
+                kind=Kind.SLOT_LOST,
             )
         detail = detail or "server closed the stream"
-        return RetriableError(
+        return RetriableSourceError(
             f"lost the replication connection to {self.dsn_display}: {detail}",
-            kind="source_unreachable",
         )
 
     # -- status updates and heartbeats ------------------------------------------------------------
@@ -269,7 +283,7 @@ class ReplicationStream:
     def _heartbeat(self) -> Batch | None:
         """While idle, ask for the server's WAL position every heartbeat_s and hand it over."""
         decoder = self.decoder
-        if decoder.in_tx or decoder.out:
+        if decoder.in_tx or decoder.pending:
             return None
         received = self.received
         if received > decoder.position and received > self._last_heartbeat_position:

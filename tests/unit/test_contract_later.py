@@ -104,13 +104,15 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
 def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
     from cdc_local.postgres import free_port
 
-    cfg = _v3(tmp_path, free_port())
+    # (the `model` pipeline's postgres sink is built now: it would retry its unreachable target)
+    text = V3.split("  - name: model")[0].format(port=free_port(), state=tmp_path / "state.sqlite")
+    cfg = _write(tmp_path, text)
     proc = subprocess.run(
         [sys.executable, "-m", "cdc", "run", str(cfg)], capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 1, proc.stderr[-3000:]  # every pipeline failed
     assert "not available yet" in proc.stderr
-    assert "format: debezium" in proc.stderr and "the postgres sink is not available yet" in proc.stderr
+    assert "format: debezium" in proc.stderr
 
 
 @pytest.mark.parametrize(
@@ -119,7 +121,6 @@ def test_cdc_run_refuses_each_later_feature_by_name(tmp_path: Path) -> None:
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
-        ["verify", "c.yaml", "p", "public.t"],
         ["replay", "c.yaml", "--archive", "a", "--to", "p"],
         ["version"],
         ["--version"],

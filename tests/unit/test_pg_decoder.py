@@ -44,7 +44,7 @@ def feed_all(dec: Any, msgs: list[Any]) -> list[Batch]:
         b = dec.feed(m, 100)
         if b is not None:
             batches.append(b)
-    if dec.out:
+    if dec.pending:
         batches.append(dec.cut())
     return batches
 
