@@ -12,7 +12,11 @@ help:
 	@echo "make demo    run 'cdc demo' (embedded PostgreSQL, no setup needed)"
 	@echo "make bench   run every benchmark and print one table (bench/run_all.py)"
 
+# Say what is missing on a fresh machine instead of failing half-way: Python 3.11+ and venv
+# (Debian/Ubuntu ship venv separately, in python3-venv).
 $(PY):
+	@python3 -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "cdc needs Python 3.11 or newer; python3 is " + sys.version.split()[0])'
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { echo "python3 cannot create a virtualenv: on Debian or Ubuntu run 'sudo apt-get install python3-venv', then make demo again" >&2; exit 1; }
 	python3 -m venv $(VENV)
 
 # Debian's PostgreSQL 15 and MariaDB, .venv with the project and test dependencies (idempotent).

@@ -10,6 +10,7 @@ constant time); ``public_metrics`` opens ``/metrics``.
 
 from __future__ import annotations
 
+import base64
 import hmac
 import re
 import threading
@@ -54,12 +55,22 @@ class AdminAPI:
         self.server.shutdown()
         self.server.server_close()
 
-    def authorized(self, header: str | None) -> bool:
+    def authorized(self, header: str | None, *, basic: bool = False) -> bool:
+        """The bearer token; with ``basic`` (the status page) also HTTP Basic with the token
+        as the password, which a browser can ask its user for."""
         if not self.token:
             return True
-        if not header or not header.startswith("Bearer "):
+        if not header:
             return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+        if header.startswith("Bearer "):
+            return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+        if basic and header.startswith("Basic "):
+            try:
+                decoded = base64.b64decode(header[6:].strip(), validate=True).decode()
+            except (ValueError, UnicodeDecodeError):
+                return False
+            return hmac.compare_digest(decoded.partition(":")[2].encode(), self.token.encode())
+        return False
 
 
 def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
@@ -95,12 +106,12 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
             except orjson.JSONDecodeError:
                 return None
 
-        def _guard(self, public: bool = False) -> bool:
-            if public or api.authorized(self.headers.get("Authorization")):
+        def _guard(self, public: bool = False, basic: bool = False) -> bool:
+            if public or api.authorized(self.headers.get("Authorization"), basic=basic):
                 return True
             self.send_response(401)
             body = orjson.dumps({"error": "missing or wrong bearer token"})
-            self.send_header("WWW-Authenticate", 'Bearer realm="cdc"')
+            self.send_header("WWW-Authenticate", 'Basic realm="cdc"' if basic else 'Bearer realm="cdc"')
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -109,6 +120,14 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
 
         def _route(self, method: str) -> None:
             path = self.path.split("?", 1)[0]
+            if path == "/" and method == "GET":
+                if self._guard(basic=True):
+                    from cdc import status_page
+
+                    healthy, _ = service.health()
+                    page = status_page.render(service.pipelines_status(), healthy)
+                    self._send(200, redact(page.decode()).encode(), "text/html; charset=utf-8")
+                return
             if path == "/livez" and method == "GET":
                 alive = service.alive()
                 self._json(200 if alive else 503, {"status": "ok" if alive else "stalled"})

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
+import os
 import signal
 import sys
 import threading
@@ -21,6 +23,8 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_INVALID = 2
 EXIT_NO_SERVICE = 3
+#: Ctrl-C (128 + SIGINT), as shells report it; the command says what goes on without it
+EXIT_INTERRUPTED = 130
 
 
 def _load(path: str, *, no_env: bool = False) -> ServiceConfig:
@@ -93,6 +97,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         cfg = _load(args.config)
+        unknown = [n for n in args.pipeline + args.adopt if cfg.pipeline(n) is None]
+        if unknown:  # a usage error, like an invalid file
+            known = ", ".join(p.name for p in cfg.pipelines)
+            _err(f"no pipeline named {', '.join(map(repr, unknown))} in {args.config} "
+                 f"(its pipelines: {known})")
+            return EXIT_INVALID
         from cdc.service import Service
 
         return Service(cfg, only=args.pipeline, adopt=args.adopt, stop=stop).run()
@@ -107,10 +117,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
         return EXIT_INVALID
-    if args.where is not None or args.cancel is not None:
-        _err(f"cdc snapshot {'--where' if args.where is not None else '--cancel'} is not available "
-             "yet in this build of cdc")
+    if args.where is not None:
+        _err("cdc snapshot --where is not available yet in this build of cdc")
         return EXIT_FAILED
+    if args.cancel is not None:
+        if args.tables or args.wait:
+            _err("--cancel ID takes no TABLE and no --wait")
+            return EXIT_INVALID
+        return _cancel_snapshot(cfg, p.name, args.cancel)
     if not args.tables:
         _err("name at least one TABLE to snapshot")
         return EXIT_INVALID
@@ -135,19 +149,89 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     _out(orjson.dumps(doc).decode())
     if not args.wait:
         return EXIT_OK
-    return _wait_snapshots(cfg, p.name, list(doc.get("ids") or [doc["id"]]))
+    ids = list(doc.get("ids") or [doc["id"]])
+    args.on_interrupt = (
+        f"stopped waiting; the snapshot {', '.join(ids)} goes on in the service. Follow it with "
+        f"`cdc snapshots {args.config} {p.name}`, cancel it with "
+        f"`cdc snapshot {args.config} {p.name} --cancel {ids[0]}`"
+    )
+    return _wait_snapshots(cfg, p.name, ids)
+
+
+def _cancel_snapshot(cfg: ServiceConfig, pipeline: str, sid: str) -> int:
+    """``cdc snapshot --cancel ID``: 0 cancelled, 1 it had already ended, 2 unknown id."""
+    try:
+        status, doc = api_call(cfg, "DELETE", f"/pipelines/{pipeline}/snapshots/{sid}")
+    except NoService as exc:
+        _err(str(exc))
+        return EXIT_NO_SERVICE
+    if status == 404:
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        _err(f"refused (404): {message}")
+        return EXIT_INVALID
+    if status != 200 or not isinstance(doc, dict):
+        _err(f"cannot cancel snapshot {sid} ({status}): {doc}")
+        return EXIT_FAILED
+    if doc.get("state") != "cancelled":
+        _err(f"snapshot {sid} had already ended: {doc.get('state')}")
+        return EXIT_FAILED
+    _out(f"snapshot {sid}: cancelled ({doc.get('rows_done', 0)} rows had been read; the tables "
+         "not finished stay unread)")
+    return EXIT_OK
 
 
 #: seconds ``cdc snapshot --wait`` keeps asking while no service answers (a restart)
 WAIT_NO_SERVICE_S = 60.0
+#: seconds between progress lines of ``cdc snapshot --wait`` when stderr is not a terminal
+PROGRESS_INTERVAL_S = 10.0
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
+
+
+class _Progress:
+    """Rows done, rate and ETA of one snapshot from successive polls."""
+
+    def __init__(self) -> None:
+        self.first: tuple[float, int] | None = None
+
+    def line(self, sid: str, doc: dict[str, Any]) -> str:
+        state = doc.get("state", "")
+        done = int(doc.get("rows_done") or 0)
+        estimated = int(doc.get("rows_estimated") or 0)
+        now = time.monotonic()
+        text = f"snapshot {sid}: {state}, {done:,} of ~{estimated:,} rows" if estimated else (
+            f"snapshot {sid}: {state}, {done:,} rows")
+        if estimated and state == "running":
+            text += f" ({min(100, done * 100 // estimated)}%)"
+        if state != "running":
+            return text
+        if self.first is None:
+            self.first = (now, done)
+            return text
+        t0, d0 = self.first
+        if now - t0 >= 1 and done > d0:
+            rate = (done - d0) / (now - t0)
+            text += f", {rate:,.0f} rows/s"
+            if estimated > done:
+                text += f", ETA {_duration((estimated - done) / rate)}"
+        return text
 
 
 def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
-    """Poll each snapshot until it ends: 0 when all are done, 1 when one failed or was
-    cancelled, 3 when no service answered for a minute."""
+    """Poll each snapshot until it ends, showing its progress (rows, rate, ETA): rewritten in
+    place on a terminal, a line per state change and per :data:`PROGRESS_INTERVAL_S` otherwise.
+    0 when all are done, 1 when one failed or was cancelled, 3 when no service answered for a
+    minute."""
+    tty = sys.stderr.isatty()
     last_state: dict[str, str] = {}
+    last_line_at = 0.0
     unanswered_since: float | None = None
     pending = list(ids)
+    progress = {sid: _Progress() for sid in ids}
     failed = False
     while pending:
         sid = pending[0]
@@ -167,10 +251,17 @@ def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
             _err(f"cannot follow snapshot {sid} ({status}): {message}")
             return EXIT_FAILED
         state = doc.get("state", "")
-        if last_state.get(sid) != state:
-            last_state[sid] = state
-            _err(f"snapshot {sid}: {state} ({doc.get('rows_done')} of ~{doc.get('rows_estimated')} rows)")
-        if state in ("done", "failed", "cancelled"):
+        line = progress[sid].line(sid, doc)
+        ended = state in ("done", "failed", "cancelled")
+        now = time.monotonic()
+        if tty:
+            sys.stderr.write("\r\x1b[K" + line + ("\n" if ended else ""))
+            sys.stderr.flush()
+        elif last_state.get(sid) != state or now - last_line_at >= PROGRESS_INTERVAL_S:
+            _err(line)
+            last_line_at = now
+        last_state[sid] = state
+        if ended:
             pending.pop(0)
             if state != "done":
                 failed = True
@@ -179,6 +270,46 @@ def _wait_snapshots(cfg: ServiceConfig, pipeline: str, ids: list[str]) -> int:
             continue
         time.sleep(0.3)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def cmd_snapshots(args: argparse.Namespace) -> int:
+    """List a pipeline's snapshots, from the running service, else from the state store."""
+    cfg = _load(args.config)
+    p = cfg.pipeline(args.pipeline)
+    if p is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    records: list[dict[str, Any]] = []
+    try:
+        status, doc = api_call(cfg, "GET", f"/pipelines/{p.name}/snapshots")
+        if status != 200 or not isinstance(doc, dict):
+            raise NoService(f"the service answered {status}")
+        records = list(doc.get("snapshots") or [])
+    except NoService:
+        from cdc.service import open_store
+        from cdc.snapshot import summary
+
+        try:
+            store = open_store(cfg, readonly=True)
+        except CDCError:
+            records = []
+        else:
+            try:
+                records = [summary(r) for r in store.snapshots(p.name)]
+            finally:
+                store.close()
+    if args.json:
+        _out(orjson.dumps({"snapshots": records}, option=orjson.OPT_INDENT_2).decode())
+        return EXIT_OK
+    if not records:
+        _out(f"{p.name}: no snapshots")
+        return EXIT_OK
+    for r in records:
+        created = r.get("created_at")
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(created / 1000)) if created else "-"
+        _out(f"{r['id']}  {r['state']:<9}  {r.get('rows_done', 0)}/~{r.get('rows_estimated') or 0} rows  "
+             f"{when} UTC  {', '.join(r.get('tables') or [])}")
+    return EXIT_OK
 
 
 def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
@@ -195,9 +326,11 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
             try:
                 ck = store.get_checkpoint(p.name)
                 snapshots = store.snapshots(p.name)
+                saved_error = store.get_meta(p.name, "last_error")
             except CDCError as exc:
                 out.append({"name": p.name, "state": "not running", "note": str(exc)})
                 continue
+            last_error = orjson.loads(saved_error) if saved_error else None
             out.append(
                 {
                     "name": p.name,
@@ -210,6 +343,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                     "lag_s": None,
                     "events_per_s": 0.0,
                     "snapshot": _last_snapshot(snapshots),
+                    "last_error": last_error,
                 }
             )
         return out
@@ -246,6 +380,11 @@ def _snapshot_line(snap: dict[str, Any]) -> str:
     )
 
 
+def _shown(value: Any, unit: str = "") -> str:
+    """A status value for people: ``-`` when unknown, never ``None``."""
+    return "-" if value is None else f"{value}{unit}"
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     source = "service"
@@ -267,26 +406,51 @@ def cmd_status(args: argparse.Namespace) -> int:
             continue
         ck = p.get("checkpoint") or {}
         src = p.get("source") or {}
+        age = f" (age {ck['age_s']} s)" if ck.get("age_s") is not None else ""
         lines = [
             f"{p['name']}: {p['state']}",
-            f"  source position: {src.get('position')}",
-            f"  checkpoint:      {ck.get('position')} (age {ck.get('age_s')} s)",
-            f"  lag:             {p.get('lag_s')} s",
-            f"  events/s:        {p.get('events_per_s')}",
+            f"  source position: {_shown(src.get('position'))}",
+            f"  checkpoint:      {_shown(ck.get('position'))}{age}",
+            f"  lag:             {_shown(p.get('lag_s'), ' s')}",
+            f"  events/s:        {_shown(p.get('events_per_s'))}",
         ]
         if src.get("retained_wal_bytes") is not None:
             lines.append(f"  retained WAL:    {src['retained_wal_bytes']} bytes (slot {src.get('slot')})")
         if p.get("snapshot"):
             lines.append(f"  snapshot:        {_snapshot_line(p['snapshot'])}")
         if p.get("last_error"):
-            lines.append(f"  last error:      {p['last_error'].get('kind')}: {p['last_error'].get('message')}")
+            err = p["last_error"]
+            when = ""
+            if err.get("at"):
+                when = time.strftime(" at %Y-%m-%d %H:%M:%S UTC", time.gmtime(err["at"]))
+            lines.append(f"  last error:      {err.get('kind')}{when}: {err.get('message')}")
         _out("\n".join(lines))
     return EXIT_OK
+
+
+def _unknown_table(cfg: ServiceConfig, table: str) -> str | None:
+    """Why TABLE names no table of any pipeline (with the likely name), or None."""
+    listed = sorted({t for p in cfg.pipelines for t in (getattr(p.source, "tables", None) or [])})
+    if table in listed:
+        return None
+    last = table.rpartition(".")[2]
+    guesses = [t for t in listed if names.split(t)[1] == last] if "." in "".join(listed) else []
+    hint = f" ({' or '.join(guesses)}?)" if guesses else f"; its tables: {', '.join(listed) or 'none'}"
+    return f"{table} is not a table of the pipelines in {cfg.file or 'CONFIG'}{hint}"
 
 
 def cmd_schemas(args: argparse.Namespace) -> int:
     cfg = _load(args.config)
     from cdc.service import open_store
+
+    if args.table:
+        args.table = names.normalize(args.table)
+        problem = _unknown_table(cfg, args.table)
+        if problem:
+            _err(problem)
+            if args.json:
+                _out("[]")
+            return EXIT_OK
 
     try:
         store = open_store(cfg, readonly=True)
@@ -345,6 +509,8 @@ def cmd_drop(args: argparse.Namespace) -> int:
                 _out(f"  - {line}")
             _out("run again with --yes to do it")
             return EXIT_OK
+        args.on_interrupt = (f"the drop may be half done: run `cdc drop {args.config} {p.name} "
+                             "--yes` again to finish it")
         lines = source_cls.drop(p.source, ctx) + sink.drop()
         store.drop_pipeline(p.name)
         lines.append(state_line.replace("delete", "deleted", 1))
@@ -354,6 +520,92 @@ def cmd_drop(args: argparse.Namespace) -> int:
     except CDCError as exc:
         _err(f"cdc drop {p.name}: {exc}")
         return EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Connect and list every problem of every (or the named) pipeline; changes nothing."""
+    cfg = _load(args.config)
+    if args.pipeline is not None and cfg.pipeline(args.pipeline) is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    from cdc.check import check
+
+    reports = check(cfg, args.pipeline)
+    total = 0
+    for report in reports:
+        if not report.findings:
+            _out(f"{report.name}: ok")
+            continue
+        total += len(report.findings)
+        count = len(report.findings)
+        _out(f"{report.name}: {count} problem{'s' if count != 1 else ''}")
+        for f in report.findings:
+            _out(f"  - {f.where} [{f.kind}]: {f.message}")
+    if total:
+        _out(f"{total} problem{'s' if total != 1 else ''} found; nothing was changed")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def _short_line(line: bytes) -> tuple[str, str]:
+    """``(table, "OP SCHEMA.TABLE KEY-JSON")`` of an event line (cdc or Debezium format)."""
+    doc = orjson.loads(line)
+    if isinstance(doc.get("payload"), dict):  # Debezium with schemas: the envelope is inside
+        doc = doc["payload"]
+    source = doc.get("source") or {}
+    schema = source.get("schema") or source.get("db") or ""
+    table = names.join(schema, source.get("table") or "") if schema else str(source.get("table"))
+    key = doc.get("key")
+    key_text = orjson.dumps(key).decode() if key is not None else "-"
+    return table, f"{doc.get('op')} {table} {key_text}"
+
+
+def cmd_tail(args: argparse.Namespace) -> int:
+    """Follow a pipeline's events as its sink makes them durable, from the end (``tail -f``);
+    Ctrl-C ends it with 0."""
+    cfg = _load(args.config)
+    p = cfg.pipeline(args.pipeline)
+    if p is None:
+        _err(f"no pipeline named {args.pipeline!r} in {args.config}")
+        return EXIT_INVALID
+    from cdc.errors import NotAvailableYet
+    from cdc.log import get_logger
+    from cdc.plugin import PluginContext
+    from cdc.state import SQLiteStore
+
+    table = names.normalize(args.table) if args.table else None
+    store = SQLiteStore(":memory:")  # tail reads the sink only; it needs no state
+    stop = threading.Event()
+    try:
+        sink = registry.load("sink", p.sink_type)(p.sink, PluginContext(
+            p, store, get_logger(pipeline=p.name), cfg.config_dir, config_file=cfg.file))
+        lines = sink.follow(stop, from_end=True)
+        _err(f"cdc tail: following pipeline {p.name}'s events from now on (Ctrl-C to stop)")
+        out = sys.stdout.buffer
+        for line in lines:
+            if args.format == "json" and table is None:
+                out.write(line + b"\n")
+            else:
+                name, short = _short_line(line)
+                if table is not None and name != table:
+                    continue
+                out.write((short.encode() if args.format == "short" else line) + b"\n")
+            out.flush()
+    except NotAvailableYet:
+        _err(f"cdc tail follows pipelines whose sink is `type: file` (its folder, across "
+             f"rotation); pipeline {p.name} writes to a {p.sink_type} sink: read it with that "
+             "system's own consumer")
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return EXIT_OK  # the normal end of following
+    except BrokenPipeError:  # `cdc tail ... | head`: the reader has enough
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
+    finally:
+        stop.set()
+        store.close()
+    return EXIT_OK
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -369,6 +621,59 @@ def cmd_demo(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     code: int = run_demo(keep=args.keep)
     return code
+
+
+def cmd_completion(args: argparse.Namespace) -> int:
+    """A completion script built from the parser itself: commands, then their options."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    options = {
+        name: " ".join(o for a in p._actions for o in a.option_strings if o.startswith("--"))
+        for name, p in sub.choices.items()
+    }
+    commands = " ".join(sorted(options))
+    if args.shell == "bash":
+        cases = "\n".join(f'        {n}) opts="{o}" ;;' for n, o in sorted(options.items()))
+        _out(f"""# bash completion for cdc (cdc completion bash)
+_cdc() {{
+    local cur=${{COMP_WORDS[COMP_CWORD]}} opts
+    if [[ $COMP_CWORD -eq 1 ]]; then
+        COMPREPLY=($(compgen -W "{commands} --help --version" -- "$cur"))
+        return
+    fi
+    case ${{COMP_WORDS[1]}} in
+{cases}
+        *) opts="" ;;
+    esac
+    if [[ $cur == -* ]]; then
+        COMPREPLY=($(compgen -W "$opts --help" -- "$cur"))
+    else
+        COMPREPLY=($(compgen -f -- "$cur"))
+    fi
+}}
+complete -o filenames -F _cdc cdc""")
+    else:
+        cases = "\n".join(f"        {n}) opts=({o}) ;;" for n, o in sorted(options.items()))
+        _out(f"""#compdef cdc
+# zsh completion for cdc (cdc completion zsh)
+_cdc() {{
+    local -a opts
+    if (( CURRENT == 2 )); then
+        compadd -- {commands}
+        return
+    fi
+    case $words[2] in
+{cases}
+        *) opts=() ;;
+    esac
+    if [[ $PREFIX == -* ]]; then
+        compadd -- $opts --help
+    else
+        _files
+    fi
+}}
+compdef _cdc cdc""")
+    return EXIT_OK
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -388,6 +693,59 @@ def _not_available(command: str) -> Any:
         return EXIT_FAILED
 
     return refuse
+
+
+#: what each command's --help says beyond its arguments: (description, exit codes, example)
+_HELP: dict[str, tuple[str, str, str]] = {
+    "run": ("Run every pipeline of CONFIG (or the named ones) until SIGTERM or Ctrl-C, with the "
+            "admin API at api.listen. A stop delivers what is in flight, saves the checkpoint and "
+            "exits within 10 s.",
+            "0 stopped by a signal or every pipeline finished; 1 cannot start or every pipeline "
+            "failed; 2 invalid file or unknown --pipeline", "cdc run shop.yaml"),
+    "validate": ("Check CONFIG without connecting anywhere; one FILE:LINE: path: message line "
+                 "per problem on stderr.", "0 valid; 2 invalid", "cdc validate --no-env shop.yaml"),
+    "snapshot": ("Ask the running service to snapshot TABLEs of PIPELINE (rows arrive as op r, "
+                 "interleaved with the stream), or cancel one with --cancel ID. --wait follows it "
+                 "to the end, showing rows, rate and ETA.",
+                 "0 accepted (with --wait: done; --cancel: cancelled); 1 failed or cancelled; 2 "
+                 "refused (unknown pipeline, table or id); 3 no service answers; 130 Ctrl-C (the "
+                 "snapshot goes on)", "cdc snapshot shop.yaml shop public.orders --wait"),
+    "status": ("State, source position, checkpoint, lag, events/s, snapshot progress and "
+               "retained WAL of each pipeline, and a failed pipeline's last error: from the "
+               "running service, else from the state store. Unknown values print as -.",
+               "0", "cdc status shop.yaml --json"),
+    "schemas": ("The schema versions recorded for each table (or TABLE) of CONFIG's pipelines.",
+                "0", "cdc schemas shop.yaml public.orders"),
+    "drop": ("Remove PIPELINE's footprint: its replication slot, its publication if cdc created "
+             "it, its state; the sink's data is moved aside, never deleted. Without --yes it only "
+             "prints what it would do. Stop the service running the pipeline first.",
+             "0 done (or shown); 1 failed; 2 unknown pipeline", "cdc drop shop.yaml shop --yes"),
+    "demo": ("Stream the changes of an embedded PostgreSQL, with a writer, through the real "
+             "service into a file sink in a temp folder, printing each event as one JSON line. "
+             "Ctrl-C (or closing the terminal) stops it and leaves nothing behind.",
+             "0 stopped; 1 cannot start", "cdc demo"),
+}
+
+_POSITIONALS = {
+    "config": "the pipeline file (YAML)",
+    "pipeline": "a pipeline's name in CONFIG",
+    "tables": "schema.table (MySQL: database.table), as listed in the pipeline",
+    "table": "schema.table (MySQL: database.table)",
+}
+
+
+def _describe(sub: Any) -> None:
+    """Give each command's --help its description, positionals, exit codes and an example."""
+    for name, parser in sub.choices.items():
+        description, exits, example = _HELP.get(name, ("", "", ""))
+        parser.formatter_class = argparse.RawDescriptionHelpFormatter
+        if description:
+            parser.description = description
+        if exits and example:
+            parser.epilog = f"exit codes: {exits}\nexample:\n  {example}"
+        for action in parser._actions:
+            if action.help is None and action.dest in _POSITIONALS and not action.option_strings:
+                action.help = _POSITIONALS[action.dest]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -411,8 +769,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.add_argument("--wait", action="store_true", help="wait until the snapshot ends")
     p.add_argument("--where", metavar="SQL", help="only rows matching this condition (not available yet)")
-    p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (not available yet)")
+    p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (its id from `cdc snapshots`)")
     p.set_defaults(fn=cmd_snapshot)
+
+    p = sub.add_parser(
+        "snapshots", help="list a pipeline's snapshots",
+        description="List the snapshots of PIPELINE: id, state, rows done / estimated, when it "
+        "was asked for, tables. From the running service, else from the state store.",
+        epilog="exit codes: 0 listed, 2 unknown pipeline. example: cdc snapshots shop.yaml shop",
+    )
+    p.add_argument("config", help="the pipeline file")
+    p.add_argument("pipeline", help="the pipeline's name")
+    p.add_argument("--json", action="store_true", help="the list as JSON, as the API gives it")
+    p.set_defaults(fn=cmd_snapshots)
 
     p = sub.add_parser("status", help="state, positions and lag of each pipeline")
     p.add_argument("config")
@@ -443,9 +812,6 @@ def build_parser() -> argparse.ArgumentParser:
     # Commands of the contract whose feature this build does not have yet: they parse their
     # arguments as the contract gives them and say so, exit 1.
     for name, help_text, args in (
-        ("check", "connect and list every problem of the pipelines", ["config", "pipeline?"]),
-        ("tail", "follow a pipeline's events as they land", ["config", "pipeline", "--table", "--format"]),
-        ("snapshots", "list a pipeline's snapshots", ["config", "pipeline", "--json!"]),
         ("reload", "make the running service re-read CONFIG", ["config"]),
         ("pause", "stop reading for one pipeline", ["config", "pipeline"]),
         ("resume", "restart reading for a paused pipeline", ["config", "pipeline"]),
@@ -467,9 +833,49 @@ def build_parser() -> argparse.ArgumentParser:
                 p.add_argument(arg)
         p.set_defaults(fn=_not_available(name))
 
+    p = sub.add_parser(
+        "tail", help="follow a pipeline's events as they land",
+        description="Follow PIPELINE's events as its sink makes them durable, starting at the "
+        "end like `tail -f`. Works for the file sink (its folder, across rotation and "
+        "restarts). `short` prints one `OP SCHEMA.TABLE KEY-JSON` line per event; `json` the "
+        "event as the sink wrote it (for jq).",
+        epilog="exit codes: 0 on Ctrl-C, 1 the sink cannot be followed, 2 unknown pipeline. "
+        "example: cdc tail shop.yaml shop --table public.orders",
+    )
+    p.add_argument("config", help="the pipeline file")
+    p.add_argument("pipeline", help="the pipeline's name")
+    p.add_argument("--table", metavar="T", help="only this table's events (schema.table)")
+    p.add_argument("--format", choices=("short", "json"), default="short",
+                   help="short (the default): OP SCHEMA.TABLE KEY-JSON; json: whole events")
+    p.set_defaults(fn=cmd_tail)
+
+    p = sub.add_parser(
+        "check", help="connect and list every problem of the pipelines, each with its fix",
+        description="Connect to each pipeline's source and sink and list EVERY problem at once "
+        "(reachability, authentication, server settings, privileges, replica identity, "
+        "publication, slot, sink permissions), each with the statement or setting that fixes "
+        "it. Changes nothing.",
+        epilog="exit codes: 0 all well, 1 problems found, 2 invalid file or unknown pipeline. "
+        "example: cdc check shop.yaml",
+    )
+    p.add_argument("config", help="the pipeline file")
+    p.add_argument("pipeline", nargs="?", help="check only this pipeline")
+    p.set_defaults(fn=cmd_check)
+
     p = sub.add_parser("demo", help="stream an embedded PostgreSQL's changes to files, printing each event")
     p.add_argument("--keep", action="store_true", help="keep the temp folder at the end")
     p.set_defaults(fn=cmd_demo)
+
+    p = sub.add_parser(
+        "completion", help="print a shell completion script (bash or zsh)",
+        description="Print a completion script for the cdc command in bash or zsh.",
+        epilog="exit codes: 0\nexamples:\n  cdc completion bash > ~/.local/share/bash-completion/"
+        "completions/cdc\n  cdc completion zsh > \"${fpath[1]}/_cdc\"",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("shell", choices=("bash", "zsh"), help="the shell to complete for")
+    p.set_defaults(fn=cmd_completion)
+    _describe(sub)
     return parser
 
 
@@ -484,7 +890,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_config_error(exc)
         return EXIT_INVALID
     except KeyboardInterrupt:
-        return EXIT_OK
+        # Ctrl-C: 130 like any interrupted program, saying what goes on without this command
+        # (cdc run and cdc demo take SIGINT themselves and stop cleanly with 0).
+        note = getattr(args, "on_interrupt", None)
+        _err(f"cdc {args.command}: interrupted" + (f"; {note}" if note else ""))
+        return EXIT_INTERRUPTED
     return code
 
 

@@ -88,8 +88,10 @@ class ApiConfig:
 @dataclass
 class LogConfig:
     level: Literal["debug", "info", "warning", "error"] = setting("info", doc="log level")
-    format: Literal["json", "console"] = setting(
-        "json", doc="`json`: one JSON object per line on stderr; `console`: for people"
+    format: Literal["auto", "json", "console"] = setting(
+        "auto",
+        doc="`auto`: `console` when stderr is a terminal, `json` otherwise; `json`: one JSON "
+        "object per line on stderr; `console`: for people",
     )
 
 

@@ -1,4 +1,9 @@
-"""Logging: structlog to stderr, JSON lines by default, with secrets masked.
+"""Logging: structlog to stderr, with secrets masked.
+
+``log.format: auto`` (the default) renders console lines when stderr is a terminal and JSON
+lines otherwise (a service manager, a pipe, a file). Writing to stderr never raises: when its
+pipe is closed (the reader went away), log lines are dropped instead of killing the thread
+that logged them.
 
 Every secret value found in the pipeline file (DSN passwords, tokens, webhook secrets) is
 registered with :func:`add_secrets`; a processor replaces any occurrence of one in any logged
@@ -65,10 +70,37 @@ def _redact_processor(_: Any, __: str, event_dict: MutableMapping[str, Any]) -> 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
-def configure(level: str = "info", fmt: str = "json") -> None:
+class _Stderr:
+    """``sys.stderr`` (looked up at each write) that never raises: a closed pipe must not stop
+    the service; the lines are dropped."""
+
+    def write(self, text: str) -> int:
+        try:
+            return sys.stderr.write(text)
+        except (OSError, ValueError):
+            return 0
+
+    def flush(self) -> None:
+        try:
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            pass
+
+
+def resolve_format(fmt: str) -> str:
+    """``auto`` → ``console`` on a terminal, ``json`` otherwise; others as given."""
+    if fmt != "auto":
+        return fmt
+    try:
+        return "console" if sys.stderr.isatty() else "json"
+    except (OSError, ValueError):
+        return "json"
+
+
+def configure(level: str = "info", fmt: str = "auto") -> None:
     """Configure structlog for the process (idempotent)."""
     renderer: Any
-    if fmt == "console":
+    if resolve_format(fmt) == "console":
         renderer = structlog.dev.ConsoleRenderer(colors=False)
     else:
         renderer = structlog.processors.JSONRenderer()
@@ -82,7 +114,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level, logging.INFO)),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_Stderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )
 

@@ -13,7 +13,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -82,13 +82,28 @@ class _StatusCollector(Collector):
                 for table, t in snap.get("tables", {}).items():
                     snap_done.add_metric([s.name, table, snap["id"]], float(t.get("rows_done") or 0))
                     snap_total.add_metric([s.name, table, snap["id"]], float(t.get("rows_estimated") or 0))
-        return [state, lag, ckpt_age, ckpt_pos, retained, unused, sink_errors, retries, dead, snap_done, snap_total]
+        return [build_info(), state, lag, ckpt_age, ckpt_pos, retained, unused, sink_errors, retries,
+                dead, snap_done, snap_total]
+
+
+def build_info() -> GaugeMetricFamily:
+    """``cdc_build_info{version, python}`` 1: which build answers (beside ``cdc version``)."""
+    import platform
+
+    from cdc import __version__
+
+    info = GaugeMetricFamily("cdc_build_info", "the running build: always 1, the facts are labels",
+                             labels=["version", "python"])
+    info.add_metric([__version__, platform.python_version()], 1.0)
+    return info
 
 
 class Metrics:
     """The service's metrics registry."""
 
     def __init__(self, pipelines: Callable[[], Sequence[Pipeline]]) -> None:
+        # no `cdc_events_created` series beside each counter: noise for every dashboard
+        disable_created_metrics()  # type: ignore[no-untyped-call]
         self.registry = CollectorRegistry()
         self.events = PromCounter(
             "cdc_events", "events delivered to the sink", ["pipeline", "table", "op"], registry=self.registry

@@ -31,6 +31,8 @@ from collections.abc import Callable
 from enum import StrEnum
 from typing import Any
 
+import orjson
+
 from cdc import registry, transforms
 from cdc.config import PipelineConfig, ServiceConfig
 from cdc.dead_letters import DeadLetters
@@ -61,6 +63,8 @@ MAX_DISPATCH_EVENTS = 2000
 POLL_INTERVAL_S = 5.0
 #: consecutive unexpected (non-CDCError) failures before the pipeline gives up
 MAX_UNEXPECTED = 5
+#: state-store meta key of a pipeline's last fatal error (JSON; "" once it runs again)
+LAST_ERROR_META = "last_error"
 
 
 _schema_of = operator.attrgetter("schema")
@@ -319,6 +323,9 @@ class Pipeline:
         self.config = config
         self.service = service
         self.store = store
+        self._error_cleared = False
+        #: the pipeline file, named in advice (``CONFIG`` when unknown)
+        self._file = service.file or "CONFIG"
         self.adopt = adopt
         self.name = config.name
         self.status = PipelineStatus(config.name, config.source_type, config.sink_type)
@@ -384,6 +391,7 @@ class Pipeline:
                 self.lease.wait(0.5)
                 continue
             progress_before = self.status.checkpoint_at
+            retry: RetriableError | None = None
             try:
                 if self._run_once() == State.FINISHED:
                     self._enter(State.FINISHED)
@@ -398,7 +406,7 @@ class Pipeline:
                 backoff = 1.0
                 continue
             except RetriableError as exc:
-                self._enter(State.RETRYING, exc)
+                retry = exc
             except Exception as exc:  # a bug or an unwrapped library error
                 unexpected += 1
                 self.log.error("unexpected_error", error=redact(repr(exc)), traceback=redact(traceback.format_exc()))
@@ -407,7 +415,7 @@ class Pipeline:
                         f"internal error, gave up after {unexpected} attempts: {exc!r}", kind=Kind.INTERNAL
                     ))
                     return
-                self._enter(State.RETRYING, RetriableError(f"unexpected error: {exc!r}", kind=Kind.INTERNAL))
+                retry = RetriableError(f"unexpected error: {exc!r}", kind=Kind.INTERNAL)
             else:
                 backoff = 1.0
             if self.status.checkpoint_at != progress_before:
@@ -415,6 +423,8 @@ class Pipeline:
                 unexpected = 0
             wait = min(backoff, 30.0) * (0.5 + random.random() / 2)
             backoff = min(backoff * 2, 30.0)
+            if retry is not None:
+                self._enter(State.RETRYING, retry, delay=wait)
             # a lease lost meanwhile (e.g. expired while the state database is down) ends the
             # wait: the pipeline shows standby at once, and resumes as soon as it is granted again
             until = time.monotonic() + wait
@@ -424,7 +434,23 @@ class Pipeline:
         if self.status.state not in FINAL:
             self._enter(State.STOPPED)
 
-    def _enter(self, state: State, error: CDCError | None = None, *, reason: str | None = None) -> None:
+    def _remember_error(self, error: dict[str, Any] | None) -> None:
+        """Keep a failure in the state store (``cdc status`` shows it when no service runs);
+        the first ``running`` of a process clears it. Best effort: the state may be down."""
+        try:
+            self.store.set_meta(self.name, LAST_ERROR_META, orjson.dumps(error).decode() if error else "")
+            self._error_cleared = error is None
+        except Exception as exc:  # noqa: BLE001 - the status in memory is what matters
+            self.log.debug("last_error_not_saved", error=redact(str(exc)))
+
+    def _enter(
+        self,
+        state: State,
+        error: CDCError | None = None,
+        *,
+        reason: str | None = None,
+        delay: float | None = None,
+    ) -> None:
         """The one place a pipeline changes state (see :class:`State` for the transitions):
         sets the state and the last error, counts retries, and logs the change."""
         status, previous = self.status, self.status.state
@@ -436,15 +462,20 @@ class Pipeline:
                 if error.side == "sink":
                     status.sink_errors += 1
                 event = "pipeline_degraded" if reason == "degraded" else "pipeline_retrying"
-                self.log.warning(event, error_kind=error.kind, error=redact(str(error)))
+                more: dict[str, Any] = {} if delay is None else {
+                    "attempt": status.retries, "next_attempt_in_s": round(delay, 1)}
+                self.log.warning(event, error_kind=error.kind, error=redact(str(error)), **more)
             self._retrying_side = error.side
             status.last_error = {"kind": error.kind, "message": redact(str(error)), "at": time.time()}
         elif state is State.FAILED:
             assert error is not None
             status.last_error = {"kind": error.kind, "message": redact(str(error)), "at": time.time()}
             self.log.error("pipeline_failed", error_kind=error.kind, error=redact(str(error)))
+            self._remember_error(status.last_error)
         elif state is State.RUNNING:
             status.last_error = None
+            if not self._error_cleared:
+                self._remember_error(None)
             if previous is State.RETRYING and reason == "recovered":
                 self.log.info("pipeline_recovered")
         elif state is State.STANDBY:
@@ -482,6 +513,7 @@ class Pipeline:
             self._stop,
             self._shared,
             self._degraded,
+            config_file=self.service.file,
         )
         source_cls, source_cfg = self._plugin("source")
         sink_cls, sink_cfg = self._plugin("sink")
@@ -584,7 +616,7 @@ class Pipeline:
                         "with snapshot.mode: initial_only), and its sink holds their rows: "
                         "starting the stream now would miss every change made since. Give the "
                         "pipeline a new sink location with snapshot.mode: initial (a fresh "
-                        f"snapshot, then the stream), or run `cdc drop CONFIG {self.name} --yes` "
+                        f"snapshot, then the stream), or run `cdc drop {self._file} {self.name} --yes` "
                         "first",
                         pipeline=self.name,
                         kind=Kind.STATE_LOST,
@@ -593,9 +625,9 @@ class Pipeline:
                     raise FatalStateError(
                         f"pipeline {self.name!r} has no saved state, but its sink already holds "
                         "its events (was the state file lost or replaced?). Starting from 'now' "
-                        "would silently skip changes. Either run `cdc drop CONFIG "
+                        f"would silently skip changes. Either run `cdc drop {self._file} "
                         f"{self.name} --yes` and start fresh (with snapshot.mode: initial to "
-                        f"re-read the tables), or run `cdc run CONFIG --adopt {self.name}` to "
+                        f"re-read the tables), or run `cdc run {self._file} --adopt {self.name}` to "
                         "continue from the replication slot's confirmed position",
                         pipeline=self.name,
                         kind=Kind.STATE_LOST,
@@ -686,6 +718,10 @@ class Pipeline:
                 if item is None or item is _WAKE:
                     # Idle: snapshot chunks may be emitted here; a heartbeat position held back
                     # earlier is checkpointed once the interval has passed, so the slot keeps up.
+                    # Nothing came for a moment and every transaction read is delivered and
+                    # committed: the lag is 0 now, not at the next heartbeat (seconds later).
+                    if item is None and cp.at_boundary and cp.unflushed == 0 and not cp.dirty:
+                        self.status.caught_up = True
                     if cp.at_boundary and self._snapshot_step(cp, driver, delivered):
                         pass
                     elif cp.pending is not None and cp.heartbeat_due(heartbeat_s):

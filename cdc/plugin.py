@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from cdc.settings import setting as setting  # re-exported: plugins declare settings with it
@@ -78,6 +78,7 @@ class PluginContext:
         stop: threading.Event | None = None,
         shared: dict[str, Any] | None = None,
         on_degraded: Callable[[CDCError | None], None] | None = None,
+        config_file: str = "",
     ) -> None:
         self.pipeline = pipeline
         self.name = pipeline.name
@@ -89,6 +90,8 @@ class PluginContext:
         #: facts the service shares with every plugin (e.g. ``slots_in_use``)
         self.shared: dict[str, Any] = shared if shared is not None else {}
         self._on_degraded = on_degraded
+        #: the pipeline file's path, for advice that names a command (``CONFIG`` if unknown)
+        self.config_file = config_file or "CONFIG"
 
     def degraded(self, error: CDCError | None) -> None:
         """A plugin that retries internally (a sink waiting for its endpoint) reports it here:
@@ -185,6 +188,13 @@ class Source(ABC):
         raise NotAvailableYet(f"the {self.connector or type(self).__name__} source cannot be verified")
 
     @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """``cdc check``: connect and return EVERY problem that would stop this source, each
+        error's message naming its fix (reachability, authentication, server settings,
+        privileges, tables, slots...). Must change nothing. The default checks nothing."""
+        return []
+
+    @classmethod
     def describe_drop(cls, config: Any, ctx: PluginContext) -> list[str]:
         """What ``cdc drop`` would remove at the source, one line each."""
         return []
@@ -258,6 +268,20 @@ class Sink(ABC):
 
     def held_schemas(self) -> list[dict[str, Any]]:
         """Schema definitions the sink holds (``cdc run --adopt`` continues after them)."""
+        return []
+
+    def follow(self, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
+        """``cdc tail``: yield each event (one encoded line) as the sink makes it durable,
+        from the end (``from_end``) or the beginning, until ``stop`` is set; reads only. Sinks
+        whose events are read with the destination's own tools keep this default."""
+        from cdc.errors import NotAvailableYet
+
+        raise NotAvailableYet(f"cdc tail cannot follow a {type(self).__name__}")
+
+    def check(self) -> list[CDCError]:
+        """``cdc check``: return every problem that would stop this sink (reachability,
+        permissions, topic or stream settings), each message naming its fix, without writing
+        anything. The default checks nothing."""
         return []
 
     def verify_view(self) -> SinkView:

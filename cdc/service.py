@@ -9,6 +9,7 @@ every pipeline has failed (exit 1) or finished (exit 0).
 
 from __future__ import annotations
 
+import errno
 import gc
 import signal
 import threading
@@ -194,7 +195,17 @@ class Service:
         try:
             self.api = AdminAPI(self, host, int(port), cfg.api.token, cfg.api.public_metrics)
         except OSError as exc:
-            log.error("cannot_start", error=f"cannot listen on {cfg.api.listen}: {exc.strerror or exc}")
+            message = f"cannot listen on {cfg.api.listen}: {exc.strerror or exc}"
+            if exc.errno == errno.EADDRINUSE:
+                where = cfg.file or "CONFIG"
+                message += (
+                    f". Probably cdc is already running with this file: `cdc status {where}` asks "
+                    f"the service at {cfg.api.listen}, and `ss -ltnp 'sport = :{port}'` names the "
+                    "process holding the port. Stop that one first (two instances of one "
+                    "pipeline fight over its slot); or, for another service, set api.listen to "
+                    "another port"
+                )
+            log.error("cannot_start", error=message)
             self.store.close()
             return 1
         self.api.start()
@@ -229,7 +240,7 @@ class Service:
             "service_started",
             api=f"{self.api.address[0]}:{self.api.address[1]}",
             pipelines=[p.name for p in self._pipelines],
-            instance=self.leases.instance_id if self.leases is not None else None,
+            **({"instance": self.leases.instance_id} if self.leases is not None else {}),
         )
         for p in self._pipelines:
             p.start()

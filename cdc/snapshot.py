@@ -101,12 +101,20 @@ def new_record(pipeline: str, tables: Sequence[str], reason: str) -> dict[str, A
     }
 
 
+#: the record's times, kept in unix seconds in the store and shown in milliseconds
+TIMES = ("created_at", "started_at", "finished_at")
+
+
 def summary(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as the API and ``cdc status`` show it (no cursors)."""
+    """A record as the API and ``cdc status`` show it: no cursors, times in unix milliseconds
+    (like every other time the service shows)."""
     progress = {
         t: {k: v for k, v in p.items() if k != "cursor"} for t, p in record.get("progress", {}).items()
     }
     out = {k: v for k, v in record.items() if k != "progress"}
+    for key in TIMES:
+        if isinstance(out.get(key), (int, float)):
+            out[key] = int(out[key] * 1000)
     out["progress"] = progress
     return out
 
@@ -620,6 +628,11 @@ class SnapshotDriver:
         p["chunks"] = pending.number + 1
         p["rows_done"] = int(p.get("rows_done") or 0) + len(events)
         record["rows_done"] = int(record.get("rows_done") or 0) + len(events)
+        self.log.debug(
+            "snapshot_chunk", snapshot=sid, table=self.table, chunk=pending.number,
+            rows=len(events), table_rows_done=p["rows_done"],
+            table_rows_estimated=p.get("rows_estimated"), last=chunk.done,
+        )
         if chunk.rows:
             p["cursor"] = chunk.cursor
         if chunk.done:

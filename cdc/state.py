@@ -37,6 +37,14 @@ SCHEMA_VERSION = 2
 OPEN_SNAPSHOT_STATES = ("pending", "running")
 
 
+def mark_tables_cancelled(record: dict[str, Any]) -> None:
+    """A cancelled snapshot's unfinished tables are ``cancelled`` too (they used to stay
+    ``running`` in the record forever)."""
+    for progress in record.get("progress", {}).values():
+        if progress.get("state") in OPEN_SNAPSHOT_STATES:
+            progress["state"] = "cancelled"
+
+
 #: SQLite primary result codes that mean the file is damaged or not a database
 SQLITE_CORRUPT = 11
 SQLITE_NOTADB = 26
@@ -168,8 +176,13 @@ class SQLiteStore(CheckpointStore):
         self._lock = threading.Lock()
         if readonly and not self.path.exists():
             raise FatalError(f"no state file at {self.path}")
-        if not readonly:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        if not readonly and str(path) != ":memory:" and not self.path.parent.is_dir():
+            # A typo in state.path must not silently create a tree and start from no state.
+            raise FatalStateError(
+                f"state.path {self.path}: the folder {self.path.parent} does not exist; create "
+                "it (or fix the path)",
+                kind=Kind.CONFIG,
+            )
         uri = f"file:{self.path}?mode=ro" if readonly else f"file:{self.path}"
         try:
             self._db = sqlite3.connect(
@@ -307,6 +320,7 @@ class SQLiteStore(CheckpointStore):
                     if record["state"] in OPEN_SNAPSHOT_STATES:
                         record["state"] = "cancelled"
                         record["finished_at"] = time.time()
+                        mark_tables_cancelled(record)
                         self._db.execute(
                             "UPDATE snapshots SET state = ?, record = ? WHERE pipeline = ? AND id = ?",
                             (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),

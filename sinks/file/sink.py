@@ -40,16 +40,25 @@ folder, or one that cannot be created or written for lack of permission, is a
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from cdc.errors import FatalError, Kind, RetriableError, RetriableSinkError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSinkError,
+    Kind,
+    RetriableError,
+    RetriableSinkError,
+)
 from cdc.events import encode_line_chunks
 from cdc.plugin import PluginContext, Sink
 from cdc.verify import EventFold
@@ -59,7 +68,14 @@ if TYPE_CHECKING:
     from cdc.events import ChangeEvent
     from cdc.schema import SchemaVersion
 
-__all__ = ["FileSink", "FileConfig", "FolderReader", "SCHEMAS_FILE", "events_file_name"]
+__all__ = [
+    "FileSink",
+    "FileConfig",
+    "FolderReader",
+    "SCHEMAS_FILE",
+    "events_file_name",
+    "follow_folder",
+]
 
 SCHEMAS_FILE = "schemas.jsonl"
 _EVENTS_RE = re.compile(r"^events-(\d{6,})\.jsonl$")
@@ -87,6 +103,54 @@ def _events_files(folder: str) -> list[tuple[int, str]]:
             found.append((int(m.group(1)), name))
     found.sort()
     return found
+
+
+def follow_folder(folder: str, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
+    """Yield each complete event line as it lands in the folder, across rotation (the next
+    file is opened once the current one is read to its end and a newer one exists) and
+    across a restart's cut (a file that shrank is read again from its new end). Starts at
+    the end of the newest file (``tail -f``), or at the first file when not ``from_end``.
+    Reads only; runs until ``stop`` is set."""
+    index: int | None = None
+    offset = 0
+    files = _events_files(folder)
+    if files and from_end:  # the start is taken now, not at the first next()
+        index = files[-1][0]
+        with contextlib.suppress(OSError):
+            offset = os.path.getsize(os.path.join(folder, events_file_name(index)))
+    return _follow(folder, stop, index, offset)
+
+
+def _follow(folder: str, stop: threading.Event, index: int | None, offset: int) -> Iterator[bytes]:
+    partial = b""
+    while not stop.is_set():
+        files = _events_files(folder)
+        if not files:
+            stop.wait(0.1)
+            continue
+        if index is None:  # no file when following began: every event is new
+            index, offset = files[0][0], 0
+        path = os.path.join(folder, events_file_name(index))
+        try:
+            size = os.path.getsize(path)
+            if size < offset:  # cut after a restart: what follows is delivered again
+                offset, partial = size, b""
+            with open(path, "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except FileNotFoundError:
+            data = b""
+        if data:
+            offset += len(data)
+            lines = (partial + data).split(b"\n")
+            partial = lines.pop()
+            yield from (line for line in lines if line)
+            continue
+        later = [i for i, _ in files if i > index]
+        if later:
+            index, offset, partial = later[0], 0, b""
+            continue
+        stop.wait(0.1)
 
 
 def _fsync_dir(folder: str) -> None:
@@ -200,6 +264,38 @@ class FileSink(Sink):
                 pipeline=self.ctx.name,
             )
         return False
+
+    # ------------------------------------------------------------------ cdc tail
+
+    def follow(self, stop: threading.Event, from_end: bool = True) -> Iterator[bytes]:
+        """``cdc tail``: :func:`follow_folder` on the sink's folder."""
+        return follow_folder(self.folder, stop, from_end)
+
+    # ------------------------------------------------------------------ cdc check
+
+    def check(self) -> list[CDCError]:
+        """The folder is a folder (or can be created) and this process may write in it."""
+        try:
+            exists = self._check_folder()
+        except FatalError as exc:
+            return [exc]
+        target = self.folder
+        if not exists:
+            target = os.path.dirname(os.path.abspath(self.folder))
+            while target and not os.path.isdir(target):
+                parent = os.path.dirname(target)
+                if parent == target:
+                    break
+                target = parent
+        if not os.access(target, os.W_OK | os.X_OK):
+            what = "write in" if exists else f"create {self.folder} under"
+            return [FatalSinkError(
+                f"file sink: this user cannot {what} {target}: give it write permission "
+                f"(`chown` or `chmod u+w {target}`) or point sink.path elsewhere",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_CONFIG,
+            )]
+        return []
 
     # ------------------------------------------------------------------ open
 

@@ -477,6 +477,32 @@ class KafkaSink(Sink):
                 pass
         self._failure, self._failed = None, 0
 
+    def check(self) -> list[CDCError]:
+        """The brokers answer, and the schema topic, when it exists, is compacted; nothing is
+        created (topics are created at start)."""
+        try:
+            self._admin = self._new_admin()
+            md = self._metadata()
+        except CDCError as exc:
+            return [exc]
+        problems: list[CDCError] = []
+        if self.schema_topic in md.topics:
+            try:
+                policy = self._cleanup_policy(self.schema_topic)
+            except CDCError as exc:
+                return [exc]
+            if "compact" not in policy:
+                problems.append(FatalSinkError(
+                    f"kafka sink: the schema topic {self.schema_topic} has cleanup.policy="
+                    f"{policy}; with time-based retention its records expire. Run "
+                    f"`kafka-configs --alter --entity-type topics --entity-name "
+                    f"{self.schema_topic} --add-config cleanup.policy=compact`",
+                    pipeline=self.ctx.name,
+                    kind=Kind.SINK_CONFIG,
+                ))
+        self._admin = None
+        return problems
+
     def _require(self) -> Any:
         if self._producer is None:
             raise RetriableSinkError(

@@ -51,6 +51,7 @@ import email.utils
 import hashlib
 import hmac
 import random
+import socket
 import ssl
 import time
 from collections.abc import Iterator, Sequence
@@ -62,6 +63,7 @@ import httpx
 import orjson
 
 from cdc.errors import (
+    CDCError,
     EventUndeliverable,
     FatalError,
     FatalSinkError,
@@ -280,6 +282,22 @@ class WebhookSink(Sink):
         self._head = b'{"pipeline":' + orjson.dumps(ctx.name) + b',"events":['
 
     # ------------------------------------------------------------------ lifecycle
+
+    def check(self) -> list[CDCError]:
+        """The receiver's host and port accept a connection (no request is sent: a test
+        delivery would be an event the receiver must handle)."""
+        parts = urlsplit(self._url)
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parts.hostname or "", port), timeout=5):
+                return []
+        except OSError as exc:
+            return [RetriableSinkError(
+                f"webhook sink: nothing accepts connections at {self._where} "
+                f"({exc.strerror or exc}); start the receiver or fix sink.url",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_UNAVAILABLE,
+            )]
 
     def open(self, resume: str | None) -> None:
         """Create the HTTP client (no request yet: the receiver may be down at start)."""

@@ -62,6 +62,7 @@ from typing import Any
 
 from cdc import names
 from cdc.errors import (
+    CDCError,
     FatalError,
     FatalSourceError,
     FatalStateError,
@@ -153,7 +154,7 @@ class MySQLSource(Source):
         if adopt and checkpoint is None:
             raise FatalStateError(
                 f"--adopt {self.ctx.name}: a MySQL/MariaDB server keeps no record of a replica's "
-                "position, so there is nothing to continue from; run `cdc drop CONFIG "
+                f"position, so there is nothing to continue from; run `cdc drop {self.ctx.config_file} "
                 f"{self.ctx.name} --yes` and start again with a new snapshot (snapshot.mode: initial)",
                 kind=Kind.STATE_LOST,
             )
@@ -239,7 +240,7 @@ class MySQLSource(Source):
 
     def _way_back(self) -> str:
         return (
-            f"to recover, run `cdc drop CONFIG {self.ctx.name} --yes` and start again with a new "
+            f"to recover, run `cdc drop {self.ctx.config_file} {self.ctx.name} --yes` and start again with a new "
             "snapshot (snapshot.mode: initial)"
         )
 
@@ -604,6 +605,40 @@ class MySQLSource(Source):
                 conn.close()
             except Exception:
                 pass
+
+    # -- cdc check --------------------------------------------------------------------------------
+
+    @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """What :meth:`open` would stop at, with the same catalog checks (login, binlog
+        settings, grants and tables), read-only."""
+        pymysql = _library()
+        src = cls(config, ctx)
+        try:
+            conn = catalog.connect(catalog.connection_settings(config.dsn), src.dsn_display)
+        except CDCError as exc:
+            return [exc]
+        problems: list[CDCError] = []
+        try:
+            facts = catalog.server_facts(conn)
+            try:
+                catalog.check_server(facts)
+            except FatalError as exc:
+                problems.append(exc)
+            try:
+                catalog.check_grants(conn, facts, sorted(src.tables))
+            except FatalError as exc:
+                problems.append(exc)
+        except pymysql.err.MySQLError as exc:
+            problems.append(FatalSourceError(
+                f"the server refused a check query: {catalog.error_text(exc)}", kind=Kind.SOURCE_ERROR
+            ))
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+        return problems
 
     # -- cdc drop ---------------------------------------------------------------------------------
 

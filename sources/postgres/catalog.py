@@ -60,7 +60,7 @@ def conninfo(dsn: str, dsn_display: str, pipeline: str, **extra: str) -> str:
     try:
         params = conninfo_to_dict(dsn)
     except psycopg.ProgrammingError as exc:
-        raise FatalError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind=Kind.CONFIG) from exc
+        raise FatalSourceError(f"invalid PostgreSQL DSN {dsn_display}: {exc}", kind=Kind.CONFIG) from exc
     options = params.get("options")
     params["options"] = f"{options} {SESSION_OPTIONS}" if options else SESSION_OPTIONS
     params.setdefault("connect_timeout", "10")
@@ -114,30 +114,41 @@ def server_facts(conn: psycopg.Connection[Any]) -> ServerFacts:
 
 
 def check_server(facts: ServerFacts) -> None:
+    """At start: raise the first of :func:`server_problems`."""
+    problems = server_problems(facts)
+    if problems:
+        raise problems[0]
+
+
+def server_problems(facts: ServerFacts) -> list[FatalError]:
+    """Version, ``wal_level``, REPLICATION and encoding: each problem with its fix (used at
+    start and by ``cdc check``)."""
+    problems: list[FatalError] = []
     if facts.version < MIN_SERVER_VERSION:
-        raise FatalSourceError(
+        problems.append(FatalSourceError(
             f"PostgreSQL {facts.version // 10000} is not supported; cdc needs PostgreSQL 14 or newer",
             kind=Kind.SOURCE_CONFIG,
-        )
+        ))
     if facts.wal_level != "logical":
-        raise FatalSourceError(
+        problems.append(FatalSourceError(
             f"the server's wal_level is {facts.wal_level!r}, logical decoding needs 'logical': "
             "set `wal_level = logical` in postgresql.conf (or ALTER SYSTEM SET wal_level = "
             "logical) and restart PostgreSQL",
             kind=Kind.SOURCE_CONFIG,
-        )
+        ))
     if not (facts.superuser or facts.replication):
-        raise FatalSourceError(
+        problems.append(FatalSourceError(
             f"the role {facts.user!r} lacks the REPLICATION attribute needed to stream changes: "
             f'run `ALTER ROLE "{facts.user}" WITH REPLICATION` as a superuser',
             kind=Kind.SOURCE_PERMISSION,
-        )
+        ))
     if facts.encoding != "UTF8":
-        raise FatalSourceError(
+        problems.append(FatalSourceError(
             f"the database encoding is {facts.encoding}; cdc needs a UTF8 database so that text "
             "values are exact",
             kind=Kind.SOURCE_CONFIG,
-        )
+        ))
+    return problems
 
 
 @dataclass(frozen=True)
@@ -154,51 +165,79 @@ class TableFacts:
 def check_tables(
     conn: psycopg.Connection[Any], tables: Sequence[str], renamed: dict[str, str] | None = None
 ) -> dict[str, TableFacts]:
-    """Existence, SELECT grants, partitions and replica identities of the listed tables.
+    """At start: existence, SELECT grants, partitions and replica identities of the listed
+    tables (:func:`table_problems`). A table that cannot be used raises its own error; the
+    replica identity problems are raised together."""
+    facts, problems = table_problems(conn, tables, renamed)
+    if problems:
+        identity = [p for p in problems if _is_identity_problem(p)]
+        others = [p for p in problems if not _is_identity_problem(p)]
+        if others:
+            raise others[0]
+        raise FatalSourceError("; ".join(str(p) for p in identity), kind=Kind.SOURCE_CONFIG)
+    return facts
+
+
+def table_problems(
+    conn: psycopg.Connection[Any], tables: Sequence[str], renamed: dict[str, str] | None = None
+) -> tuple[dict[str, TableFacts], list[FatalError]]:
+    """Every problem of the listed tables, each with its fix (start and ``cdc check``):
+    existence, schema USAGE, SELECT, partitions listed twice, replica identities.
     ``renamed``: listed tables the pipeline saw renamed (old -> new), named in the error."""
     facts: dict[str, TableFacts] = {}
-    problems: list[str] = []
+    problems: list[FatalError] = []
+    role = conn.info.user
     for name in tables:
         schema, table = split_table(name)
         row = conn.execute(
             "SELECT c.oid, c.relkind::text, c.relreplident::text, c.relispartition, "
             "EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary), "
-            "has_table_privilege(c.oid, 'SELECT') "
+            "has_table_privilege(c.oid, 'SELECT'), has_schema_privilege(n.oid, 'USAGE') "
             "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
             "WHERE n.nspname = %s AND c.relname = %s",
             (schema, table),
         ).fetchone()
         if row is None and renamed and name in renamed:
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"table {name} does not exist: the pipeline followed it when it was renamed to "
                 f"{renamed[name]} (every change was delivered, the later ones under the new "
                 f"name); list {renamed[name]} in `tables` instead of {name} and start again",
                 kind=Kind.SOURCE_CONFIG,
                 table=name,
-            )
+            ))
+            continue
         if row is None:
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"table {name} does not exist in this database (names are exact catalog names: "
                 "schema.table, case-sensitive; quote a name with a dot, a space or a quote); "
                 "create it or remove it from `tables`",
                 kind=Kind.SOURCE_CONFIG,
                 table=name,
-            )
-        oid, relkind, replident, is_partition, has_pk, can_select = row
+            ))
+            continue
+        oid, relkind, replident, is_partition, has_pk, can_select, can_use = row
         if relkind not in ("r", "p"):
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"{name} is not a table (relkind {relkind!r}); only tables and partitioned "
                 "tables can be captured",
                 kind=Kind.SOURCE_CONFIG,
                 table=name,
-            )
-        if not can_select:
-            raise FatalSourceError(
-                f"the connecting role lacks SELECT on {name}: run `GRANT SELECT ON {name} TO "
-                "<cdc role>`",
+            ))
+            continue
+        if not can_use:
+            problems.append(FatalSourceError(
+                f"the connecting role lacks USAGE on schema {schema}: run `GRANT USAGE ON SCHEMA "
+                f"{sql.Identifier(schema).as_string(conn)} TO {sql.Identifier(role).as_string(conn)}`",
                 kind=Kind.SOURCE_PERMISSION,
                 table=name,
-            )
+            ))
+        if not can_select:
+            problems.append(FatalSourceError(
+                f"the connecting role lacks SELECT on {name}: run `GRANT SELECT ON {name} TO "
+                f"{sql.Identifier(role).as_string(conn)}`",
+                kind=Kind.SOURCE_PERMISSION,
+                table=name,
+            ))
         ancestors: tuple[str, ...] = ()
         if is_partition:
             ancestors = tuple(
@@ -214,12 +253,12 @@ def check_tables(
     for f in facts.values():
         listed = [a for a in f.ancestors if a in facts]
         if listed:
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"{f.name} is a partition of {listed[0]}, which is also listed: events of a "
                 f"partitioned table use the root's name; remove {f.name} from `tables`",
                 kind=Kind.SOURCE_CONFIG,
                 table=f.name,
-            )
+            ))
     for f in facts.values():
         targets = [f]
         if f.relkind == "p":
@@ -236,10 +275,12 @@ def check_tables(
         for t in targets:
             problem = _identity_problem(t)
             if problem:
-                problems.append(problem)
-    if problems:
-        raise FatalSourceError("; ".join(problems), kind=Kind.SOURCE_CONFIG)
-    return facts
+                problems.append(FatalSourceError(problem, kind=Kind.SOURCE_CONFIG))
+    return facts, problems
+
+
+def _is_identity_problem(problem: FatalError) -> bool:
+    return str(problem).startswith("table ") and " has REPLICA IDENTITY " in str(problem)
 
 
 def _identity_problem(t: TableFacts) -> str | None:
@@ -336,13 +377,105 @@ def ensure_publication(
             ) from exc
         return done
     # Someone else's publication: check only.
-    missing_ops = [op for op, on in (("insert", ins), ("update", upd), ("delete", dele), ("truncate", trunc)) if not on]
+    problems = _foreign_publication_problems(
+        conn, name, oid, tables, (ins, upd, dele, trunc), viaroot, alltables, version
+    )
+    if problems:
+        raise problems[0]
+    return "checked"
+
+
+def publication_problems(
+    conn: psycopg.Connection[Any], name: str, tables: Sequence[str], version: int
+) -> list[FatalError]:
+    """What would stop :func:`ensure_publication` at start, found without changing anything
+    (``cdc check``): cdc cannot create or align its own publication (no ownership of the
+    tables, no CREATE on the database), or someone else's misses a table or an operation."""
+    row = conn.execute(
+        "SELECT p.oid, p.puballtables, p.pubinsert, p.pubupdate, p.pubdelete, p.pubtruncate, "
+        "p.pubviaroot, coalesce(obj_description(p.oid, 'pg_publication'), '') "
+        "FROM pg_publication p WHERE p.pubname = %s",
+        (name,),
+    ).fetchone()
+    wanted = sorted(tables)
+    if row is not None and not row[7].startswith(PUBLICATION_MARK):
+        oid, alltables, ins, upd, dele, trunc, viaroot, _ = row
+        return _foreign_publication_problems(
+            conn, name, oid, tables, (ins, upd, dele, trunc), viaroot, alltables, version
+        )
+    if row is not None:
+        oid, _, ins, upd, dele, trunc, viaroot, _ = row
+        current = sorted(
+            names.join(r[0], r[1])
+            for r in conn.execute(
+                "SELECT n.nspname, c.relname FROM pg_publication_rel pr JOIN pg_class c ON "
+                "c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE pr.prpubid = %s",
+                (oid,),
+            ).fetchall()
+        )
+        if current == wanted and ins and upd and dele and trunc and viaroot:
+            return []
+        action = "alter"
+    else:
+        action = "create"
+    problems: list[FatalError] = []
+    not_owned = []
+    for t in wanted:
+        schema, table = split_table(t)
+        owned = conn.execute(
+            "SELECT pg_has_role(c.relowner, 'USAGE') FROM pg_class c JOIN pg_namespace n "
+            "ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = %s",
+            (schema, table),
+        ).fetchone()
+        if owned is not None and not owned[0]:
+            not_owned.append(t)
+    if not_owned:
+        problems.append(FatalSourceError(
+            f"cdc would {action} the publication {name} at start, which needs ownership of the "
+            f"tables, and the connecting role does not own {', '.join(not_owned)}: create the "
+            f"publication as their owner (`CREATE PUBLICATION {name} FOR TABLE "
+            f"{', '.join(wanted)} WITH (publish_via_partition_root = true)`) and cdc will use it "
+            "as it is",
+            kind=Kind.SOURCE_PERMISSION,
+        ))
+    if action == "create":
+        (can_create,) = conn.execute(
+            "SELECT has_database_privilege(current_database(), 'CREATE')"
+        ).fetchone() or (True,)
+        if not can_create:
+            problems.append(FatalSourceError(
+                f"cdc would create the publication {name} at start, which needs CREATE on the "
+                f"database: run `GRANT CREATE ON DATABASE "
+                f"{sql.Identifier(conn.info.dbname).as_string(conn)} TO "
+                f"{sql.Identifier(conn.info.user).as_string(conn)}`, or create the publication "
+                "yourself",
+                kind=Kind.SOURCE_PERMISSION,
+            ))
+    return problems
+
+
+def _foreign_publication_problems(
+    conn: psycopg.Connection[Any],
+    name: str,
+    oid: int,
+    tables: Sequence[str],
+    ops: tuple[bool, bool, bool, bool],
+    viaroot: bool,
+    alltables: bool,
+    version: int,
+) -> list[FatalError]:
+    """A publication cdc did not create is only checked: every listed table, every
+    operation, no row filter, no column list."""
+    problems: list[FatalError] = []
+    wanted = sorted(tables)
+    missing_ops = [op for op, on in zip(("insert", "update", "delete", "truncate"), ops, strict=True) if not on]
     if missing_ops:
-        raise FatalSourceError(
+        problems.append(FatalSourceError(
             f"publication {name} (not created by cdc) does not publish {', '.join(missing_ops)}: "
             f"run `ALTER PUBLICATION {name} SET (publish = 'insert, update, delete, truncate')`",
             kind=Kind.SOURCE_CONFIG,
-        )
+        ))
     published = {
         names.join(r[0], r[1])
         for r in conn.execute(
@@ -358,12 +491,12 @@ def ensure_publication(
                     " (if it is a partitioned table: the publication publishes its partitions; "
                     f"run `ALTER PUBLICATION {name} SET (publish_via_partition_root = true)`)"
                 )
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"publication {name} (not created by cdc) does not include {t}{hint}: run "
                 f"`ALTER PUBLICATION {name} ADD TABLE {t}`",
                 kind=Kind.SOURCE_CONFIG,
                 table=t,
-            )
+            ))
     if version >= 150000 and not alltables:
         for nsp, rel, has_filter, has_cols in conn.execute(
             "SELECT n.nspname, c.relname, pr.prqual IS NOT NULL, pr.prattrs IS NOT NULL "
@@ -375,20 +508,20 @@ def ensure_publication(
             if tname not in tables:
                 continue
             if has_filter:
-                raise FatalSourceError(
+                problems.append(FatalSourceError(
                     f"publication {name} has a row filter on {tname}: cdc would miss rows; run "
                     f"`ALTER PUBLICATION {name} SET TABLE ...` without a WHERE clause for it",
                     kind=Kind.SOURCE_CONFIG,
                     table=tname,
-                )
+                ))
             if has_cols:
-                raise FatalSourceError(
+                problems.append(FatalSourceError(
                     f"publication {name} has a column list on {tname}: cdc would miss columns; "
                     f"publish the whole table (use columns.exclude in the pipeline instead)",
                     kind=Kind.SOURCE_CONFIG,
                     table=tname,
-                )
-    return "checked"
+                ))
+    return problems
 
 
 def drop_publication_if_managed(conn: psycopg.Connection[Any], name: str, dry_run: bool) -> str | None:
@@ -399,10 +532,10 @@ def drop_publication_if_managed(conn: psycopg.Connection[Any], name: str, dry_ru
     if row is None:
         return None
     if not row[0].startswith(PUBLICATION_MARK):
-        return f"keep publication {name} (not created by cdc)"
+        return f"{'keep' if dry_run else 'kept'} publication {name} (not created by cdc)"
     if not dry_run:
         conn.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(name)))
-    return f"drop publication {name}"
+    return f"{'drop' if dry_run else 'dropped'} publication {name}"
 
 
 # -- slots ---------------------------------------------------------------------------------------

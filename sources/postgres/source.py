@@ -38,7 +38,14 @@ from typing import Any
 import psycopg
 
 from cdc import names
-from cdc.errors import FatalError, FatalSourceError, Kind, RetriableError, RetriableSourceError
+from cdc.errors import (
+    CDCError,
+    FatalError,
+    FatalSourceError,
+    Kind,
+    RetriableError,
+    RetriableSourceError,
+)
 from cdc.log import mask_dsn
 from cdc.plugin import Batch, PluginContext, Source
 
@@ -133,6 +140,7 @@ class PostgresSource(Source):
             self.ctx.name,
             decoder,
             self.cfg.heartbeat_s,
+            config_file=self.ctx.config_file,
         )
         stream.start(start)
         self._stream = stream
@@ -145,79 +153,100 @@ class PostgresSource(Source):
         log = self.ctx.log
         assert self._facts is not None
         slot = catalog.slot_facts(conn, self.slot)
+        problems = self.slot_problems(slot, self._facts.database, checkpoint, adopt)
+        if problems:
+            raise problems[0]
+        if checkpoint is not None:
+            return Lsn.parse(checkpoint)
+        if slot is not None:
+            confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
+            log.warning("slot_adopted", slot=self.slot, position=str(confirmed))
+            return confirmed
+        created = Lsn.parse(catalog.create_slot(conn, self.slot))
+        log.info("slot_created", slot=self.slot, position=str(created))
+        return created
+
+    def slot_problems(
+        self, slot: catalog.SlotFacts | None, database: str, checkpoint: str | None, adopt: bool
+    ) -> list[FatalSourceError | RetriableSourceError]:
+        """What stops the pipeline from reading its slot, each with its way out (at start, the
+        first is raised; ``cdc check`` lists them). The advice never drops the slot of a
+        pipeline that another instance is running: it says to look first."""
+        config = self.ctx.config_file
         way_back = (
-            f"to recover, run `cdc drop CONFIG {self.ctx.name} --yes` and start again with "
-            "snapshot.mode: initial to re-read the tables"
+            f"first make sure no cdc instance runs pipeline {self.ctx.name} (`cdc status "
+            f"{config}`), then, to recover, run `cdc drop {config} {self.ctx.name} --yes` and "
+            "start again with snapshot.mode: initial to re-read the tables"
         )
+        problems: list[FatalSourceError | RetriableSourceError] = []
         if slot is not None and (slot.slot_type != "logical" or slot.plugin != "pgoutput"):
-            raise FatalSourceError(
+            problems.append(FatalSourceError(
                 f"replication slot {self.slot} exists but is not a logical pgoutput slot "
                 f"(type {slot.slot_type}, plugin {slot.plugin}); choose another `slot` name",
                 kind=Kind.SOURCE_CONFIG,
-            )
-        if slot is not None and slot.database != self._facts.database:
-            raise FatalSourceError(
+            ))
+            return problems
+        if slot is not None and slot.database != database:
+            problems.append(FatalSourceError(
                 f"replication slot {self.slot} belongs to database {slot.database}, not "
-                f"{self._facts.database}; choose another `slot` name",
+                f"{database}; choose another `slot` name",
                 kind=Kind.SOURCE_CONFIG,
-            )
+            ))
+            return problems
         if checkpoint is not None:
             ckpt = Lsn.parse(checkpoint)
             if slot is None:
-                raise FatalSourceError(
+                problems.append(FatalSourceError(
                     f"replication slot {self.slot} is missing (dropped by someone?): changes "
                     f"committed after the last checkpoint {ckpt} may be gone; {way_back}",
                     kind=Kind.SLOT_MISSING,
                     position=str(ckpt),
-                )
+                ))
+                return problems
             if slot.wal_status == "lost":
-                raise FatalSourceError(
+                problems.append(FatalSourceError(
                     f"replication slot {self.slot} is invalidated (wal_status lost: the server "
                     f"removed WAL it still needed, see max_slot_wal_keep_size); changes after "
                     f"the last checkpoint {ckpt} are gone; {way_back}",
                     kind=Kind.SLOT_LOST,
                     position=str(ckpt),
-                )
+                ))
+                return problems
             confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
             if ckpt < confirmed:
-                raise FatalSourceError(
+                problems.append(FatalSourceError(
                     f"the saved checkpoint {ckpt} is behind the slot's confirmed position "
                     f"{confirmed} (was the state restored from a backup?): the changes in "
                     f"between can no longer be read; {way_back}",
                     kind=Kind.STATE_BEHIND_SLOT,
                     position=str(ckpt),
-                )
-            self._check_slot_idle(slot)
-            return ckpt
-        if slot is not None:
-            if slot.wal_status == "lost":
-                raise FatalSourceError(
-                    f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
-                    f"(`cdc drop CONFIG {self.ctx.name} --yes`) and start again",
-                    kind=Kind.SLOT_LOST,
-                )
-            self._check_slot_idle(slot)
-            confirmed = Lsn.parse(slot.confirmed_flush) if slot.confirmed_flush else Lsn(0)
-            log.warning("slot_adopted", slot=self.slot, position=str(confirmed))
-            return confirmed
-        if adopt:
-            raise FatalSourceError(
+                ))
+        elif slot is not None and slot.wal_status == "lost":
+            problems.append(FatalSourceError(
+                f"replication slot {self.slot} is invalidated (wal_status lost); drop it "
+                f"(`cdc drop {config} {self.ctx.name} --yes`) and start again",
+                kind=Kind.SLOT_LOST,
+            ))
+        elif slot is None and adopt:
+            problems.append(FatalSourceError(
                 f"--adopt {self.ctx.name}: there is no replication slot {self.slot} to continue "
                 f"from; {way_back}",
                 kind=Kind.SLOT_MISSING,
-            )
-        created = Lsn.parse(catalog.create_slot(conn, self.slot))
-        log.info("slot_created", slot=self.slot, position=str(created))
-        return created
+            ))
+        if slot is not None and slot.active_pid is not None:
+            problems.append(self._slot_in_use(slot))
+        return problems
 
-    def _check_slot_idle(self, slot: catalog.SlotFacts) -> None:
-        if slot.active_pid is not None:
-            raise RetriableSourceError(
-                f"replication slot {self.slot} is in use by another connection (server PID "
-                f"{slot.active_pid}): is another cdc instance running this pipeline? Stop it, "
-                f"or give this pipeline another `slot`",
-                kind=Kind.SLOT_IN_USE,
-            )
+    def _slot_in_use(self, slot: catalog.SlotFacts) -> RetriableSourceError:
+        return RetriableSourceError(
+            f"replication slot {self.slot} is in use by another connection (server PID "
+            f"{slot.active_pid}): probably another cdc instance is running pipeline "
+            f"{self.ctx.name} (`cdc status {self.ctx.config_file}` asks the service at its "
+            "api.listen; `SELECT application_name, client_addr FROM pg_stat_replication WHERE "
+            f"pid = {slot.active_pid}` names the reader). Stop that one first, or leave it "
+            "running and do not start this one; cdc retries until the slot is free",
+            kind=Kind.SLOT_IN_USE,
+        )
 
     # -- reading --------------------------------------------------------------------------------
 
@@ -339,6 +368,61 @@ class PostgresSource(Source):
             except Exception:
                 pass
 
+    # -- cdc check --------------------------------------------------------------------------------
+
+    @classmethod
+    def check(cls, config: Any, ctx: PluginContext) -> list[CDCError]:
+        """Every problem :meth:`open` would stop at, found with the same catalog functions
+        but read-only: nothing is created, altered or dropped."""
+        src = cls(config, ctx)
+        try:
+            conn = src._connect()
+        except (FatalError, RetriableError) as exc:
+            return [exc]
+        problems: list[CDCError] = []
+        try:
+            with conn:
+                facts = catalog.server_facts(conn)
+                problems += catalog.server_problems(facts)
+                found, table_problems = catalog.table_problems(conn, config.tables, src._renames())
+                problems += table_problems
+                problems += catalog.publication_problems(conn, src.publication, config.tables, facts.version)
+                ck = ctx.store.get_checkpoint(ctx.name)
+                slot = catalog.slot_facts(conn, src.slot)
+                problems += src.slot_problems(slot, facts.database, ck.position if ck else None, False)
+                if slot is None and ck is None:
+                    free = conn.execute(
+                        "SELECT current_setting('max_replication_slots')::int - count(*) "
+                        "FROM pg_replication_slots"
+                    ).fetchone()
+                    if free is not None and free[0] <= 0:
+                        problems.append(FatalSourceError(
+                            f"cdc would create the replication slot {src.slot} at start, but all "
+                            "max_replication_slots are taken: raise max_replication_slots (and "
+                            "max_wal_senders) in postgresql.conf, or drop unused slots",
+                            kind=Kind.SOURCE_CONFIG,
+                        ))
+                for table, columns in sorted(src.exclude.items()):
+                    if table not in found:
+                        continue
+                    have = {r[0] for r in conn.execute(
+                        "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
+                        "AND NOT attisdropped", (found[table].oid,)).fetchall()}
+                    missing = sorted(set(columns) - have)
+                    if missing:
+                        problems.append(FatalSourceError(
+                            f"columns.exclude names columns that {table} does not have: "
+                            f"{', '.join(missing)} (names are exact and case-sensitive); fix or "
+                            "remove them",
+                            kind=Kind.CONFIG,
+                            table=table,
+                        ))
+        except psycopg.Error as exc:
+            problems.append(FatalSourceError(
+                f"PostgreSQL refused a check query: {str(exc).strip()}", kind=Kind.SOURCE_ERROR
+            ))
+        return problems
+
     # -- cdc drop ---------------------------------------------------------------------------------
 
     @classmethod
@@ -361,7 +445,7 @@ class PostgresSource(Source):
                     )
                 if not dry_run:
                     conn.execute("SELECT pg_drop_replication_slot(%s)", (src.slot,))
-                done.append(f"drop replication slot {src.slot}")
+                done.append(f"{'drop' if dry_run else 'dropped'} replication slot {src.slot}")
             pub = catalog.drop_publication_if_managed(conn, src.publication, dry_run)
             done.append(pub if pub else f"no publication {src.publication}")
         return done

@@ -69,7 +69,9 @@ class ReplicationStream:
         pipeline: str,
         decoder: PgDecoder,
         heartbeat_s: float,
+        config_file: str = "CONFIG",
     ) -> None:
+        self.config_file = config_file
         self.conninfo = conninfo
         self.dsn_display = dsn_display
         self.slot = slot
@@ -135,7 +137,7 @@ class ReplicationStream:
             if sqlstate in ("42704", "55000"):
                 raise FatalSourceError(
                     f"cannot stream from replication slot {self.slot}: {message}; to recover, "
-                    f"run `cdc drop CONFIG {self.pipeline} --yes` and start again",
+                    f"run `cdc drop {self.config_file} {self.pipeline} --yes` and start again",
                     kind=Kind.SLOT_LOST,
                 )
             raise RetriableSourceError(f"START_REPLICATION failed: {message}", kind=Kind.SOURCE_ERROR)
@@ -234,12 +236,12 @@ class ReplicationStream:
                 f"the replication stream ended: {detail.splitlines()[0]}; pgoutput reads the "
                 "publication as of each change, so a slot created before its publication cannot "
                 "stream the changes in between: create the publication first, then the slot "
-                f"(or run `cdc drop CONFIG {self.pipeline} --yes` and let cdc create both)",
+                f"(or run `cdc drop {self.config_file} {self.pipeline} --yes` and let cdc create both)",
                 kind=Kind.SOURCE_CONFIG,
             )
         if sqlstate == "55000":
             return FatalSourceError(
-                f"the replication stream ended: {detail}; to recover, run `cdc drop CONFIG "
+                f"the replication stream ended: {detail}; to recover, run `cdc drop {self.config_file} "
                 f"{self.pipeline} --yes` and start again (snapshot.mode: initial re-reads the "
                 "tables)",
                 kind=Kind.SLOT_LOST,

@@ -200,11 +200,11 @@ def test_run_exits_1_when_its_only_pipeline_fails(pgdb: str, tmp_path: Path, fre
     assert "Traceback" not in stderr
 
 
-def test_run_unknown_pipeline_name_exits_1(tmp_path: Path, free_port: int) -> None:
+def test_run_unknown_pipeline_name_is_a_usage_error(tmp_path: Path, free_port: int) -> None:
     cfg = write_config(tmp_path, [pg_pipeline("p", "postgresql://x@127.0.0.1:1/x", ["public.t"], tmp_path / "out")], api_port=free_port)
     code, records, stderr = run_until_exit(cfg, "--pipeline", "nope", timeout=30)
-    assert code == 1
-    assert find_log(records, "unknown_pipeline") is not None, stderr
+    assert code == 2, stderr
+    assert "no pipeline named 'nope'" in stderr and "its pipelines: p" in stderr, stderr
 
 
 # -- status, schemas ------------------------------------------------------------------------------
@@ -308,6 +308,9 @@ def test_drop(pgdb: str, tmp_path: Path, free_port: int) -> None:
 
     proc = run_cli("drop", str(cfg), "p", "--yes")
     assert proc.returncode == 0, proc.stderr
+    # one tense: what was done
+    assert "dropped replication slot cdc_p" in proc.stdout and "dropped publication cdc_p" in proc.stdout
+    assert "deleted the state of p" in proc.stdout, proc.stdout
     assert slot_row(pgdb, "cdc_p") is None
     assert _publications(pgdb) == []
     assert not (out / "events-000001.jsonl").exists()
@@ -342,7 +345,7 @@ def test_drop_keeps_a_publication_cdc_did_not_create(pgdb: str, tmp_path: Path, 
     assert proc.returncode == 0 and "keep publication mine (not created by cdc)" in proc.stdout
     proc = run_cli("drop", str(cfg), "p", "--yes")
     assert proc.returncode == 0, proc.stderr
-    assert "keep publication mine" in proc.stdout
+    assert "kept publication mine" in proc.stdout
     assert slot_row(pgdb, "cdc_p") is None
     assert _publications(pgdb) == ["mine"]
 

@@ -159,7 +159,7 @@ def test_minimal_file_gets_every_default(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, MINIMAL), environ={})
     assert cfg.state.path == str(tmp_path / "cdc-state.sqlite")  # the default, resolved
     assert cfg.api.listen == "127.0.0.1:8080" and cfg.api.token is None
-    assert (cfg.log.level, cfg.log.format) == ("info", "json")
+    assert (cfg.log.level, cfg.log.format) == ("info", "auto")  # console on a terminal, JSON otherwise
     p = cfg.pipelines[0]
     assert p.source.slot is None and p.source.publication is None
     assert p.source.heartbeat_s == 10 and p.source.max_retained_wal_mb == 10240

@@ -106,9 +106,6 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
 @pytest.mark.parametrize(
     "argv",
     [
-        ["check", "c.yaml"],
-        ["tail", "c.yaml", "p"],
-        ["snapshots", "c.yaml", "p", "--json"],
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
