@@ -54,6 +54,7 @@ def derive(e: ChangeEvent, **changes: Any) -> TransformedEvent:
     out.transaction, out.schema, out.key = e.transaction, e.schema, e.key
     out.before, out.after, out.unchanged, out.key_change = e.before, e.after, e.unchanged, e.key_change
     out.dest, out.value, out.raw_key, out.headers = e.dest, e.value, e.raw_key, e.headers
+    out.pos = e.pos
     for name, value in changes.items():
         setattr(out, name, value)
     return out

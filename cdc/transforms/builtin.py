@@ -150,7 +150,7 @@ class Mask:
         if type(e) is ChangeEvent:  # the common case: a plain event is cheaper to make
             return ChangeEvent(
                 e.id, e.op, e.ts_ms, e.source, e.transaction, e.schema, key, before, after,
-                e.unchanged, key_change,
+                e.unchanged, key_change, e.pos,
             )
         changes: dict[str, Any] = {
             "key": key, "before": before, "after": after, "key_change": key_change

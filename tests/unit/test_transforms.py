@@ -368,3 +368,13 @@ def test_no_env_still_checks_expressions_and_tables(tmp_path: Path) -> None:
         '7: pipelines[0].transforms[2].mask.columns["public.other"]: '
         "table 'public.other' is not in this pipeline's source.tables"
     )
+
+
+def test_transformed_events_keep_their_log_position() -> None:
+    """`pos` (the Debezium format's per-change position) survives a mask and a derived copy."""
+    c = chain([{"mask": {"key": "k", "columns": {"public.customers": {"email": "hash"}}}}])
+    e = ev(after={"id": 1, "email": "a@b"}, schema=CUSTOMERS)
+    e.pos = (0x16B3728, 0x16B3800)
+    (out,) = c.apply([e])
+    assert out.pos == (0x16B3728, 0x16B3800) and out.after["email"] != "a@b"  # type: ignore[index]
+    assert transforms.derive(e, id="x#1").pos == e.pos
