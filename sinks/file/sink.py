@@ -324,7 +324,7 @@ class FileSink(Sink):
                     raise self._fatal("create the folder", self.folder, e) from e
                 raise self._io_error("create the folder", self.folder, e) from e
             _fsync_dir(parent)
-            self._log.info("file sink created its folder")
+            self._log.info("file_sink_created_its_folder", message="file sink created its folder")
 
         files = _events_files(self.folder)
         truncated = removed = 0
@@ -338,14 +338,14 @@ class FileSink(Sink):
             # token (or when the file was shorter than the token said).
             cut = _cut_torn_line(os.path.join(self.folder, files[-1][1]))
             if cut:
-                self._log.warning("file sink cut a torn last line", file=files[-1][1], bytes=cut)
+                self._log.warning("file_sink_cut_torn_line", message="file sink cut a torn last line", file=files[-1][1], bytes=cut)
 
         schemas_path = os.path.join(self.folder, SCHEMAS_FILE)
         if os.path.exists(schemas_path):
             schema_cut = _cut_torn_line(schemas_path)
             if schema_cut:
                 self._log.warning(
-                    "file sink cut a torn last line", file=SCHEMAS_FILE, bytes=schema_cut
+                    "file_sink_cut_torn_line", message="file sink cut a torn last line", file=SCHEMAS_FILE, bytes=schema_cut
                 )
         else:
             self._dir_dirty = True
@@ -362,7 +362,7 @@ class FileSink(Sink):
             _fsync_dir(self.folder)
             self._dir_dirty = False
         self._log.info(
-            "file sink open",
+            "file_sink_open", message="file sink open",
             file=self._name,
             size=self._size,
             resume=resume,
@@ -377,7 +377,7 @@ class FileSink(Sink):
         m = _EVENTS_RE.match(name)
         if not sep or not m or not size_text.isdigit():
             self._log.warning(
-                "file sink resume token is not valid; only a torn last line will be cut",
+                "file_sink_resume_token", message="file sink resume token is not valid; only a torn last line will be cut",
                 resume=token,
             )
             return None
@@ -385,7 +385,7 @@ class FileSink(Sink):
         path = os.path.join(self.folder, name)
         if not os.path.isfile(path):
             self._log.warning(
-                "file sink resume token names a missing file; only a torn last line will be "
+                "file_sink_resume_token_names", message="file sink resume token names a missing file; only a torn last line will be "
                 "cut, events after the checkpoint may be written twice",
                 resume=token,
             )
@@ -394,7 +394,7 @@ class FileSink(Sink):
         truncated = 0
         if actual < size:
             self._log.warning(
-                "file sink events file is shorter than its resume token says",
+                "file_sink_events_file_is_shorter", message="file sink events file is shorter than its resume token says",
                 resume=token,
                 size=actual,
             )
@@ -482,7 +482,7 @@ class FileSink(Sink):
         self._name = events_file_name(self._index)
         self._open_events()
         self._dir_dirty = True
-        self._log.info("file sink started a new events file", file=self._name)
+        self._log.info("file_sink_started_a_new_events", message="file sink started a new events file", file=self._name)
 
     def flush(self) -> str | None:
         fh = self._require(self._events)
@@ -522,7 +522,7 @@ class FileSink(Sink):
                 fh.close()
             except Exception as e:  # noqa: BLE001 - close must never raise
                 try:
-                    self._log.warning("file sink could not close a file", error=str(e))
+                    self._log.warning("file_sink_could_not_close", message="file sink could not close a file", error=str(e))
                 except Exception:  # noqa: BLE001
                     pass
 
@@ -613,7 +613,7 @@ class FileSink(Sink):
                 pipeline=self.ctx.name,
             ) from e
         line = self._summary("moved", names, target)
-        self._log.info("file sink dropped its files", target=target, files=len(names))
+        self._log.info("file_sink_dropped_its_files", message="file sink dropped its files", target=target, files=len(names))
         return [line]
 
 

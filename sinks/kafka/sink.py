@@ -212,7 +212,7 @@ class KafkaSink(Sink):
         for k in ignored:
             del user[k]
         if ignored:
-            self._log.warning("kafka sink ignores settings it owns", keys=ignored)
+            self._log.warning("kafka_sink_ignores_settings_it_owns", message="kafka sink ignores settings it owns", keys=ignored)
         self._user = user
         self.schema_topic = render_topic(config.schema_topic, pipeline=ctx.name)
         try:
@@ -365,7 +365,7 @@ class KafkaSink(Sink):
         code = err.code() if hasattr(err, "code") else 0
         if now - self._last_error_log.get(code, -1e9) >= 30:
             self._last_error_log[code] = now
-            self._log.warning("kafka sink client error", error=text)
+            self._log.warning("kafka_sink_client_error", message="kafka sink client error", error=text)
 
     def _raise_failures(self) -> None:
         if self._fatal is not None:
@@ -447,7 +447,7 @@ class KafkaSink(Sink):
         self._producer = self._new_producer()
         self._prepare_schema_topic()
         self._log.info(
-            "kafka sink open",
+            "kafka_sink_open", message="kafka sink open",
             bootstrap_servers=self.config.bootstrap_servers,
             brokers=self._brokers,
             schema_topic=self.schema_topic,
@@ -464,7 +464,7 @@ class KafkaSink(Sink):
             remaining = producer.flush(CLOSE_FLUSH_S)
             if remaining:
                 self._log.warning(
-                    "kafka sink closed with records the broker has not acknowledged; they are "
+                    "kafka_sink_closed_with_records", message="kafka sink closed with records the broker has not acknowledged; they are "
                     "produced again after the restart",
                     records=remaining,
                 )
@@ -472,7 +472,7 @@ class KafkaSink(Sink):
                 producer.poll(0)
         except Exception as exc:  # noqa: BLE001 - close must never raise
             try:
-                self._log.warning("kafka sink could not close cleanly", error=redact(str(exc)))
+                self._log.warning("kafka_sink_could_not_close_cleanly", message="kafka sink could not close cleanly", error=redact(str(exc)))
             except Exception:  # noqa: BLE001
                 pass
         self._failure, self._failed = None, 0
@@ -587,7 +587,7 @@ class KafkaSink(Sink):
                 return
             if code == ck.KafkaError.INVALID_CONFIG and config:
                 self._log.warning(
-                    "kafka sink: the broker refused the topic config, creating it without",
+                    "kafka_sink_the_broker_refused", message="kafka sink: the broker refused the topic config, creating it without",
                     topic=name,
                     config=sorted(config),
                     error=redact(text),
@@ -616,7 +616,7 @@ class KafkaSink(Sink):
                 ) from exc
             raise self._unavailable(f"cannot create topic {name}", text) from exc
         self._log.info(
-            "kafka sink created a topic",
+            "kafka_sink_created_a_topic", message="kafka sink created a topic",
             topic=name,
             partitions=partitions,
             replication_factor=rf,
@@ -874,7 +874,7 @@ class KafkaSink(Sink):
         if self._degraded:
             self._degraded = False
             self.ctx.degraded(None)
-            self._log.info("kafka sink: the broker acknowledges records again")
+            self._log.info("kafka_sink_the_broker_acknowledges_records", message="kafka sink: the broker acknowledges records again")
 
     # ------------------------------------------------------------------ no state, drop
 
@@ -1030,7 +1030,7 @@ class KafkaSink(Sink):
                 pass
         self._held = {}
         self._log.info(
-            "kafka sink wrote schema tombstones", topic=self.schema_topic, count=len(held)
+            "kafka_sink_wrote_schema_tombstones", message="kafka sink wrote schema tombstones", topic=self.schema_topic, count=len(held)
         )
         return [
             f"wrote tombstones for the {len(held)} schema version(s) of {self.ctx.name} to topic "
@@ -1073,7 +1073,7 @@ class _Waiter:
                     pipeline=sink.ctx.name,
                 )
             )
-            sink._log.warning("kafka sink waiting for the broker", records=remaining)
+            sink._log.warning("kafka_sink_waiting_for_the_broker", message="kafka sink waiting for the broker", records=remaining)
         if sink.ctx.stop.is_set():
             if sink._stop_seen is None:
                 sink._stop_seen = now

@@ -373,7 +373,7 @@ class NatsSink(Sink):
                     return
                 raise self._stream_refused(f"cannot create the stream {name}", exc) from exc
             self._log.info(
-                "nats sink created a stream",
+                "nats_sink_created_a_stream", message="nats sink created a stream",
                 stream=name,
                 subjects=wanted,
                 duplicate_window_s=DUPLICATE_WINDOW_S,
@@ -398,18 +398,18 @@ class NatsSink(Sink):
                 raise self._stream_refused(
                     f"cannot add the subjects {', '.join(missing)} to the stream {name}", exc
                 ) from exc
-            self._log.info("nats sink added subjects to a stream", stream=name, subjects=missing)
+            self._log.info("nats_sink_added_subjects", message="nats sink added subjects to a stream", stream=name, subjects=missing)
         window = float(info.config.duplicate_window or 0)
         if window < 1:
             self._log.warning(
-                "nats sink: the stream has no duplicate window, so events published again after "
+                "nats_sink_the_stream_has_no", message="nats sink: the stream has no duplicate window, so events published again after "
                 "a restart are stored twice; give it one (JetStream's default is 2m)",
                 stream=name,
             )
         others = [s for s in subjects if s not in wanted]
         if others:
             self._log.warning(
-                "nats sink: the stream holds other subjects too. JetStream de-duplicates by "
+                "nats_sink_the_stream_holds_other", message="nats sink: the stream holds other subjects too. JetStream de-duplicates by "
                 "Nats-Msg-Id (the event id) per stream, and two pipelines reading the same "
                 "database server can produce the same ids: give each such pipeline its own "
                 "stream",
@@ -474,13 +474,13 @@ class NatsSink(Sink):
     def _report_degraded(self, message: str) -> None:
         if not self._degraded:
             self._degraded = True
-            self._log.warning("nats sink cannot publish, retrying", reason=message)
+            self._log.warning("nats_sink_cannot_publish_retrying", message="nats sink cannot publish, retrying", reason=message)
         self.ctx.degraded(RetriableSinkError(message, pipeline=self.ctx.name))
 
     def _recovered(self) -> None:
         if self._degraded:
             self._degraded = False
-            self._log.info("nats sink: JetStream acknowledges again")
+            self._log.info("nats_sink_jetstream_acknowledges_again", message="nats sink: JetStream acknowledges again")
             self.ctx.degraded(None)
 
     # ------------------------------------------------------------------ open / close
@@ -493,7 +493,7 @@ class NatsSink(Sink):
         self._stop_seen = None
         self._attempt("opening the stream", lambda: self._ensure_stream())
         self._log.info(
-            "nats sink open",
+            "nats_sink_open", message="nats sink open",
             stream=self.config.stream,
             subjects=self.event_filter,
             schema_subject=self.schema_subject,
@@ -505,7 +505,7 @@ class NatsSink(Sink):
         if loop is not None:
             if self._inflight:
                 self._log.warning(
-                    "nats sink closed with messages JetStream has not acknowledged; they are "
+                    "nats_sink_closed_with_messages_jetstream", message="nats sink closed with messages JetStream has not acknowledged; they are "
                     "published again after the restart",
                     messages=len(self._inflight),
                 )
@@ -856,7 +856,7 @@ class NatsSink(Sink):
             self.close()
         self._held = {}
         self._log.info(
-            "nats sink purged the schema subject",
+            "nats_sink_purged_the_schema_subject", message="nats sink purged the schema subject",
             stream=self.config.stream,
             subject=self.schema_subject,
             count=len(held),

@@ -328,7 +328,7 @@ class PostgresSink(Sink):
             self._busy_since = None
         if self._degraded:
             self._degraded = False
-            self._log.info("postgres sink writes again")
+            self._log.info("postgres_sink_writes_again", message="postgres sink writes again")
             self.ctx.degraded(None)
 
     def _watch(self) -> None:
@@ -340,7 +340,7 @@ class PostgresSink(Sink):
             if waited >= DEGRADED_AFTER_S:
                 self._degraded = True
                 self._log.warning(
-                    "postgres sink: the target does not answer", waited_s=round(waited, 1)
+                    "postgres_sink_target_not_answering", message="postgres sink: the target does not answer", waited_s=round(waited, 1)
                 )
                 self.ctx.degraded(
                     RetriableSinkError(
@@ -381,7 +381,7 @@ class PostgresSink(Sink):
         try:
             token = int(resume) if resume is not None else None
         except ValueError:
-            self._log.warning("postgres sink ignores a resume token it did not write", token=resume)
+            self._log.warning("postgres_sink_ignores_a_resume_token", message="postgres sink ignores a resume token it did not write", token=resume)
             token = None
         held_after = 0 if token is None else self._count - token
         if held_after > 0:
@@ -390,20 +390,20 @@ class PostgresSink(Sink):
             self._skip_first = position.get("first_id") if tx_start == token else None
             self._skip_last = position.get("last_id")
             self._log.info(
-                "postgres sink resumes after a crash: skips the events the target already holds",
+                "postgres_sink_resumes_after_a_crash", message="postgres sink resumes after a crash: skips the events the target already holds",
                 events=held_after,
                 last_id=self._skip_last,
             )
         elif held_after < 0:
             self._log.error(
-                "postgres sink: the target holds fewer events than the checkpoint covers (was "
+                "postgres_sink_the_target_holds_fewer", message="postgres sink: the target holds fewer events than the checkpoint covers (was "
                 "it restored from an older backup?). Those changes are missing from the target; "
                 "rebuild the read model (see docs/postgres-sink.md)",
                 target_count=self._count,
                 checkpoint_count=token,
             )
         self._log.info(
-            "postgres sink open",
+            "postgres_sink_open", message="postgres sink open",
             target=self._where,
             count=self._count,
             deletes=self.config.deletes,
@@ -585,7 +585,7 @@ class PostgresSink(Sink):
         """Leave out the re-delivered events the target already holds (see the module doc)."""
         if self._skipped == 0 and self._skip_first is not None and events[0].id != self._skip_first:
             self._log.warning(
-                "postgres sink: the re-delivered events differ from those the target holds after "
+                "postgres_sink_the_re_delivered_events", message="postgres sink: the re-delivered events differ from those the target holds after "
                 "the checkpoint; applying them as they come (keyed tables converge; a keyless "
                 "table may hold a row twice)",
                 expected=self._skip_first,
@@ -599,12 +599,12 @@ class PostgresSink(Sink):
         if self._skip == 0:
             if self._skip_last is not None and events[n - 1].id != self._skip_last:
                 self._log.warning(
-                    "postgres sink: the last skipped event is not the last one the target "
+                    "postgres_sink_the_last_skipped_event", message="postgres sink: the last skipped event is not the last one the target "
                     "holds; the re-delivered sequence differs (keyed tables converge)",
                     expected=self._skip_last,
                     got=events[n - 1].id,
                 )
-            self._log.info("postgres sink skipped the events it already held", events=self._skipped)
+            self._log.info("postgres_sink_skipped_the_events", message="postgres sink skipped the events it already held", events=self._skipped)
         return events[n:]
 
     def flush(self) -> str | None:
@@ -1003,7 +1003,7 @@ class PostgresSink(Sink):
                         table=sv.name,
                     ) from exc
                 self._log.warning(
-                    "postgres sink: the target does not know a source type; its columns are "
+                    "postgres_sink_unknown_source_type", message="postgres sink: the target does not know a source type; its columns are "
                     "created as text (the source's text output)",
                     table=sv.name,
                     type=t,
@@ -1066,7 +1066,7 @@ class PostgresSink(Sink):
         if not sv.key and sv.name not in self._warned_keyless:
             self._warned_keyless.add(sv.name)
             self._log.warning(
-                "postgres sink: the source table has no primary key; its target table has none "
+                "postgres_sink_the_source_table_has", message="postgres sink: the source table has no primary key; its target table has none "
                 "either and changes are applied by whole-row match, one row per event",
                 table=sv.name,
                 target=target.display,
@@ -1101,7 +1101,7 @@ class PostgresSink(Sink):
                     table=sv.name,
                 )
             self._log.warning(
-                "postgres sink adopts an existing table", table=sv.name, target=target.display
+                "postgres_sink_adopts_an_existing_table", message="postgres sink adopts an existing table", table=sv.name, target=target.display
             )
             self.conn.execute(
                 sql.SQL("COMMENT ON TABLE {} IS {}").format(
@@ -1188,7 +1188,7 @@ class PostgresSink(Sink):
                 target.ident, sql.Literal(self._mark(sv.name))
             )
         )
-        self._log.info("postgres sink created a table", table=sv.name, target=target.display)
+        self._log.info("postgres_sink_created_a_table", message="postgres sink created a table", table=sv.name, target=target.display)
 
     def _reconcile(
         self, target: Target, sv: SchemaVersion, desired: dict[str, str] | None = None
@@ -1273,7 +1273,7 @@ class PostgresSink(Sink):
         if changes:
             self._shape(target)
             self._log.info(
-                "postgres sink changed a table",
+                "postgres_sink_changed_a_table", message="postgres sink changed a table",
                 table=sv.name,
                 version=sv.version,
                 target=target.display,

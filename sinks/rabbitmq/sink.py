@@ -410,14 +410,14 @@ class RabbitMQSink(Sink):
         self._ledger_known = None if known is None else set(known)
         if known is None:
             self._log.warning(
-                "rabbitmq sink: the broker does not allow declaring the ledger queue; the sink "
+                "rabbitmq_sink_the_broker", message="rabbitmq sink: the broker does not allow declaring the ledger queue; the sink "
                 "works without it, so a restart without state cannot see that this pipeline "
                 "already published events. Grant the user configure, write and read "
                 "permissions on it",
                 queue=self.ledger,
             )
         self._log.info(
-            "rabbitmq sink open",
+            "rabbitmq_sink_open", message="rabbitmq sink open",
             vhost=self._vhost,
             schema_routing_key=self._schema_key,
             mandatory=self.config.mandatory,
@@ -464,7 +464,7 @@ class RabbitMQSink(Sink):
         if unconfirmed:
             try:
                 self._log.warning(
-                    "rabbitmq sink closed with messages the broker has not confirmed; they are "
+                    "rabbitmq_sink_closed_with_messages", message="rabbitmq sink closed with messages the broker has not confirmed; they are "
                     "published again after the restart",
                     messages=unconfirmed,
                 )
@@ -541,7 +541,7 @@ class RabbitMQSink(Sink):
         if refused:
             self._ledger_known = None
             self._log.warning(
-                "rabbitmq sink: the broker refused writing to the ledger queue; the sink works "
+                "rabbitmq_sink_the_broker_refused_writing", message="rabbitmq sink: the broker refused writing to the ledger queue; the sink works "
                 "without it from now on. Grant the user write permission on amq.default (the "
                 "default exchange) to keep it",
                 queue=self.ledger,
@@ -549,7 +549,7 @@ class RabbitMQSink(Sink):
             )
         else:
             self._log.warning(
-                "rabbitmq sink could not record a schema version in the ledger queue",
+                "rabbitmq_sink_could_not_record", message="rabbitmq sink could not record a schema version in the ledger queue",
                 queue=self.ledger,
                 schema=key,
                 error=error,
@@ -783,7 +783,7 @@ class RabbitMQSink(Sink):
             )
             self._degrade(error)
             self._log.warning(
-                "rabbitmq messages not delivered, retrying",
+                "rabbitmq_messages_not_delivered_retrying", message="rabbitmq messages not delivered, retrying",
                 reason=redact(failure),
                 messages=len(kept),
                 attempt=self._attempt,
@@ -802,7 +802,7 @@ class RabbitMQSink(Sink):
                 except RetriableError as exc:
                     failure, kind = str(exc).removeprefix("rabbitmq sink: "), exc.kind
                     continue
-                self._log.info("rabbitmq sink reconnected")
+                self._log.info("rabbitmq_sink_reconnected", message="rabbitmq sink reconnected")
             break
         self._pending = deque()
         self._publish(kept)
@@ -847,7 +847,7 @@ class RabbitMQSink(Sink):
         if self._degraded:
             self._degraded = False
             self.ctx.degraded(None)
-            self._log.info("rabbitmq sink: the broker confirms messages again")
+            self._log.info("rabbitmq_sink_the_broker_confirms_messages", message="rabbitmq sink: the broker confirms messages again")
 
     # ------------------------------------------------------------------ the ledger
 
@@ -939,7 +939,7 @@ class RabbitMQSink(Sink):
             held, _, refused = self._ledger()
             if refused:
                 self._log.warning(
-                    "rabbitmq sink may not read its ledger queue, so it cannot tell whether "
+                    "rabbitmq_sink_may_not_read", message="rabbitmq sink may not read its ledger queue, so it cannot tell whether "
                     "this pipeline already published events",
                     queue=self.ledger,
                     error=refused,
@@ -995,7 +995,7 @@ class RabbitMQSink(Sink):
         self._held = {}
         lines = []
         if existed:
-            self._log.info("rabbitmq sink deleted its ledger queue", queue=self.ledger)
+            self._log.info("rabbitmq_sink_deleted_its_ledger_queue", message="rabbitmq sink deleted its ledger queue", queue=self.ledger)
             lines.append(
                 f"deleted the ledger queue {self.ledger} ({len(held)} schema definition(s))"
             )

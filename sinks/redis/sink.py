@@ -349,7 +349,7 @@ class RedisSink(Sink):
                 )
                 if not self._degraded:
                     self._degraded = True
-                    self._log.warning("redis sink cannot write, retrying", reason=verdict.text)
+                    self._log.warning("redis_sink_cannot_write_retrying", message="redis sink cannot write, retrying", reason=verdict.text)
                 self.ctx.degraded(error)
                 if self.ctx.stop.wait(delay):
                     raise RetriableSinkError(
@@ -361,7 +361,7 @@ class RedisSink(Sink):
                 continue
             if self._degraded:
                 self._degraded = False
-                self._log.info("redis sink writes again", attempts=attempt + 1)
+                self._log.info("redis_sink_writes_again", message="redis sink writes again", attempts=attempt + 1)
                 self.ctx.degraded(None)
             return result
 
@@ -376,7 +376,7 @@ class RedisSink(Sink):
             if waited >= DEGRADED_AFTER_S:
                 self._degraded = True
                 self._log.warning(
-                    "redis sink: the server does not answer", waited_s=round(waited, 1)
+                    "redis_sink_server_not_answering", message="redis sink: the server does not answer", waited_s=round(waited, 1)
                 )
                 self.ctx.degraded(
                     RetriableSinkError(
@@ -414,7 +414,7 @@ class RedisSink(Sink):
         try:
             int(resume) if resume is not None else 0
         except ValueError:
-            self._log.warning("redis sink ignores a resume token it did not write", token=resume)
+            self._log.warning("redis_sink_ignores_a_resume_token", message="redis sink ignores a resume token it did not write", token=resume)
             resume = None
         count, last_id, recent, info = self._attempt("reading the offsets", prepare)
         self._count = count
@@ -423,19 +423,19 @@ class RedisSink(Sink):
             self._skip.extend(r.decode() for r in recent)
             if len(self._skip) != written_after:
                 self._log.warning(
-                    "redis sink: the list of ids written after the checkpoint is shorter than "
+                    "redis_sink_the_list_of_ids", message="redis sink: the list of ids written after the checkpoint is shorter than "
                     "expected; only those are skipped",
                     expected=written_after,
                     found=len(self._skip),
                 )
             self._log.info(
-                "redis sink resumes after a crash: skips the events it already holds",
+                "redis_sink_resumes_after_a_crash", message="redis sink resumes after a crash: skips the events it already holds",
                 events=len(self._skip),
                 last_id=last_id,
             )
         elif written_after < 0:
             self._log.error(
-                "redis sink: Redis holds fewer events than the checkpoint covers: it lost "
+                "redis_sink_redis_holds_fewer_events", message="redis sink: Redis holds fewer events than the checkpoint covers: it lost "
                 "acknowledged writes (no persistence, a restore, or a flush). Those events are "
                 "not in Redis; enable AOF (appendonly yes)",
                 offsets_count=count,
@@ -443,13 +443,13 @@ class RedisSink(Sink):
             )
         if not int(info.get("aof_enabled", 0) or 0):
             self._log.warning(
-                "redis sink: the server does not persist with AOF (appendonly no): a Redis "
+                "redis_sink_no_aof", message="redis sink: the server does not persist with AOF (appendonly no): a Redis "
                 "restart can lose events the checkpoint already covers. Set `appendonly yes` "
                 "(CONFIG SET appendonly yes, and in redis.conf) for the delivery guarantee",
                 url=self._where,
             )
         self._log.info(
-            "redis sink open",
+            "redis_sink_open", message="redis sink open",
             offsets=self.offsets_key,
             schemas=self.schemas_key,
             count=count,
@@ -465,7 +465,7 @@ class RedisSink(Sink):
             return int(raw) if raw else DEFAULT_MAX_BULK
         except (rd.exceptions.ResponseError, ValueError) as exc:  # CONFIG refused or renamed
             self._log.info(
-                "redis sink cannot read proto-max-bulk-len; assuming Redis's default",
+                "redis_sink_cannot_read_proto_max", message="redis sink cannot read proto-max-bulk-len; assuming Redis's default",
                 error=redact(str(exc)),
                 assumed=DEFAULT_MAX_BULK,
             )
@@ -616,14 +616,14 @@ class RedisSink(Sink):
             i += 1
         if skip and i < len(events):
             self._log.warning(
-                "redis sink: a re-delivered event differs from what Redis holds after the "
+                "redis_sink_a_re_delivered_event", message="redis sink: a re-delivered event differs from what Redis holds after the "
                 "checkpoint; writing from here on (duplicates are possible, nothing is lost)",
                 expected=skip[0],
                 got=events[i].id,
             )
             skip.clear()
         if i and not skip:
-            self._log.info("redis sink skipped the events it already held", last=events[i - 1].id)
+            self._log.info("redis_sink_skipped_the_events", message="redis sink skipped the events it already held", last=events[i - 1].id)
         return events[i:]
 
     def flush(self) -> str | None:

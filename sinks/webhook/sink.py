@@ -326,7 +326,7 @@ class WebhookSink(Sink):
             trust_env=True,  # SSL_CERT_FILE / SSL_CERT_DIR, HTTPS_PROXY / NO_PROXY
         )
         self._log.info(
-            "webhook sink open",
+            "webhook_sink_open", message="webhook sink open",
             batch_max=self.config.batch_max,
             signed=self._secret is not None,
             headers=sorted(self.config.headers),  # names only, never values
@@ -339,7 +339,7 @@ class WebhookSink(Sink):
                 client.close()
             except Exception as exc:  # noqa: BLE001 - close must never raise
                 try:
-                    self._log.warning("webhook sink could not close its client", error=repr(exc))
+                    self._log.warning("webhook_sink_could_not_close", message="webhook sink could not close its client", error=repr(exc))
                 except Exception:  # noqa: BLE001
                     pass
 
@@ -401,7 +401,7 @@ class WebhookSink(Sink):
                         raise self._event_too_large(batch[0], too_large.status_line) from None
                     self._limit = max(1, size // 2)
                     self._log.warning(
-                        "webhook receiver refused a batch as too large; halving",
+                        "webhook_batch_too_large_halving", message="webhook receiver refused a batch as too large; halving",
                         events=size,
                         batch_max_now=self._limit,
                     )
@@ -471,7 +471,7 @@ class WebhookSink(Sink):
                     if self._degraded:
                         self._degraded = False
                         self._log.info(
-                            "webhook receiver accepts batches again", attempts=attempt + 1
+                            "webhook_receiver_accepts_batches_again", message="webhook receiver accepts batches again", attempts=attempt + 1
                         )
                         self.ctx.degraded(None)
                     return
@@ -500,7 +500,7 @@ class WebhookSink(Sink):
             self._degraded = True
             self.ctx.degraded(error)
             self._log.warning(
-                "webhook batch not delivered, retrying",
+                "webhook_batch_not_delivered_retrying", message="webhook batch not delivered, retrying",
                 reason=failure,
                 events=len(batch),
                 batch_id=bid,
@@ -586,7 +586,7 @@ class WebhookSink(Sink):
                 "the batch is sent again from the checkpoint"
             )
         self._log.error(
-            "webhook receiver refused a batch", status=status, events=len(batch), batch_id=bid
+            "webhook_receiver_refused_a_batch", message="webhook receiver refused a batch", status=status, events=len(batch), batch_id=bid
         )
         return FatalSinkError(
             message, pipeline=self.ctx.name, table=batch[0].table, kind=Kind.SINK_REJECTED
@@ -596,7 +596,7 @@ class WebhookSink(Sink):
         size = len(event.json)
         body = len(self._body([event]))
         self._log.error(
-            "webhook receiver refused a single event as too large", event_id=event.id, bytes=size
+            "webhook_receiver_refused_a_single_event", message="webhook receiver refused a single event as too large", event_id=event.id, bytes=size
         )
         return FatalSinkError(
             f"webhook {self._where} answered {status_line} to event {event.id} alone "

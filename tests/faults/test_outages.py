@@ -343,7 +343,7 @@ def test_webhook_receiver_down_failing_then_slow(pg15db: str, tmp_path: Path, fr
         svc.kill()
         receiver.close()
     timeouts = [
-        r for r in svc.log_events() if r.get("event") == "webhook batch not delivered, retrying" and "timeout" in str(r.get("reason"))
+        r for r in svc.log_events() if r.get("event") == "webhook_batch_not_delivered_retrying" and "timeout" in str(r.get("reason"))
     ]
     assert timeouts, "the sink never timed out on the slow receiver"
     _record(

@@ -321,7 +321,7 @@ def test_a_receiver_slower_than_timeout_is_retried_and_delivered(
         wait_for(answered_twice, 30, what="the late answer and a successful retry of the batch")
         records = svc.log_events()
         assert svc.stop() == 0
-    retried = [r for r in records if r.get("event") == "webhook batch not delivered, retrying"]
+    retried = [r for r in records if r.get("event") == "webhook_batch_not_delivered_retrying"]
     assert retried and "timeout_s=1" in retried[0]["reason"]
     requests = receiver.snapshot()
     first = requests[0]

@@ -269,7 +269,7 @@ def test_torn_last_line_is_cut_without_token(tmp_path: Path) -> None:
     with capture_logs() as logs:
         sink = make_sink(tmp_path)
         sink.open(None)
-    assert any(log["event"] == "file sink cut a torn last line" for log in logs)
+    assert any(log["event"] == "file_sink_cut_torn_line" for log in logs)
     sink.write_schema(ORDERS_V2)
     sink.write([event(2)])
     sink.flush()
@@ -298,7 +298,7 @@ def test_token_naming_a_missing_file_warns_and_cuts_torn_line(tmp_path: Path) ->
         sink = make_sink(tmp_path)
         sink.open("events-000007.jsonl:123")
     sink.close()
-    assert any(log["log_level"] == "warning" and "missing file" in log["event"] for log in logs), (
+    assert any(log["log_level"] == "warning" and "missing file" in log["message"] for log in logs), (
         logs
     )
     assert ids(tmp_path) == ["pg:0/16B37C8:0"]
