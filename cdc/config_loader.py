@@ -507,7 +507,6 @@ class _Checker:
         self.plugin_types: dict[str, str] = {}
         self.sink_formats: dict[str, tuple[str, dict[str, Any]]] = {}
         #: the sink plugin class by pipeline sink path (for its formats and refused transforms)
-        self.sink_plugins: dict[str, Any] = {}
         self.pipeline_count = 0
         self._hints: dict[type[Any], dict[str, Any]] = {}
         self._plugins: dict[str, list[str]] = {}
@@ -895,7 +894,6 @@ class _Checker:
         skip = frozenset({"type"})
         if kind == "sink":  # keys every sink takes (`format`, `debezium`), not the plugin's own
             skip = frozenset({"type", "format", "debezium"})
-            self.sink_plugins[path] = plugin
             if not self._sink_format(node, path, plugin, name):
                 self._section(config_cls, node, path, key_line, skip=skip)
                 return _BAD
@@ -1261,7 +1259,6 @@ class _Checker:
                     )
                 else:
                     names[name.value] = base
-            self._sink_fits(base)
             tables = self.values.get(f"{base}.source.tables")
             exclude = self.values.get(f"{base}.columns.exclude")
             if (
@@ -1292,26 +1289,6 @@ class _Checker:
                     self.lines.get("api.listen"),
                     "listening on a non-loopback address needs api.token",
                 )
-
-    def _sink_fits(self, base: str) -> None:
-        """A sink's ``refused_transforms`` (e.g. a read-model sink takes no unwrap); its
-        ``formats`` are checked with the ``format`` key (:meth:`_sink_format`)."""
-        plugin = self.sink_plugins.get(f"{base}.sink")
-        if plugin is None:
-            return
-        sink_type = self.plugin_types.get(f"{base}.sink", "?")
-        refused = tuple(getattr(plugin, "refused_transforms", ()))
-        transforms = self.values.get(f"{base}.transforms")
-        if refused and transforms is not None and isinstance(transforms.value, list):
-            for i, item in enumerate(transforms.value):
-                name = next(iter(item), None) if isinstance(item, dict) else None
-                if name in refused:
-                    path = f"{base}.transforms"
-                    self.problem(
-                        path,
-                        self.lines.get(path),
-                        f"item {i}: the {name} transform does not apply to the {sink_type} sink",
-                    )
 
     def _check_transforms(self, base: str) -> None:
         """The transforms list in depth (CEL compiled and type-checked, masks, route against

@@ -221,8 +221,8 @@ def check(
                     (base, f"the {sink_type} sink does not take per-event destinations, so "
                      "route cannot apply (route works with: kafka, redis, rabbitmq)")
                 )
-            if name in ("unwrap", "outbox") and sink_type == "postgres":
-                problems.append((base, f"{name} does not apply to the postgres sink"))
+            if name in getattr(sink_cls, "refused_transforms", ()):
+                problems.append((base, f"{name} does not apply to the {sink_type} sink"))
             continue
         try:
             from cdc import registry
