@@ -309,6 +309,56 @@ def test_check_mysql_lists_settings_and_grants_together(
         mariadb.execute(f"DROP USER '{user}'@'%'")
 
 
+def _masked(pipeline: dict[str, Any], columns: dict[str, dict[str, str]]) -> dict[str, Any]:
+    pipeline["transforms"] = [{"mask": {"key": "k3y", "columns": columns}}]
+    return pipeline
+
+
+@PG15
+def test_check_names_mask_columns_that_do_not_exist_postgres(
+    pgdb: str, tmp_path: Path, free_port: int
+) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, email text, ssn text)")
+    bad = _masked(pg_pipeline("bad", pgdb, ["public.t"], tmp_path / "o1"),
+                  {"public.t": {"email": "hash", "emial": "hash", "SSN": "redact"}})
+    bad["columns"] = {"exclude": {"public.t": ["nope"]}}
+    good = _masked(pg_pipeline("good", pgdb, ["public.t"], tmp_path / "o2"),
+                   {"public.t": {"email": "hash", "ssn": "redact"}})
+    cfg = write_config(tmp_path, [bad, good], api_port=free_port)
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 1, proc
+    bad_part, good_part = proc.stdout.split("\ngood:")
+    assert "transforms[0].mask.columns names columns that public.t does not have: SSN, emial" in bad_part, proc.stdout
+    assert "columns.exclude names columns that public.t does not have: nope" in bad_part, proc.stdout
+    assert good_part.split("\n")[0].strip() == "ok", proc.stdout
+    assert "k3y" not in proc.stdout + proc.stderr
+
+
+def test_check_names_mask_columns_that_do_not_exist_mariadb(
+    mariadb: Any, mydb: Any, tmp_path: Path, free_port: int
+) -> None:
+    mydb.execute("CREATE TABLE t (id INT PRIMARY KEY, email TEXT)")
+
+    def pipeline(name: str, masks: dict[str, str], exclude: list[str]) -> dict[str, Any]:
+        return _masked({
+            "name": name,
+            "source": {"type": "mysql", "dsn": mydb.dsn(), "tables": [mydb.table("t")]},
+            "snapshot": {"mode": "never"},
+            "columns": {"exclude": {mydb.table("t"): exclude}},
+            "sink": {"type": "file", "path": str(tmp_path / name)},
+        }, {mydb.table("t"): masks})
+
+    cfg = write_config(tmp_path, [pipeline("bad", {"email": "hash", "phone": "redact"}, ["fax"]),
+                                  pipeline("good", {"email": "hash"}, [])], api_port=free_port)
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 1, proc
+    bad_part, good_part = proc.stdout.split("\ngood:")
+    table = mydb.table("t")
+    assert f"transforms[0].mask.columns names columns that {table} does not have: phone" in bad_part, proc.stdout
+    assert f"columns.exclude names columns that {table} does not have: fax" in bad_part, proc.stdout
+    assert good_part.split("\n")[0].strip() == "ok", proc.stdout
+
+
 # -- snapshots: list, cancel, progress ----------------------------------------------------------
 
 
