@@ -509,12 +509,79 @@ def test_tail_follows_the_file_sink_across_rotation_from_the_end(pgdb: str, tmp_
             for proc in tails.values():
                 if proc.poll() is None:
                     proc.kill()
-    # a sink that cannot be followed says what can
-    p2 = pg_pipeline("w", pgdb, ["public.t"], out)
-    p2["sink"] = {"type": "webhook", "url": "http://127.0.0.1:9/hook"}
-    cfg2 = write_config(tmp_path / "w", [p2], api_port=free_port) if (tmp_path / "w").mkdir() is None else cfg
-    proc = run_cli("tail", str(cfg2), "w")
-    assert proc.returncode == 1 and "`type: file`" in proc.stderr and "webhook" in proc.stderr, proc
+
+
+@PG15
+def test_tail_follows_a_webhook_sink_through_the_service(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    """Sinks cdc cannot read back are followed through the running service's event feed: from
+    the end, in order, as the sink got them (masked), filtered by --table; with the API token."""
+    from tests.webhook_harness import Receiver
+
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, email text)", "CREATE TABLE u (id int PRIMARY KEY)",
+            "INSERT INTO t VALUES (-1, 'before@the.tail')")
+    receiver = Receiver()
+    try:
+        p = pg_pipeline("w", pgdb, ["public.t", "public.u"], tmp_path / "unused")
+        p["sink"] = {"type": "webhook", "url": receiver.url, "batch_max": 7}
+        p["transforms"] = [{"mask": {"key": "k", "columns": {"public.t": {"email": "hash"}}}}]
+        cfg = write_config(tmp_path, [p], api_port=free_port, extra={"api": {"token": "s3cret-token"}})
+        # no service: a clear error
+        proc = run_cli("tail", str(cfg), "w")
+        assert proc.returncode == 1, proc
+        assert "no cdc service answers" in proc.stderr and f"cdc run {cfg}" in proc.stderr, proc.stderr
+        with CdcService(cfg) as svc:
+            svc.wait_state("w", "running")
+            execute(pgdb, "INSERT INTO t VALUES (-2, 'also@before.tail')")
+            wait_for(lambda: len(receiver.events()) >= 1, what="the event before the tails")
+            tails = {
+                fmt: subprocess.Popen([sys.executable, "-m", "cdc", "tail", str(cfg), "w", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cdc_env())
+                for fmt, args in (("short", ["--table", "public.t"]), ("json", ["--format", "json"]))
+            }
+            try:
+                for proc in tails.values():
+                    _Lines(proc).until("following pipeline w's events from now on, through the service")
+                for i in range(30):
+                    execute(pgdb, f"INSERT INTO t VALUES ({i}, 'user{i}@example.com')",
+                            f"INSERT INTO u VALUES ({i})")
+                short = _Stdout(tails["short"]).wait_lines(30)
+                assert short[:30] == [f'c public.t {{"id":{i}}}' for i in range(30)], short[:5]
+                whole = _Stdout(tails["json"]).wait_lines(60)
+                docs = [orjson.loads(line) for line in whole[:60]]
+                assert [(d["source"]["table"], d["key"]["id"]) for d in docs] == [
+                    (t, i) for i in range(30) for t in ("t", "u")
+                ]
+                # what the sink got, masked, and the same events
+                wait_for(lambda: len(receiver.events()) >= 61, what="the webhook's events")
+                got = {e["id"]: e for e in receiver.events()}
+                for d in docs:
+                    assert d == got[d["id"]]
+                emails = [d["after"]["email"] for d in docs if d["source"]["table"] == "t"]
+                assert all(len(e) == 64 and "@" not in e for e in emails), emails[:3]
+                for proc in tails.values():
+                    proc.send_signal(signal.SIGINT)
+                    assert proc.wait(20) == 0
+            finally:
+                for proc in tails.values():
+                    if proc.poll() is None:
+                        proc.kill()
+            # the endpoint: the token rules of /pipelines, unknown fields refused
+            conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=10)
+            conn.request("GET", "/pipelines/w/events")
+            assert conn.getresponse().status == 401
+            conn.close()
+            auth = {"Authorization": "Bearer s3cret-token"}
+            for path, status in (("/pipelines/w/events?after=0&wait=0&tabel=x", 400),
+                                 ("/pipelines/nope/events", 404), ("/pipelines/w/events", 200)):
+                conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=10)
+                conn.request("GET", path, headers=auth)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                assert resp.status == status, (path, body)
+            assert orjson.loads(body)["seq"] >= 60
+    finally:
+        receiver.close()
 
 
 # -- status, lag, starting twice, small things ----------------------------------------------------
