@@ -876,3 +876,150 @@ def test_check_kafka_sink_reachability_and_schema_topic(tmp_path: Path, free_por
     k_part, down_part = proc.stdout.split("\ndown:")
     assert f"schema topic {topic} has cleanup.policy=delete" in k_part and "cleanup.policy=compact" in k_part, proc.stdout
     assert "sink [sink_unavailable]" in down_part and "cluster metadata" in down_part, proc.stdout
+
+
+# -- cdc check: the NATS, Redis and RabbitMQ sinks ------------------------------------------------
+
+
+def _sink_check(pgdb: str, tmp_path: Path, free_port: int, sinks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`cdc check` of one healthy PostgreSQL pipeline per sink: each healthy one alone exits
+    0; the whole file exits 1 when one is not. The output of each pipeline, by name."""
+    execute(pgdb, "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+    pipelines = []
+    for name, sink in sinks.items():
+        p = pg_pipeline(name, pgdb, ["public.t"], tmp_path / name)
+        p["sink"] = sink
+        pipelines.append(p)
+    cfg = write_config(tmp_path, pipelines, api_port=free_port)
+    for name in sinks:
+        if name.startswith("good"):
+            proc = run_cli("check", str(cfg), name, timeout=120)
+            assert proc.returncode == 0 and proc.stdout.strip() == f"{name}: ok", proc
+    proc = run_cli("check", str(cfg), timeout=180)
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+    parts = {}
+    for chunk in ("\n" + proc.stdout).split("\n"):
+        if chunk and not chunk.startswith(" ") and ":" in chunk and chunk.split(":")[0] in sinks:
+            current = chunk.split(":")[0]
+            parts[current] = chunk
+        elif chunk.startswith(" ") and parts:
+            parts[current] += "\n" + chunk
+    return parts
+
+
+@PG15
+def test_check_nats_sink_login_reachability_and_stream(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    import asyncio
+
+    from cdc_local.postgres import free_port as another_port
+    from tests.nats_harness import LocalNats
+
+    server = LocalNats(tmp_path / "nats", user="cdc", password="s3cret-pw").start()
+    try:
+        async def other_stream() -> None:
+            nc = await server.connect()
+            try:
+                await nc.jetstream().add_stream(name="OTHER", subjects=["other.>"])
+            finally:
+                await nc.close()
+
+        asyncio.run(other_stream())
+        base = {"type": "nats", "url": server.url, "user": "cdc", "password": "s3cret-pw"}
+        parts = _sink_check(pgdb, tmp_path, free_port, {
+            "good": base,
+            "good_existing": {**base, "stream": "OTHER", "subject": "other.{table}",
+                              "schema_subject": "other.schemas", "create_stream": False},
+            "badpw": {**base, "password": "wrong-pw"},
+            "nostream": {**base, "stream": "NOPE", "create_stream": False},
+            "uncovered": {**base, "stream": "OTHER", "create_stream": False},
+            "down": {**base, "url": f"nats://127.0.0.1:{another_port()}"},
+        })
+        assert parts["good"] == "good: ok" and parts["good_existing"] == "good_existing: ok", parts
+        assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+        assert "wrong-pw" not in "".join(parts.values())
+        assert "the stream NOPE does not exist and create_stream is false" in parts["nostream"], parts
+        assert "nats stream add NOPE" in parts["nostream"]
+        assert "the stream OTHER does not cover the subject(s) cdc.uncovered.*.*" in parts["uncovered"], parts
+        assert "[sink_unavailable]" in parts["down"] and "cannot reach" in parts["down"], parts
+        # nothing was created
+        async def streams() -> list[str]:
+            nc = await server.connect()
+            try:
+                return [s.config.name for s in await nc.jetstream().streams_info()]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(streams()) == ["OTHER"]
+    finally:
+        server.stop()
+
+
+@PG15
+def test_check_redis_sink_login_acl_types_and_reachability(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    from cdc_local.postgres import free_port as another_port
+    from tests.redis_harness import LocalRedis
+
+    server = LocalRedis(tmp_path / "redis", requirepass="s3cret-pw")
+    server.start()
+    try:
+        client = server.client()
+        client.execute_command("ACL", "SETUSER", "limited", "on", ">lim-pw", "~*", "+@all", "-xadd", "-rpush")
+        client.set("cdc:wrongtype:offsets", "a string")
+        url = f"redis://127.0.0.1:{server.port}/0"
+        parts = _sink_check(pgdb, tmp_path, free_port, {
+            "good": {"type": "redis", "url": f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"},
+            "badpw": {"type": "redis", "url": f"redis://:wrong-pw@127.0.0.1:{server.port}/0"},
+            "limited": {"type": "redis", "url": url.replace("//", "//limited:lim-pw@")},
+            "wrongtype": {"type": "redis", "url": f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"},
+            "down": {"type": "redis", "url": f"redis://127.0.0.1:{another_port()}/0"},
+        })
+        assert parts["good"] == "good: ok", parts
+        assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+        assert "wrong-pw" not in "".join(parts.values())
+        assert "may not run XADD cdc:limited:public.t, RPUSH cdc:limited:since_flush" in parts["limited"], parts
+        assert "ACL SETUSER" in parts["limited"]
+        assert "the key cdc:wrongtype:offsets holds a string, where the sink keeps a hash" in parts["wrongtype"], parts
+        assert "[sink_unavailable]" in parts["down"] and "cannot reach" in parts["down"], parts
+        # nothing was written: only the test's own key
+        assert sorted(k.decode() for k in client.keys("*")) == ["cdc:wrongtype:offsets"]
+    finally:
+        server.stop()
+
+
+@PG15
+def test_check_rabbitmq_sink_login_vhost_and_exchange_type(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    import asyncio
+
+    from cdc_local.postgres import free_port as another_port
+    from tests.rabbitmq_harness import _with_channel, exchange_exists, shared_node
+
+    node = shared_node()
+    taken = f"direct{uuid.uuid4().hex[:8]}"
+
+    async def declare_direct(ch: Any) -> None:
+        await ch.exchange_declare(taken, exchange_type="direct", durable=True)
+
+    asyncio.run(_with_channel(node.url(), declare_direct))
+    fresh = f"fresh{uuid.uuid4().hex[:8]}"
+    existing = f"topic{uuid.uuid4().hex[:8]}"
+
+    async def declare_topic(ch: Any) -> None:
+        await ch.exchange_declare(existing, exchange_type="topic", durable=True)
+
+    asyncio.run(_with_channel(node.url(), declare_topic))
+    parts = _sink_check(pgdb, tmp_path, free_port, {
+        "good": {"type": "rabbitmq", "url": node.url(), "exchange": fresh},
+        "good_existing": {"type": "rabbitmq", "url": node.url(), "exchange": existing},
+        "badpw": {"type": "rabbitmq", "url": node.url(password="wrong-pw"), "exchange": fresh},
+        "novhost": {"type": "rabbitmq", "url": node.url("nope"), "exchange": fresh},
+        "direct": {"type": "rabbitmq", "url": node.url(), "exchange": taken},
+        "down": {"type": "rabbitmq", "url": f"amqp://cdc:x@127.0.0.1:{another_port()}/", "exchange": fresh},
+    })
+    assert parts["good"] == "good: ok" and parts["good_existing"] == "good_existing: ok", parts
+    assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+    assert "wrong-pw" not in "".join(parts.values())
+    assert "refused virtual host 'nope'" in parts["novhost"], parts
+    assert f"exchange {taken!r} exists with other settings" in parts["direct"], parts
+    assert "[sink_unavailable]" in parts["down"], parts
+    assert not exchange_exists(node.url(), fresh), "cdc check declared the exchange"
