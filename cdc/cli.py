@@ -907,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="connect and list every problem of the pipelines, each with its fix",
         description="Connect to each pipeline's source and sink and list EVERY problem at once "
         "(reachability, authentication, server settings, privileges, replica identity, "
-        "publication, slot, sink permissions), each with the statement or setting that fixes "
+        "publication, slot, columns named by columns.exclude or a mask that do not exist, sink "
+        "reachability and permissions), each with the statement or setting that fixes "
         "it. Changes nothing.",
         epilog="exit codes: 0 all well, 1 problems found, 2 invalid file or unknown pipeline. "
         "example: cdc check shop.yaml",
