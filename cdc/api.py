@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qs
 
 import orjson
 
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from cdc.service import Service
 
 _SNAPSHOTS = re.compile(r"^/pipelines/([^/]+)/snapshots(?:/([^/]+))?/?$")
+_EVENTS = re.compile(r"^/pipelines/([^/]+)/events/?$")
 
 
 class _Server(ThreadingHTTPServer):
@@ -144,6 +146,11 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                 if self._guard():
                     self._json(200, {"pipelines": service.pipelines_status()})
                 return
+            m = _EVENTS.match(path)
+            if m and method == "GET":
+                if self._guard():
+                    self._events(m.group(1))
+                return
             m = _SNAPSHOTS.match(path)
             if m:
                 if not self._guard():
@@ -178,6 +185,28 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                     self._json(200, p.status.as_dict())
                 return
             self._error(404 if method in ("GET", "POST", "DELETE") else 405, f"no such endpoint: {method} {path}")
+
+        def _events(self, name: str) -> None:
+            """``GET /pipelines/{name}/events?after=SEQ&wait=S``: the pipeline's acknowledged
+            events after SEQ (none: start at the end), long-polled (see :mod:`cdc.feed`)."""
+            query = parse_qs(self.path.partition("?")[2], keep_blank_values=True)
+            unknown = sorted(set(query) - {"after", "wait"})
+            if unknown:
+                self._error(400, f"unknown query field(s): {', '.join(unknown)} (known: after, wait)")
+                return
+            try:
+                after = int(query["after"][-1]) if "after" in query else None
+                wait = float(query["wait"][-1]) if "wait" in query else 0.0
+            except ValueError:
+                wait = -1.0
+            if not wait >= 0.0:  # also NaN
+                self._error(400, "after must be an integer and wait a number of seconds")
+                return
+            p = service.pipeline(name)
+            if p is None:
+                self._error(404, f"no pipeline named {name!r} in this service")
+                return
+            self._send(200, p.feed.poll(after, wait))
 
         def do_GET(self) -> None:  # noqa: N802
             self._safely(lambda: self._route("GET"))

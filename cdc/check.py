@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from cdc import registry
+from cdc import names, registry
 from cdc.config import PipelineConfig, ServiceConfig
 from cdc.errors import CDCError
 from cdc.log import get_logger, redact
@@ -55,6 +55,39 @@ def _state_findings(config: ServiceConfig) -> list[Finding]:
         return [Finding("state", "config", f"state.path {config.state.path}: this user cannot "
                         f"write in {folder}; give it write permission")]
     return []
+
+
+def named_columns(p: PipelineConfig) -> dict[str, list[tuple[str, list[str]]]]:
+    """The columns the pipeline file names per table, with the setting naming them:
+    ``columns.exclude`` and each ``mask`` transform's ``columns``. A source's :meth:`check`
+    compares them with the table's real columns (see :func:`unknown_columns`)."""
+    named: dict[str, list[tuple[str, list[str]]]] = {}
+    for table, cols in p.columns.exclude.items():
+        named.setdefault(names.normalize(table), []).append(("columns.exclude", list(cols)))
+    for i, item in enumerate(p.transforms or []):
+        settings = item.get("mask") if isinstance(item, dict) else None
+        columns = settings.get("columns") if isinstance(settings, dict) else None
+        if not isinstance(columns, dict):
+            continue
+        for table, cols in columns.items():
+            if isinstance(cols, dict):
+                named.setdefault(names.normalize(str(table)), []).append(
+                    (f"transforms[{i}].mask.columns", [str(c) for c in cols]))
+    return named
+
+
+def unknown_columns(p: PipelineConfig, table: str, have: set[str] | frozenset[str]) -> list[str]:
+    """One message per setting of ``p`` that names columns ``table`` does not have (its real
+    columns are ``have``), each naming the fix."""
+    messages = []
+    for where, cols in named_columns(p).get(table, []):
+        missing = sorted(set(cols) - set(have))
+        if missing:
+            messages.append(
+                f"{where} names columns that {table} does not have: {', '.join(missing)} "
+                "(names are exact and case-sensitive); fix or remove them"
+            )
+    return messages
 
 
 def _open_store(config: ServiceConfig) -> CheckpointStore:

@@ -560,9 +560,63 @@ def _short_line(line: bytes) -> tuple[str, str]:
     return table, f"{doc.get('op')} {table} {key_text}"
 
 
+def _follow_service(cfg: ServiceConfig, config_path: str, pipeline: str, sink_type: str,
+                    table: str | None, fmt: str) -> int:
+    """``cdc tail`` of a sink cdc cannot read back: long-poll the running service's
+    ``GET /pipelines/{name}/events`` (see cdc/feed.py) from the end, until Ctrl-C."""
+    path = f"/pipelines/{pipeline}/events"
+    try:
+        status, doc = api_call(cfg, "GET", path)
+    except NoService as exc:
+        _err(f"cdc tail: pipeline {pipeline} writes to a {sink_type} sink, which cdc tail follows "
+             f"through the running service, but {exc}: start it with `cdc run {config_path}` "
+             "(a file sink is followed without the service)")
+        return EXIT_FAILED
+    if status != 200 or not isinstance(doc, dict):
+        error = doc.get("error") if isinstance(doc, dict) else doc
+        _err(f"cdc tail: the service at {cfg.api.listen} answered {status}: {error}")
+        return EXIT_FAILED
+    seq = int(doc["seq"])
+    _err(f"cdc tail: following pipeline {pipeline}'s events from now on, through the service at "
+         f"{cfg.api.listen} (Ctrl-C to stop)")
+    out = sys.stdout.buffer
+    lost = False
+    while True:
+        try:
+            status, doc = api_call(cfg, "GET", f"{path}?after={seq}&wait=10", timeout=25)
+        except NoService as exc:
+            if not lost:
+                _err(f"cdc tail: {exc}; waiting for it to come back (Ctrl-C to stop)")
+                lost = True
+            time.sleep(1)
+            continue
+        if lost:
+            _err("cdc tail: the service answers again; events delivered meanwhile are not shown")
+            lost = False
+        if status != 200 or not isinstance(doc, dict):
+            error = doc.get("error") if isinstance(doc, dict) else doc
+            _err(f"cdc tail: the service at {cfg.api.listen} answered {status}: {error}")
+            return EXIT_FAILED
+        if doc.get("missed"):
+            _err(f"cdc tail: {doc['missed']} event(s) went by faster than this tail read them")
+        for item in doc["events"]:
+            if table is not None and item["table"] != table:
+                continue
+            if fmt == "short":
+                key = item["key"]
+                key_text = orjson.dumps(key).decode() if key is not None else "-"
+                line = f"{item['op']} {item['table']} {key_text}".encode()
+            else:
+                line = orjson.dumps(item["event"])
+            out.write(line + b"\n")
+            out.flush()
+        seq = int(doc["seq"])
+
+
 def cmd_tail(args: argparse.Namespace) -> int:
-    """Follow a pipeline's events as its sink makes them durable, from the end (``tail -f``);
-    Ctrl-C ends it with 0."""
+    """Follow a pipeline's events as its sink makes them durable, from the end (``tail -f``):
+    the file sink's folder directly, other sinks through the running service; Ctrl-C ends it
+    with 0."""
     cfg = _load(args.config)
     p = cfg.pipeline(args.pipeline)
     if p is None:
@@ -579,7 +633,10 @@ def cmd_tail(args: argparse.Namespace) -> int:
     try:
         sink = registry.load("sink", p.sink_type)(p.sink, PluginContext(
             p, store, get_logger(pipeline=p.name), cfg.config_dir, config_file=cfg.file))
-        lines = sink.follow(stop, from_end=True)
+        try:
+            lines = sink.follow(stop, from_end=True)
+        except NotAvailableYet:  # a sink cdc cannot read back: through the service
+            return _follow_service(cfg, args.config, p.name, p.sink_type, table, args.format)
         _err(f"cdc tail: following pipeline {p.name}'s events from now on (Ctrl-C to stop)")
         out = sys.stdout.buffer
         for line in lines:
@@ -591,11 +648,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
                     continue
                 out.write((short.encode() if args.format == "short" else line) + b"\n")
             out.flush()
-    except NotAvailableYet:
-        _err(f"cdc tail follows pipelines whose sink is `type: file` (its folder, across "
-             f"rotation); pipeline {p.name} writes to a {p.sink_type} sink: read it with that "
-             "system's own consumer")
-        return EXIT_FAILED
     except KeyboardInterrupt:
         return EXIT_OK  # the normal end of following
     except BrokenPipeError:  # `cdc tail ... | head`: the reader has enough
@@ -836,10 +888,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "tail", help="follow a pipeline's events as they land",
         description="Follow PIPELINE's events as its sink makes them durable, starting at the "
-        "end like `tail -f`. Works for the file sink (its folder, across rotation and "
-        "restarts). `short` prints one `OP SCHEMA.TABLE KEY-JSON` line per event; `json` the "
-        "event as the sink wrote it (for jq).",
-        epilog="exit codes: 0 on Ctrl-C, 1 the sink cannot be followed, 2 unknown pipeline. "
+        "end like `tail -f`. A file sink is read from its folder (across rotation and "
+        "restarts); other sinks through the running service (its admin API at api.listen), "
+        "which shows each event as the sink got it, after the transforms. `short` prints one "
+        "`OP SCHEMA.TABLE KEY-JSON` line per event; `json` the whole event (for jq).",
+        epilog="exit codes: 0 on Ctrl-C, 1 no service answers (sinks other than file), 2 "
+        "unknown pipeline. "
         "example: cdc tail shop.yaml shop --table public.orders",
     )
     p.add_argument("config", help="the pipeline file")
@@ -853,7 +907,8 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="connect and list every problem of the pipelines, each with its fix",
         description="Connect to each pipeline's source and sink and list EVERY problem at once "
         "(reachability, authentication, server settings, privileges, replica identity, "
-        "publication, slot, sink permissions), each with the statement or setting that fixes "
+        "publication, slot, columns named by columns.exclude or a mask that do not exist, sink "
+        "reachability and permissions), each with the statement or setting that fixes "
         "it. Changes nothing.",
         epilog="exit codes: 0 all well, 1 problems found, 2 invalid file or unknown pipeline. "
         "example: cdc check shop.yaml",

@@ -47,6 +47,7 @@ from cdc.errors import (
     RetriableError,
 )
 from cdc.events import ChangeEvent
+from cdc.feed import EventFeed
 from cdc.lease import PipelineLease
 from cdc.log import get_logger, redact
 from cdc.plugin import PluginContext, Sink, Source
@@ -156,6 +157,7 @@ class _Housekeeping:
             status.events_per_s = (status.events_total - self.rate_n) / dt
         self.rate_t, self.rate_n = now, status.events_total
         self.driver.notify()
+        self.pipeline.feed.expire()
 
 
 class State(StrEnum):
@@ -354,6 +356,8 @@ class Pipeline:
         self.lease = lease
         if lease is not None:
             self.status.state = State.STANDBY
+        #: the acknowledged events, for `cdc tail` through the API (idle unless followed)
+        self.feed = EventFeed()
 
     # -- control ----------------------------------------------------------------------------
 
@@ -500,6 +504,7 @@ class Pipeline:
         return cls, (self.config.source if kind == "source" else self.config.sink)
 
     def _run_once(self) -> str | None:
+        self.feed.discard()  # what an earlier attempt held was never acknowledged
         if self._registry is None:
             self._chain = transforms.build(self.config.transforms, self.name)
             masks = self._chain.masks if self._chain is not None else None
@@ -812,6 +817,8 @@ class Pipeline:
             sink.write(events)
         else:
             self._write_or_set_aside(sink, events)
+        if self.feed.attached:
+            self.feed.hold(events)
         self.status.events_total += len(events)
         if self._on_events is not None:
             counts: Counter[tuple[str, str]] = Counter()
@@ -878,6 +885,8 @@ class Pipeline:
         assert dead is not None
         dead.put(exc.event, exc.message, self.config.sink_type)
         self.status.dead_letters = self._dead_before + dead.count
+        if self.feed.attached:
+            self.feed.set_aside(exc.event)
 
     def _flush(self, sink: Sink) -> str | None:
         """``sink.flush()``, then the dead-letter sink's: both durable before a checkpoint."""
@@ -891,6 +900,8 @@ class Pipeline:
                 self._set_aside(exc)
         if self._dead is not None:
             self._dead.flush()
+        if self.feed.held:
+            self.feed.publish()  # durable: `cdc tail` may show them
         return token
 
     def _dead_letter_sink(self, ctx: PluginContext) -> DeadLetters | None:

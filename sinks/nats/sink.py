@@ -352,14 +352,7 @@ class NatsSink(Sink):
             raise _Failed(f"JetStream is unavailable: {exc}") from exc
         if info is None:
             if not self.config.create_stream:
-                raise FatalSinkError(
-                    f"nats sink: the stream {name} does not exist and create_stream is false. "
-                    f"Create it covering the subjects {' and '.join(wanted)} (e.g. `nats stream "
-                    f"add {name} --subjects '{self.event_filter}' --subjects "
-                    f"'{self.schema_subject}' --storage file --dupe-window 2m`), or set "
-                    "create_stream: true",
-                    pipeline=self.ctx.name,
-                )
+                raise self._no_stream_error()
             try:
                 await js.add_stream(
                     name=name,
@@ -384,12 +377,7 @@ class NatsSink(Sink):
         missing = [w for w in wanted if not any(covers(s, w) for s in subjects)]
         if missing:
             if not self.config.create_stream:
-                raise FatalSinkError(
-                    f"nats sink: the stream {name} does not cover the subject(s) "
-                    f"{', '.join(missing)} (it has {', '.join(subjects) or 'none'}) and "
-                    "create_stream is false: add them to the stream, or set create_stream: true",
-                    pipeline=self.ctx.name,
-                )
+                raise self._uncovered_error(missing, subjects)
             config = info.config
             config.subjects = subjects + missing
             try:
@@ -416,6 +404,85 @@ class NatsSink(Sink):
                 stream=name,
                 other_subjects=others[:10],
             )
+
+    def _no_stream_error(self) -> FatalError:
+        name = self.config.stream
+        return FatalSinkError(
+            f"nats sink: the stream {name} does not exist and create_stream is false. "
+            f"Create it covering the subjects {self.event_filter} and {self.schema_subject} (e.g. "
+            f"`nats stream add {name} --subjects '{self.event_filter}' --subjects "
+            f"'{self.schema_subject}' --storage file --dupe-window 2m`), or set "
+            "create_stream: true",
+            pipeline=self.ctx.name,
+            kind=Kind.SINK_CONFIG,
+        )
+
+    def _uncovered_error(self, missing: list[str], subjects: list[str]) -> FatalError:
+        return FatalSinkError(
+            f"nats sink: the stream {self.config.stream} does not cover the subject(s) "
+            f"{', '.join(missing)} (it has {', '.join(subjects) or 'none'}) and "
+            "create_stream is false: add them to the stream (`nats stream edit "
+            f"{self.config.stream} --subjects ...`), or set create_stream: true",
+            pipeline=self.ctx.name,
+            kind=Kind.SINK_CONFIG,
+        )
+
+    # ------------------------------------------------------------------ cdc check
+
+    def check(self) -> list[CDCError]:
+        """The server answers and takes the login, JetStream is enabled, and with
+        ``create_stream: false`` the stream exists and covers the subjects. Reads only: the
+        stream is looked up, never created or changed."""
+
+        async def look() -> list[CDCError]:
+            nats = _nats()
+            await self._connect()
+            try:
+                info = await self._js.stream_info(self.config.stream)
+            except nats.js.errors.NotFoundError:
+                return [] if self.config.create_stream else [self._no_stream_error()]
+            except (nats.errors.NoRespondersError, nats.js.errors.ServiceUnavailableError,
+                    nats.errors.TimeoutError) as exc:
+                return [FatalSinkError(
+                    f"nats sink: JetStream does not answer at {self._where} "
+                    f"({type(exc).__name__}): enable it (nats-server -js, or a `jetstream {{}}` "
+                    "block in its configuration) and give the account JetStream access",
+                    pipeline=self.ctx.name,
+                    kind=Kind.SINK_CONFIG,
+                )]
+            subjects = list(info.config.subjects or [])
+            wanted = [self.event_filter, self.schema_subject]
+            missing = [w for w in wanted if not any(covers(s, w) for s in subjects)]
+            if missing and not self.config.create_stream:
+                return [self._uncovered_error(missing, subjects)]
+            return []
+
+        try:
+            return self._run(look(), API_TIMEOUT_S + CONNECT_TIMEOUT_S * 4)
+        except CDCError as exc:
+            return [exc]
+        except _Failed as failed:
+            return [RetriableSinkError(
+                f"nats sink: cannot reach {self._where}: {failed.text}; check sink.url and "
+                "that nats-server runs and accepts connections from here",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_UNAVAILABLE,
+            )]
+        except TimeoutError:
+            return [RetriableSinkError(
+                f"nats sink: {self._where} did not answer in time; check sink.url",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_UNAVAILABLE,
+            )]
+        except Exception as exc:  # noqa: BLE001 - a client error: reported, not raised
+            return [RetriableSinkError(
+                f"nats sink: cannot check {self._where}: {type(exc).__name__}: "
+                f"{redact(str(exc))}",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_UNAVAILABLE,
+            )]
+        finally:
+            self.close()
 
     def _stream_refused(self, what: str, exc: Any) -> FatalError:
         return FatalSinkError(

@@ -365,9 +365,14 @@ class RabbitMQSink(Sink):
                 "sink.exchange at another name",
                 pipeline=self.ctx.name,
             )
-        if isinstance(exc, exc_mod.ConnectionClosed):
+        # aiormq reports a Connection.Open (whose one field is the virtual host) answered by
+        # Connection.Close as an unexpected frame, without the reply code: the vhost refused
+        refused_open = isinstance(exc, exc_mod.InvalidFrameError) and all(
+            word in str(exc) for word in ("Connection.OpenOk", "Connection.Close")
+        )
+        if isinstance(exc, exc_mod.ConnectionClosed) or refused_open:
             code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
-            if code in (_NOT_ALLOWED, _ACCESS_REFUSED, _NOT_FOUND):
+            if refused_open or code in (_NOT_ALLOWED, _ACCESS_REFUSED, _NOT_FOUND):
                 return FatalSinkError(
                     f"rabbitmq sink: the broker at {self._where} refused virtual host "
                     f"{self._vhost!r} ({_text(exc)}); create it or grant the user access",
@@ -424,6 +429,54 @@ class RabbitMQSink(Sink):
             ledger=self.ledger if known is not None else None,
             ledger_schemas=len(known or ()),
         )
+
+    # ------------------------------------------------------------------ cdc check
+
+    def check(self) -> list[CDCError]:
+        """The broker answers, takes the login and lets the user into the virtual host, and
+        the exchange, when it exists, is a durable topic exchange. Changes nothing: a passive
+        declare tells whether the exchange exists; only then is it declared as the sink
+        declares it, which for an existing exchange is a no-op when it matches and refused
+        (406) when its type or durability differ (AMQP's passive declare ignores the type).
+        A missing exchange is no problem: the sink declares it at start."""
+        try:
+            self._prepare_client()
+            self._start_loop()
+            problems: list[CDCError] = self._amqp(self._look(), CONNECT_TIMEOUT_S * 2 + 5)
+            return problems
+        except CDCError as exc:
+            return [exc]
+        finally:
+            self.close()
+
+    async def _look(self) -> list[CDCError]:
+        aiormq = _aiormq()
+        conn = aiormq.Connection(
+            self.config.url,
+            context=self._ssl,
+            client_properties={"connection_name": f"cdc check {self.ctx.name}"},
+        )
+        try:
+            async with asyncio.timeout(CONNECT_TIMEOUT_S * 2):
+                await conn.connect()
+                channel = await conn.channel()
+                try:
+                    await channel.exchange_declare(self.config.exchange, passive=True)
+                except aiormq.exceptions.ChannelNotFoundEntity:
+                    return []  # the sink declares it at start
+                try:
+                    await channel.exchange_declare(
+                        self.config.exchange, exchange_type="topic", durable=True
+                    )
+                except (aiormq.exceptions.ChannelPreconditionFailed,
+                        aiormq.exceptions.ChannelAccessRefused) as exc:
+                    return [self._classify(exc)]
+                return []
+        finally:
+            try:
+                await asyncio.wait_for(conn.close(), CLOSE_TIMEOUT_S)
+            except BaseException:  # noqa: BLE001 - closing only
+                pass
 
     def _prepare_client(self) -> None:
         aiormq = _aiormq()

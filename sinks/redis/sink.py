@@ -58,6 +58,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 import orjson
 
+from cdc import names
 from cdc.errors import (
     CDCError,
     FatalError,
@@ -481,6 +482,111 @@ class RedisSink(Sink):
             position=e.id,
             kind=Kind.EVENT_TOO_LARGE,
         )
+
+    # ------------------------------------------------------------------ cdc check
+
+    def check(self) -> list[CDCError]:
+        """The server answers and takes the login, the keys the sink uses hold nothing of
+        another type, and the user may run every command the sink sends on them: each is
+        queued inside a ``MULTI`` (Redis checks ACLs when it queues) that is then discarded and
+        the connection dropped, so nothing runs and nothing changes."""
+        tables = list(getattr(self.ctx.pipeline.source, "tables", None) or [])
+        streams = [
+            render_key(self.config.stream, pipeline=self.ctx.name, schema=schema, table=table)
+            for schema, table in map(names.split, tables)
+        ]
+        client = None
+        try:
+            client = self._connect()
+            client.ping()
+            return self._wrong_types(client, streams) + self._denied(client, streams)
+        except Exception as exc:  # noqa: BLE001 - classified: a problem to list
+            try:
+                verdict = self._classify(exc)
+            except Exception:  # noqa: BLE001 - not a Redis error
+                verdict = _Failed(f"{type(exc).__name__}: {redact(str(exc))}")
+            if isinstance(verdict, CDCError):
+                return [verdict]
+            return [RetriableSinkError(
+                f"redis sink: cannot reach {self._where}: {verdict.text}; check sink.url and "
+                "that the server runs and accepts connections from here",
+                pipeline=self.ctx.name,
+                kind=Kind.SINK_UNAVAILABLE,
+            )]
+        finally:
+            if client is not None:
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing only
+                    pass
+
+    def _wrong_types(self, client: Any, streams: list[str]) -> list[CDCError]:
+        wanted = {self.offsets_key: "hash", self.schemas_key: "hash", self.since_flush_key: "list"}
+        wanted.update(dict.fromkeys(streams, "stream"))
+        problems: list[CDCError] = []
+        for key, want in wanted.items():
+            raw = client.type(key)
+            have = raw.decode() if isinstance(raw, bytes) else str(raw)
+            if have not in (want, "none"):
+                problems.append(FatalSinkError(
+                    f"redis sink: the key {key} holds a {have}, where the sink keeps a {want}: "
+                    "delete it (DEL) if it is not needed, or point sink.stream elsewhere",
+                    pipeline=self.ctx.name,
+                    kind=Kind.SINK_CONFIG,
+                ))
+        return problems
+
+    def _denied(self, client: Any, streams: list[str]) -> list[CDCError]:
+        """The commands the sink sends that the user may not run (ACL), found by queueing
+        them in a transaction that is discarded."""
+        rd = _redis()
+        commands: list[tuple[str, ...]] = [
+            *(("XADD", key, "*", "id", "cdc-check") for key in streams),
+            ("HSET", self.offsets_key, "last_id", "x"),
+            ("HMGET", self.offsets_key, "count", "last_id"),
+            ("HSET", self.schemas_key, "x", "x"),
+            ("HGET", self.schemas_key, "x"),
+            ("HGETALL", self.schemas_key),
+            ("RPUSH", self.since_flush_key, "x"),
+            ("LRANGE", self.since_flush_key, "0", "-1"),
+            ("DEL", self.since_flush_key),
+            ("EXISTS", self.offsets_key),
+            ("TYPE", self.offsets_key),
+            ("INFO", "persistence"),
+        ]
+        denied: list[str] = []
+        conn = _get_connection(client.connection_pool)
+        try:
+            conn.send_command("MULTI")
+            try:
+                conn.read_response()
+            except rd.exceptions.NoPermissionError:
+                denied.append("MULTI")
+                commands = []  # without a transaction the commands would run: not sent
+            for args in commands:
+                conn.send_command(*args)
+                try:
+                    conn.read_response()
+                except rd.exceptions.NoPermissionError:
+                    denied.append(f"{args[0]} {args[1]}" if len(args) > 1 else args[0])
+                except rd.exceptions.ResponseError:
+                    pass  # refused for another reason: not a permission
+            if commands:
+                conn.send_command("DISCARD")
+                conn.read_response()
+        finally:
+            conn.disconnect()  # whatever happened, nothing queued can run
+            client.connection_pool.release(conn)
+        if not denied:
+            return []
+        return [FatalSinkError(
+            f"redis sink: the user may not run {', '.join(denied)} on {self._where}: grant "
+            f"the sink's commands on its keys (e.g. `ACL SETUSER <user> ~cdc:{self.ctx.name}:* "
+            "+xadd +hset +hget +hmget +hgetall +rpush +lrange +del +exists +type +multi +exec "
+            "+discard +info +ping`, plus the stream keys when sink.stream is not under cdc:)",
+            pipeline=self.ctx.name,
+            kind=Kind.SINK_AUTH,
+        )]
 
     def close(self) -> None:
         self._closing.set()

@@ -61,6 +61,7 @@ import threading
 from typing import Any
 
 from cdc import names
+from cdc.check import named_columns, unknown_columns
 from cdc.errors import (
     CDCError,
     FatalError,
@@ -629,6 +630,14 @@ class MySQLSource(Source):
                 catalog.check_grants(conn, facts, sorted(src.tables))
             except FatalError as exc:
                 problems.append(exc)
+            for table in sorted(set(named_columns(ctx.pipeline)) & set(src.tables)):
+                have = catalog.column_names(conn, *names.split(table))
+                if not have:  # missing or not visible: check_grants said so
+                    continue
+                problems += [
+                    FatalSourceError(message, kind=Kind.CONFIG, table=table)
+                    for message in unknown_columns(ctx.pipeline, table, have)
+                ]
         except pymysql.err.MySQLError as exc:
             problems.append(FatalSourceError(
                 f"the server refused a check query: {catalog.error_text(exc)}", kind=Kind.SOURCE_ERROR

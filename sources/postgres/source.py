@@ -38,6 +38,7 @@ from typing import Any
 import psycopg
 
 from cdc import names
+from cdc.check import named_columns, unknown_columns
 from cdc.errors import (
     CDCError,
     FatalError,
@@ -402,21 +403,16 @@ class PostgresSource(Source):
                             "max_wal_senders) in postgresql.conf, or drop unused slots",
                             kind=Kind.SOURCE_CONFIG,
                         ))
-                for table, columns in sorted(src.exclude.items()):
+                for table in sorted(named_columns(ctx.pipeline)):
                     if table not in found:
                         continue
                     have = {r[0] for r in conn.execute(
                         "SELECT attname FROM pg_attribute WHERE attrelid = %s AND attnum > 0 "
                         "AND NOT attisdropped", (found[table].oid,)).fetchall()}
-                    missing = sorted(set(columns) - have)
-                    if missing:
-                        problems.append(FatalSourceError(
-                            f"columns.exclude names columns that {table} does not have: "
-                            f"{', '.join(missing)} (names are exact and case-sensitive); fix or "
-                            "remove them",
-                            kind=Kind.CONFIG,
-                            table=table,
-                        ))
+                    problems += [
+                        FatalSourceError(message, kind=Kind.CONFIG, table=table)
+                        for message in unknown_columns(ctx.pipeline, table, have)
+                    ]
         except psycopg.Error as exc:
             problems.append(FatalSourceError(
                 f"PostgreSQL refused a check query: {str(exc).strip()}", kind=Kind.SOURCE_ERROR

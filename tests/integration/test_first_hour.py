@@ -309,6 +309,56 @@ def test_check_mysql_lists_settings_and_grants_together(
         mariadb.execute(f"DROP USER '{user}'@'%'")
 
 
+def _masked(pipeline: dict[str, Any], columns: dict[str, dict[str, str]]) -> dict[str, Any]:
+    pipeline["transforms"] = [{"mask": {"key": "k3y", "columns": columns}}]
+    return pipeline
+
+
+@PG15
+def test_check_names_mask_columns_that_do_not_exist_postgres(
+    pgdb: str, tmp_path: Path, free_port: int
+) -> None:
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, email text, ssn text)")
+    bad = _masked(pg_pipeline("bad", pgdb, ["public.t"], tmp_path / "o1"),
+                  {"public.t": {"email": "hash", "emial": "hash", "SSN": "redact"}})
+    bad["columns"] = {"exclude": {"public.t": ["nope"]}}
+    good = _masked(pg_pipeline("good", pgdb, ["public.t"], tmp_path / "o2"),
+                   {"public.t": {"email": "hash", "ssn": "redact"}})
+    cfg = write_config(tmp_path, [bad, good], api_port=free_port)
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 1, proc
+    bad_part, good_part = proc.stdout.split("\ngood:")
+    assert "transforms[0].mask.columns names columns that public.t does not have: SSN, emial" in bad_part, proc.stdout
+    assert "columns.exclude names columns that public.t does not have: nope" in bad_part, proc.stdout
+    assert good_part.split("\n")[0].strip() == "ok", proc.stdout
+    assert "k3y" not in proc.stdout + proc.stderr
+
+
+def test_check_names_mask_columns_that_do_not_exist_mariadb(
+    mariadb: Any, mydb: Any, tmp_path: Path, free_port: int
+) -> None:
+    mydb.execute("CREATE TABLE t (id INT PRIMARY KEY, email TEXT)")
+
+    def pipeline(name: str, masks: dict[str, str], exclude: list[str]) -> dict[str, Any]:
+        return _masked({
+            "name": name,
+            "source": {"type": "mysql", "dsn": mydb.dsn(), "tables": [mydb.table("t")]},
+            "snapshot": {"mode": "never"},
+            "columns": {"exclude": {mydb.table("t"): exclude}},
+            "sink": {"type": "file", "path": str(tmp_path / name)},
+        }, {mydb.table("t"): masks})
+
+    cfg = write_config(tmp_path, [pipeline("bad", {"email": "hash", "phone": "redact"}, ["fax"]),
+                                  pipeline("good", {"email": "hash"}, [])], api_port=free_port)
+    proc = run_cli("check", str(cfg))
+    assert proc.returncode == 1, proc
+    bad_part, good_part = proc.stdout.split("\ngood:")
+    table = mydb.table("t")
+    assert f"transforms[0].mask.columns names columns that {table} does not have: phone" in bad_part, proc.stdout
+    assert f"columns.exclude names columns that {table} does not have: fax" in bad_part, proc.stdout
+    assert good_part.split("\n")[0].strip() == "ok", proc.stdout
+
+
 # -- snapshots: list, cancel, progress ----------------------------------------------------------
 
 
@@ -459,12 +509,79 @@ def test_tail_follows_the_file_sink_across_rotation_from_the_end(pgdb: str, tmp_
             for proc in tails.values():
                 if proc.poll() is None:
                     proc.kill()
-    # a sink that cannot be followed says what can
-    p2 = pg_pipeline("w", pgdb, ["public.t"], out)
-    p2["sink"] = {"type": "webhook", "url": "http://127.0.0.1:9/hook"}
-    cfg2 = write_config(tmp_path / "w", [p2], api_port=free_port) if (tmp_path / "w").mkdir() is None else cfg
-    proc = run_cli("tail", str(cfg2), "w")
-    assert proc.returncode == 1 and "`type: file`" in proc.stderr and "webhook" in proc.stderr, proc
+
+
+@PG15
+def test_tail_follows_a_webhook_sink_through_the_service(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    """Sinks cdc cannot read back are followed through the running service's event feed: from
+    the end, in order, as the sink got them (masked), filtered by --table; with the API token."""
+    from tests.webhook_harness import Receiver
+
+    execute(pgdb, "CREATE TABLE t (id int PRIMARY KEY, email text)", "CREATE TABLE u (id int PRIMARY KEY)",
+            "INSERT INTO t VALUES (-1, 'before@the.tail')")
+    receiver = Receiver()
+    try:
+        p = pg_pipeline("w", pgdb, ["public.t", "public.u"], tmp_path / "unused")
+        p["sink"] = {"type": "webhook", "url": receiver.url, "batch_max": 7}
+        p["transforms"] = [{"mask": {"key": "k", "columns": {"public.t": {"email": "hash"}}}}]
+        cfg = write_config(tmp_path, [p], api_port=free_port, extra={"api": {"token": "s3cret-token"}})
+        # no service: a clear error
+        proc = run_cli("tail", str(cfg), "w")
+        assert proc.returncode == 1, proc
+        assert "no cdc service answers" in proc.stderr and f"cdc run {cfg}" in proc.stderr, proc.stderr
+        with CdcService(cfg) as svc:
+            svc.wait_state("w", "running")
+            execute(pgdb, "INSERT INTO t VALUES (-2, 'also@before.tail')")
+            wait_for(lambda: len(receiver.events()) >= 1, what="the event before the tails")
+            tails = {
+                fmt: subprocess.Popen([sys.executable, "-m", "cdc", "tail", str(cfg), "w", *args],
+                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=cdc_env())
+                for fmt, args in (("short", ["--table", "public.t"]), ("json", ["--format", "json"]))
+            }
+            try:
+                for proc in tails.values():
+                    _Lines(proc).until("following pipeline w's events from now on, through the service")
+                for i in range(30):
+                    execute(pgdb, f"INSERT INTO t VALUES ({i}, 'user{i}@example.com')",
+                            f"INSERT INTO u VALUES ({i})")
+                short = _Stdout(tails["short"]).wait_lines(30)
+                assert short[:30] == [f'c public.t {{"id":{i}}}' for i in range(30)], short[:5]
+                whole = _Stdout(tails["json"]).wait_lines(60)
+                docs = [orjson.loads(line) for line in whole[:60]]
+                assert [(d["source"]["table"], d["key"]["id"]) for d in docs] == [
+                    (t, i) for i in range(30) for t in ("t", "u")
+                ]
+                # what the sink got, masked, and the same events
+                wait_for(lambda: len(receiver.events()) >= 61, what="the webhook's events")
+                got = {e["id"]: e for e in receiver.events()}
+                for d in docs:
+                    assert d == got[d["id"]]
+                emails = [d["after"]["email"] for d in docs if d["source"]["table"] == "t"]
+                assert all(len(e) == 64 and "@" not in e for e in emails), emails[:3]
+                for proc in tails.values():
+                    proc.send_signal(signal.SIGINT)
+                    assert proc.wait(20) == 0
+            finally:
+                for proc in tails.values():
+                    if proc.poll() is None:
+                        proc.kill()
+            # the endpoint: the token rules of /pipelines, unknown fields refused
+            conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=10)
+            conn.request("GET", "/pipelines/w/events")
+            assert conn.getresponse().status == 401
+            conn.close()
+            auth = {"Authorization": "Bearer s3cret-token"}
+            for path, status in (("/pipelines/w/events?after=0&wait=0&tabel=x", 400),
+                                 ("/pipelines/nope/events", 404), ("/pipelines/w/events", 200)):
+                conn = http.client.HTTPConnection("127.0.0.1", free_port, timeout=10)
+                conn.request("GET", path, headers=auth)
+                resp = conn.getresponse()
+                body = resp.read()
+                conn.close()
+                assert resp.status == status, (path, body)
+            assert orjson.loads(body)["seq"] >= 60
+    finally:
+        receiver.close()
 
 
 # -- status, lag, starting twice, small things ----------------------------------------------------
@@ -759,3 +876,150 @@ def test_check_kafka_sink_reachability_and_schema_topic(tmp_path: Path, free_por
     k_part, down_part = proc.stdout.split("\ndown:")
     assert f"schema topic {topic} has cleanup.policy=delete" in k_part and "cleanup.policy=compact" in k_part, proc.stdout
     assert "sink [sink_unavailable]" in down_part and "cluster metadata" in down_part, proc.stdout
+
+
+# -- cdc check: the NATS, Redis and RabbitMQ sinks ------------------------------------------------
+
+
+def _sink_check(pgdb: str, tmp_path: Path, free_port: int, sinks: dict[str, dict[str, Any]]) -> dict[str, str]:
+    """`cdc check` of one healthy PostgreSQL pipeline per sink: each healthy one alone exits
+    0; the whole file exits 1 when one is not. The output of each pipeline, by name."""
+    execute(pgdb, "CREATE TABLE IF NOT EXISTS t (id int PRIMARY KEY)")
+    pipelines = []
+    for name, sink in sinks.items():
+        p = pg_pipeline(name, pgdb, ["public.t"], tmp_path / name)
+        p["sink"] = sink
+        pipelines.append(p)
+    cfg = write_config(tmp_path, pipelines, api_port=free_port)
+    for name in sinks:
+        if name.startswith("good"):
+            proc = run_cli("check", str(cfg), name, timeout=120)
+            assert proc.returncode == 0 and proc.stdout.strip() == f"{name}: ok", proc
+    proc = run_cli("check", str(cfg), timeout=180)
+    assert proc.returncode == 1, proc
+    assert "Traceback" not in proc.stderr, proc.stderr
+    parts = {}
+    for chunk in ("\n" + proc.stdout).split("\n"):
+        if chunk and not chunk.startswith(" ") and ":" in chunk and chunk.split(":")[0] in sinks:
+            current = chunk.split(":")[0]
+            parts[current] = chunk
+        elif chunk.startswith(" ") and parts:
+            parts[current] += "\n" + chunk
+    return parts
+
+
+@PG15
+def test_check_nats_sink_login_reachability_and_stream(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    import asyncio
+
+    from cdc_local.postgres import free_port as another_port
+    from tests.nats_harness import LocalNats
+
+    server = LocalNats(tmp_path / "nats", user="cdc", password="s3cret-pw").start()
+    try:
+        async def other_stream() -> None:
+            nc = await server.connect()
+            try:
+                await nc.jetstream().add_stream(name="OTHER", subjects=["other.>"])
+            finally:
+                await nc.close()
+
+        asyncio.run(other_stream())
+        base = {"type": "nats", "url": server.url, "user": "cdc", "password": "s3cret-pw"}
+        parts = _sink_check(pgdb, tmp_path, free_port, {
+            "good": base,
+            "good_existing": {**base, "stream": "OTHER", "subject": "other.{table}",
+                              "schema_subject": "other.schemas", "create_stream": False},
+            "badpw": {**base, "password": "wrong-pw"},
+            "nostream": {**base, "stream": "NOPE", "create_stream": False},
+            "uncovered": {**base, "stream": "OTHER", "create_stream": False},
+            "down": {**base, "url": f"nats://127.0.0.1:{another_port()}"},
+        })
+        assert parts["good"] == "good: ok" and parts["good_existing"] == "good_existing: ok", parts
+        assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+        assert "wrong-pw" not in "".join(parts.values())
+        assert "the stream NOPE does not exist and create_stream is false" in parts["nostream"], parts
+        assert "nats stream add NOPE" in parts["nostream"]
+        assert "the stream OTHER does not cover the subject(s) cdc.uncovered.*.*" in parts["uncovered"], parts
+        assert "[sink_unavailable]" in parts["down"] and "cannot reach" in parts["down"], parts
+        # nothing was created
+        async def streams() -> list[str]:
+            nc = await server.connect()
+            try:
+                return [s.config.name for s in await nc.jetstream().streams_info()]
+            finally:
+                await nc.close()
+
+        assert asyncio.run(streams()) == ["OTHER"]
+    finally:
+        server.stop()
+
+
+@PG15
+def test_check_redis_sink_login_acl_types_and_reachability(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    from cdc_local.postgres import free_port as another_port
+    from tests.redis_harness import LocalRedis
+
+    server = LocalRedis(tmp_path / "redis", requirepass="s3cret-pw")
+    server.start()
+    try:
+        client = server.client()
+        client.execute_command("ACL", "SETUSER", "limited", "on", ">lim-pw", "~*", "+@all", "-xadd", "-rpush")
+        client.set("cdc:wrongtype:offsets", "a string")
+        url = f"redis://127.0.0.1:{server.port}/0"
+        parts = _sink_check(pgdb, tmp_path, free_port, {
+            "good": {"type": "redis", "url": f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"},
+            "badpw": {"type": "redis", "url": f"redis://:wrong-pw@127.0.0.1:{server.port}/0"},
+            "limited": {"type": "redis", "url": url.replace("//", "//limited:lim-pw@")},
+            "wrongtype": {"type": "redis", "url": f"redis://:s3cret-pw@127.0.0.1:{server.port}/0"},
+            "down": {"type": "redis", "url": f"redis://127.0.0.1:{another_port()}/0"},
+        })
+        assert parts["good"] == "good: ok", parts
+        assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+        assert "wrong-pw" not in "".join(parts.values())
+        assert "may not run XADD cdc:limited:public.t, RPUSH cdc:limited:since_flush" in parts["limited"], parts
+        assert "ACL SETUSER" in parts["limited"]
+        assert "the key cdc:wrongtype:offsets holds a string, where the sink keeps a hash" in parts["wrongtype"], parts
+        assert "[sink_unavailable]" in parts["down"] and "cannot reach" in parts["down"], parts
+        # nothing was written: only the test's own key
+        assert sorted(k.decode() for k in client.keys("*")) == ["cdc:wrongtype:offsets"]
+    finally:
+        server.stop()
+
+
+@PG15
+def test_check_rabbitmq_sink_login_vhost_and_exchange_type(pgdb: str, tmp_path: Path, free_port: int) -> None:
+    import asyncio
+
+    from cdc_local.postgres import free_port as another_port
+    from tests.rabbitmq_harness import _with_channel, exchange_exists, shared_node
+
+    node = shared_node()
+    taken = f"direct{uuid.uuid4().hex[:8]}"
+
+    async def declare_direct(ch: Any) -> None:
+        await ch.exchange_declare(taken, exchange_type="direct", durable=True)
+
+    asyncio.run(_with_channel(node.url(), declare_direct))
+    fresh = f"fresh{uuid.uuid4().hex[:8]}"
+    existing = f"topic{uuid.uuid4().hex[:8]}"
+
+    async def declare_topic(ch: Any) -> None:
+        await ch.exchange_declare(existing, exchange_type="topic", durable=True)
+
+    asyncio.run(_with_channel(node.url(), declare_topic))
+    parts = _sink_check(pgdb, tmp_path, free_port, {
+        "good": {"type": "rabbitmq", "url": node.url(), "exchange": fresh},
+        "good_existing": {"type": "rabbitmq", "url": node.url(), "exchange": existing},
+        "badpw": {"type": "rabbitmq", "url": node.url(password="wrong-pw"), "exchange": fresh},
+        "novhost": {"type": "rabbitmq", "url": node.url("nope"), "exchange": fresh},
+        "direct": {"type": "rabbitmq", "url": node.url(), "exchange": taken},
+        "down": {"type": "rabbitmq", "url": f"amqp://cdc:x@127.0.0.1:{another_port()}/", "exchange": fresh},
+    })
+    assert parts["good"] == "good: ok" and parts["good_existing"] == "good_existing: ok", parts
+    assert "[sink_auth]" in parts["badpw"] and "refused the login" in parts["badpw"], parts
+    assert "wrong-pw" not in "".join(parts.values())
+    assert "refused virtual host 'nope'" in parts["novhost"], parts
+    assert f"exchange {taken!r} exists with other settings" in parts["direct"], parts
+    assert "[sink_unavailable]" in parts["down"], parts
+    assert not exchange_exists(node.url(), fresh), "cdc check declared the exchange"
