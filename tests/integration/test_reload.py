@@ -10,14 +10,19 @@ from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 import yaml
 
+from cdc_local.postgres import LocalPostgres
 from tests.helpers import (
     CdcService,
+    create_database,
+    drop_database,
     execute,
     fold,
     log_records,
@@ -30,6 +35,7 @@ from tests.helpers import (
     wait_snapshot_done,
     write_config,
 )
+from tests.integration.test_instances import Instance, _config, _settled
 from tests.integration.test_mysql_source import my_pipeline, table_state
 from tests.mariadb_fixtures import MyDB
 
@@ -336,3 +342,50 @@ def test_paused_pipeline_still_alerts_on_retained_wal(pgdb: str, tmp_path: Path,
         assert status == 200 and doc["state"] == "running", doc
         wait_for(lambda: svc.get("/healthz")[0] == 200, timeout=30, what="healthy once resumed")
         assert svc.stop() == 0
+
+
+@pytest.fixture
+def state_and_source(pg15: LocalPostgres) -> Iterator[tuple[str, str]]:
+    """(state DSN, source DSN): two fresh databases."""
+    made = [create_database(pg15) for _ in range(2)]
+    try:
+        yield made[0][1], made[1][1]
+    finally:
+        for name, _ in made:
+            drop_database(pg15, name)
+
+
+def test_pause_reaches_the_lease_holder_and_survives_a_restart_with_a_state_database(
+    state_and_source: tuple[str, str], tmp_path: Path
+) -> None:
+    """With ``state.dsn``: a pause asked of the instance that does not run the pipeline
+    reaches the one that does (through the state database), and a new instance starts it
+    paused."""
+    state_dsn, src = state_and_source
+    _tables(src, "t")
+    out = tmp_path / "out_p"
+    cfg = _config(tmp_path, state_dsn, {"p": src})
+    instances = [Instance(cfg), Instance(cfg)]
+    try:
+        holder = wait_for(lambda: _settled(instances, ["p"]), 30, what="one holder")["p"]
+        other = instances[1] if holder is instances[0] else instances[0]
+        execute(src, "INSERT INTO t (n) VALUES (1)")
+        wait_for(lambda: _ns(out, "public.t") == [1], what="p streams")
+        status, doc = other.get("/pipelines/p/pause", method="POST")
+        assert status == 200 and doc["state"] == "standby" and "note" in doc, doc
+        wait_for(lambda: holder.state("p") == "paused", 20, what="the holder pauses")
+        execute(src, "INSERT INTO t (n) VALUES (2)")
+        for i in instances:
+            assert i.stop() == 0
+        instances.append(Instance(cfg))
+        fresh = instances[-1]
+        wait_for(lambda: fresh.state("p") == "paused", 30, what="paused after the restart")
+        assert _ns(out, "public.t") == [1]
+        done = run_cli("resume", str(cfg), "p", env=fresh.env)
+        assert done.returncode == 0, done
+        wait_for(lambda: _ns(out, "public.t") == [1, 2], what="resumed")
+        assert fresh.stop() == 0
+    finally:
+        for i in instances:
+            if i.proc.poll() is None:
+                i.kill()
