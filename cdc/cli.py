@@ -327,6 +327,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                 ck = store.get_checkpoint(p.name)
                 snapshots = store.snapshots(p.name)
                 saved_error = store.get_meta(p.name, "last_error")
+                paused = store.get_meta(p.name, "paused") == "1"
             except CDCError as exc:
                 out.append({"name": p.name, "state": "not running", "note": str(exc)})
                 continue
@@ -335,6 +336,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                 {
                     "name": p.name,
                     "state": "not running",
+                    **({"paused": True} if paused else {}),
                     "source": {"type": p.source_type, "position": ck.position if ck else None},
                     "checkpoint": {
                         "position": ck.position if ck else None,
@@ -408,7 +410,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         src = p.get("source") or {}
         age = f" (age {ck['age_s']} s)" if ck.get("age_s") is not None else ""
         lines = [
-            f"{p['name']}: {p['state']}",
+            f"{p['name']}: {p['state']}" + (" (paused: `cdc resume` to read again)" if p.get("paused") else ""),
             f"  source position: {_shown(src.get('position'))}",
             f"  checkpoint:      {_shown(ck.get('position'))}{age}",
             f"  lag:             {_shown(p.get('lag_s'), ' s')}",

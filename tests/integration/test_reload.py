@@ -297,6 +297,8 @@ def test_pause_keeps_position_survives_a_restart_and_resume_delivers_in_order(
         slot = slot_row(pgdb, "cdc_p")
         assert slot is not None and slot["confirmed_flush_lsn"] == checkpoint, (slot, checkpoint)
         assert svc.stop() == 0
+    done = run_cli("status", str(cfg))  # no service: from the state store
+    assert "p: not running (paused" in done.stdout, done.stdout
     # the pause is kept in the state store: a restart stays paused
     with CdcService(cfg) as svc:
         svc.wait_state("q", "running")
