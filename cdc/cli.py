@@ -95,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # must end the service cleanly (exit 0), not kill it.
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # a SIGHUP (reload) before the service has taken it must not kill it: the file is being read
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: None)
     try:
         cfg = _load(args.config)
         unknown = [n for n in args.pipeline + args.adopt if cfg.pipeline(n) is None]

@@ -206,8 +206,8 @@ class Service:
         from cdc.config_loader import load_config
 
         with self._reload_lock:
-            if self.store is None:
-                raise Refused("the service is not running yet")
+            if self.store is None or self._stop.is_set():
+                raise Refused("the service is starting or stopping; ask again once it runs")
             try:
                 new = load_config(self.config.file)
             except ConfigError as exc:
@@ -260,10 +260,9 @@ class Service:
             getattr(p.source, "slot", None) or f"cdc_{p.name}"
             for p in new.pipelines if p.source_type == "postgres"
         }
+        # (a pipeline grown in place keeps its config object, whose tables it updated: its
+        # source, sink and snapshot driver share that object)
         current = {p.name: p for p in self._pipelines if p.name not in going}
-        for pc in plan.grown:  # still the same pipeline, which now holds the new config
-            if pc.name in current:
-                current[pc.name].config = pc
         starting: list[Pipeline] = []
         for pc in new.pipelines:
             if pc.name in current or pc.name not in selected:
@@ -425,6 +424,10 @@ class Service:
 
     def _shutdown(self) -> int:
         signalled = self._stop.is_set()
+        self._stop.set()  # a reload asked from now on is refused
+        # let a reload under way finish starting its pipelines, so that they are stopped too
+        if self._reload_lock.acquire(timeout=STOP_GRACE_S / 2):
+            self._reload_lock.release()
         deadline = time.monotonic() + STOP_DEADLINE_S
         for p in self._pipelines:
             p.stop(STOP_GRACE_S)

@@ -230,6 +230,16 @@ def test_reload_adds_a_table_while_the_stream_goes_on(pgdb: str, tmp_path: Path,
         assert _ns(out, "public.t1") == list(range(1, n + 1))
         reads = [e for e in read_complete_events(out) if e["op"] == "r" and e["schema"]["name"] == "public.t2"]
         assert len({e["key"]["id"] for e in reads}) >= 5000 - 10  # the snapshot read t2
+        # a second reload grows it again
+        _tables(pgdb, "t3")
+        execute(pgdb, "INSERT INTO t3 (n) SELECT g FROM generate_series(1, 100) g")
+        _reconfigure(cfg, [dict(p, source=dict(p["source"], tables=["public.t1", "public.t2", "public.t3"]))])
+        status, doc = svc.get("/reload", method="POST")
+        assert status == 200 and doc["tables_added_in_place"] == ["p"], doc
+        wait_snapshot_done(svc, "p", doc["snapshots"]["p"])
+        execute(pgdb, "UPDATE t3 SET n = -n WHERE id % 3 = 0")
+        _same(out, pgdb, "public.t3")
+        assert _starts(svc, "p") == 1
         assert svc.stop() == 0
 
 
