@@ -366,6 +366,8 @@ class Pipeline:
         self._paused = threading.Event()
         #: set to wake a paused pipeline's supervisor (a resume)
         self._pause_wake = threading.Event()
+        #: orders the store's flag and ``_paused`` between the API and the pipeline's threads
+        self._pause_lock = threading.Lock()
         #: a reload's request to take more tables while streaming (see :meth:`add_tables`)
         self._tables_request: _TablesRequest | None = None
         self._thread: threading.Thread | None = None
@@ -402,29 +404,32 @@ class Pipeline:
     def pause(self) -> None:
         """Ask the pipeline to pause (kept in the state store: it survives restarts and reaches
         the instance holding the lease). Raises what the store raises."""
-        self.store.set_meta(self.name, PAUSED_META, "1")
-        self._paused.set()
+        with self._pause_lock:
+            self.store.set_meta(self.name, PAUSED_META, "1")
+            self._paused.set()
         self._pause_wake.set()
 
     def resume(self) -> None:
         """Undo :meth:`pause`: the pipeline reads again from its checkpoint."""
-        self.store.set_meta(self.name, PAUSED_META, "")
-        self._paused.clear()
+        with self._pause_lock:
+            self.store.set_meta(self.name, PAUSED_META, "")
+            self._paused.clear()
         self._pause_wake.set()
 
     def sync_paused(self) -> bool:
         """Read the pause flag from the state store (another instance may have set it); on a
         store error keep what is known. Returns whether the pipeline is to be paused."""
-        try:
-            paused = self.store.get_meta(self.name, PAUSED_META) == "1"
-        except Exception as exc:  # noqa: BLE001 - the state may be down; keep what we know
-            self.log.debug("pause_flag_unreadable", error=redact(str(exc)))
-            return self._paused.is_set()
-        if paused:
-            self._paused.set()
-        else:
-            self._paused.clear()
-        return paused
+        with self._pause_lock:
+            try:
+                paused = self.store.get_meta(self.name, PAUSED_META) == "1"
+            except Exception as exc:  # noqa: BLE001 - the state may be down; keep what we know
+                self.log.debug("pause_flag_unreadable", error=redact(str(exc)))
+                return self._paused.is_set()
+            if paused:
+                self._paused.set()
+            else:
+                self._paused.clear()
+            return paused
 
     def add_tables(self, config: PipelineConfig, added: list[str], timeout: float = 30.0) -> _TablesRequest:
         """A reload: ``config`` is this pipeline's with ``added`` tables more. While streaming,
@@ -490,14 +495,15 @@ class Pipeline:
         backoff = 1.0
         unexpected = 0
         paused_poll = 0.0
-        self.sync_paused()
         while not self._stop.is_set():
             if self.lease is not None and not self.lease.held():
                 if self.status.state != State.STANDBY:
                     self._enter(State.STANDBY, reason="this instance does not hold the lease")
                 self.lease.wait(0.5)
                 continue
-            if self._paused.is_set():
+            # read from the store before every (re)start: the pause may have been asked of
+            # another instance, or before this one took the lease over
+            if self.sync_paused():
                 if self.status.state is not State.PAUSED:
                     self._enter(State.PAUSED)
                 if time.monotonic() - paused_poll >= POLL_INTERVAL_S:
@@ -505,7 +511,6 @@ class Pipeline:
                     self._poll_while_paused()
                 self._pause_wake.wait(1.0)
                 self._pause_wake.clear()
-                self.sync_paused()
                 continue
             progress_before = self.status.checkpoint_at
             retry: RetriableError | None = None
