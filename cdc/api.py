@@ -21,12 +21,13 @@ from urllib.parse import parse_qs
 
 import orjson
 
-from cdc.errors import Refused, UnknownName
+from cdc.errors import ConfigError, Refused, UnknownName
 from cdc.log import redact
 
 if TYPE_CHECKING:
     from cdc.service import Service
 
+_PAUSE = re.compile(r"^/pipelines/([^/]+)/(pause|resume)/?$")
 _SNAPSHOTS = re.compile(r"^/pipelines/([^/]+)/snapshots(?:/([^/]+))?/?$")
 _EVENTS = re.compile(r"^/pipelines/([^/]+)/events/?$")
 
@@ -151,6 +152,23 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                 if self._guard():
                     self._events(m.group(1))
                 return
+            if path in ("/reload", "/reload/") and method == "POST":
+                if self._guard():
+                    self._reload()
+                return
+            m = _PAUSE.match(path)
+            if m and method == "POST":
+                if not self._guard():
+                    return
+                name, action = m.group(1), m.group(2)
+                try:
+                    fn = service.pause if action == "pause" else service.resume
+                    self._json(200, fn(name, self._body()))
+                except UnknownName as exc:
+                    self._error(404, str(exc))
+                except Refused as exc:
+                    self._error(400, str(exc))
+                return
             m = _SNAPSHOTS.match(path)
             if m:
                 if not self._guard():
@@ -207,6 +225,23 @@ def _make_handler(api: AdminAPI) -> type[BaseHTTPRequestHandler]:
                 self._error(404, f"no pipeline named {name!r} in this service")
                 return
             self._send(200, p.feed.poll(after, wait))
+
+        def _reload(self) -> None:
+            body = self._body()
+            if isinstance(body, dict) and body:
+                self._error(400, f"unknown field(s) for this endpoint: {', '.join(sorted(body))}")
+                return
+            try:
+                self._json(200, service.reload("api"))
+            except ConfigError as exc:
+                problems = [problem.render(exc.file) for problem in exc.problems]
+                self._json(400, {
+                    "error": "the pipeline file is invalid; the service keeps running the "
+                    "previous configuration",
+                    "problems": problems,
+                })
+            except Refused as exc:
+                self._json(400, {"error": str(exc), "problems": []})
 
         def do_GET(self) -> None:  # noqa: N802
             self._safely(lambda: self._route("GET"))

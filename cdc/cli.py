@@ -95,6 +95,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     # must end the service cleanly (exit 0), not kill it.
     stop = threading.Event()
     previous = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGTERM, signal.SIGINT)}
+    # a SIGHUP (reload) before the service has taken it must not kill it: the file is being read
+    previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, lambda *_: None)
     try:
         cfg = _load(args.config)
         unknown = [n for n in args.pipeline + args.adopt if cfg.pipeline(n) is None]
@@ -327,6 +329,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                 ck = store.get_checkpoint(p.name)
                 snapshots = store.snapshots(p.name)
                 saved_error = store.get_meta(p.name, "last_error")
+                paused = store.get_meta(p.name, "paused") == "1"
             except CDCError as exc:
                 out.append({"name": p.name, "state": "not running", "note": str(exc)})
                 continue
@@ -335,6 +338,7 @@ def _status_from_store(cfg: ServiceConfig) -> list[dict[str, Any]]:
                 {
                     "name": p.name,
                     "state": "not running",
+                    **({"paused": True} if paused else {}),
                     "source": {"type": p.source_type, "position": ck.position if ck else None},
                     "checkpoint": {
                         "position": ck.position if ck else None,
@@ -408,7 +412,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         src = p.get("source") or {}
         age = f" (age {ck['age_s']} s)" if ck.get("age_s") is not None else ""
         lines = [
-            f"{p['name']}: {p['state']}",
+            f"{p['name']}: {p['state']}" + (" (paused: `cdc resume` to read again)" if p.get("paused") else ""),
             f"  source position: {_shown(src.get('position'))}",
             f"  checkpoint:      {_shown(ck.get('position'))}{age}",
             f"  lag:             {_shown(p.get('lag_s'), ' s')}",
@@ -739,6 +743,63 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)  # an invalid file is reported here, before asking the service
+    try:
+        status, doc = api_call(cfg, "POST", "/reload", timeout=60.0)
+    except NoService as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    if status == 400 and isinstance(doc, dict):
+        _err(f"reload refused: {doc.get('error')}")
+        for problem in doc.get("problems") or []:
+            _err(problem)
+        return EXIT_INVALID
+    if status != 200 or not isinstance(doc, dict):
+        _err(f"reload failed: HTTP {status}: {doc}")
+        return EXIT_FAILED
+    lines = []
+    for key, label in (("added", "added"), ("removed", "removed (state, slot and publication "
+                       "kept until `cdc drop`)"), ("restarted", "restarted")):
+        if doc.get(key):
+            lines.append(f"pipelines {label}: {', '.join(doc[key])}")
+    for key, label in (("tables_added", "tables added"), ("tables_removed", "tables removed")):
+        for name, tables in (doc.get(key) or {}).items():
+            how = ""
+            if key == "tables_added" and name in (doc.get("tables_added_in_place") or []):
+                sid = (doc.get("snapshots") or {}).get(name)
+                how = " (while streaming" + (f"; snapshot {sid}" if sid else "") + ")"
+            lines.append(f"{name}: {label}: {', '.join(tables)}{how}")
+    if doc.get("not_applied"):
+        lines.append(f"not applied until the service restarts: {', '.join(doc['not_applied'])}")
+    _out("\n".join(lines) if lines else "nothing changed")
+    return EXIT_OK
+
+
+def _pause_resume(args: argparse.Namespace, action: str) -> int:
+    cfg = _load(args.config)
+    try:
+        status, doc = api_call(cfg, "POST", f"/pipelines/{args.pipeline}/{action}", timeout=30.0)
+    except NoService as exc:
+        _err(str(exc))
+        return EXIT_FAILED
+    if status != 200 or not isinstance(doc, dict):
+        message = doc.get("error") if isinstance(doc, dict) else doc
+        _err(f"cdc {action}: {message}")
+        return EXIT_FAILED
+    note = f" ({doc['note']})" if doc.get("note") else ""
+    _out(f"{args.pipeline}: {doc.get('state')}{note}")
+    return EXIT_OK
+
+
+def cmd_pause(args: argparse.Namespace) -> int:
+    return _pause_resume(args, "pause")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    return _pause_resume(args, "resume")
+
+
 def _not_available(command: str) -> Any:
     def refuse(args: argparse.Namespace) -> int:
         _err(f"cdc {command} is not available yet in this build of cdc")
@@ -772,6 +833,16 @@ _HELP: dict[str, tuple[str, str, str]] = {
              "it, its state; the sink's data is moved aside, never deleted. Without --yes it only "
              "prints what it would do. Stop the service running the pipeline first.",
              "0 done (or shown); 1 failed; 2 unknown pipeline", "cdc drop shop.yaml shop --yes"),
+    "reload": ("Ask the running service (at CONFIG's api.listen) to re-read its pipeline file "
+               "(like SIGHUP): new pipelines start, removed ones stop, changed ones restart alone "
+               "from their checkpoints; the others go on untouched. Prints what changed.",
+               "0 in effect; 2 the file is invalid (the service keeps the old one); 1 no "
+               "service answers", "cdc reload shop.yaml"),
+    "pause": ("Stop reading for PIPELINE: what was read is delivered and checkpointed; the "
+              "slot stays (WAL is kept). Kept in the state store: a restart stays paused.",
+              "0 done; 1 no service or unknown pipeline", "cdc pause shop.yaml shop"),
+    "resume": ("Read again for a paused PIPELINE, from its checkpoint.",
+               "0 done; 1 no service or unknown pipeline", "cdc resume shop.yaml shop"),
     "demo": ("Stream the changes of an embedded PostgreSQL, with a writer, through the real "
              "service into a file sink in a temp folder, printing each event as one JSON line. "
              "Ctrl-C (or closing the terminal) stops it and leaves nothing behind.",
@@ -863,10 +934,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     # Commands of the contract whose feature this build does not have yet: they parse their
     # arguments as the contract gives them and say so, exit 1.
+    p = sub.add_parser("reload", help="make the running service re-read its pipeline file")
+    p.add_argument("config")
+    p.set_defaults(fn=cmd_reload)
+
+    p = sub.add_parser("pause", help="stop reading for one pipeline (kept across restarts)")
+    p.add_argument("config")
+    p.add_argument("pipeline")
+    p.set_defaults(fn=cmd_pause)
+
+    p = sub.add_parser("resume", help="read again for a paused pipeline, from its checkpoint")
+    p.add_argument("config")
+    p.add_argument("pipeline")
+    p.set_defaults(fn=cmd_resume)
+
     for name, help_text, args in (
-        ("reload", "make the running service re-read CONFIG", ["config"]),
-        ("pause", "stop reading for one pipeline", ["config", "pipeline"]),
-        ("resume", "restart reading for a paused pipeline", ["config", "pipeline"]),
         ("replay", "deliver archived events to a pipeline's sink",
          ["config", "--archive", "--to", "--since", "--after-id", "--until"]),
         ("version", "the versions of cdc and its drivers", []),

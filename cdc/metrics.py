@@ -21,7 +21,7 @@ from prometheus_client.registry import Collector
 if TYPE_CHECKING:
     from cdc.pipeline import Pipeline
 
-STATES = ("starting", "running", "retrying", "failed", "standby", "finished", "stopped")
+STATES = ("starting", "running", "retrying", "failed", "standby", "finished", "stopped", "paused")
 
 
 def lsn_number(position: str | None) -> float | None:

@@ -66,6 +66,9 @@ POLL_INTERVAL_S = 5.0
 MAX_UNEXPECTED = 5
 #: state-store meta key of a pipeline's last fatal error (JSON; "" once it runs again)
 LAST_ERROR_META = "last_error"
+#: state-store meta key of a pause request ("1" paused, "" or missing: running); every instance
+#: sharing ``state.dsn`` reads it, so a pause asked of any instance reaches the lease holder
+PAUSED_META = "paused"
 
 
 _schema_of = operator.attrgetter("schema")
@@ -128,6 +131,23 @@ class _Wake:
 _WAKE = _Wake()
 
 
+class _TablesRequest:
+    """A reload grew the pipeline's ``tables``: carried out by the dispatcher thread (which
+    owns the source between batches), answered through ``done``."""
+
+    def __init__(self, config: PipelineConfig, added: list[str]) -> None:
+        self.config = config
+        self.added = added
+        self.done = threading.Event()
+        self.ok = False
+        self.reason = ""
+        self.snapshot: str | None = None
+
+    def finish(self, ok: bool, reason: str = "", snapshot: str | None = None) -> None:
+        self.ok, self.reason, self.snapshot = ok, reason, snapshot
+        self.done.set()
+
+
 class _ReaderFailed:
     __slots__ = ("error",)
 
@@ -158,6 +178,7 @@ class _Housekeeping:
         self.rate_t, self.rate_n = now, status.events_total
         self.driver.notify()
         self.pipeline.feed.expire()
+        self.pipeline.sync_paused()
 
 
 class State(StrEnum):
@@ -171,7 +192,11 @@ class State(StrEnum):
       back to ``running`` at the next successful commit (after a sink failure only a commit of
       events counts: a reopened sink proves little), or when a degraded sink recovers;
     * any → ``failed`` on a :class:`FatalError` (final); ``finished`` when an ``initial_only``
-      pipeline has read everything (final); ``stopped`` after a stop request.
+      pipeline has read everything (final); ``stopped`` after a stop request;
+    * ``running`` (or ``retrying``, ``starting``) → ``paused`` on a pause request (``cdc pause``,
+      kept in the state store, so also at the next start): what was read is delivered and
+      checkpointed, then source and sink are closed (the slot stays); ``paused`` → ``running``
+      on resume, from the checkpoint.
     """
 
     STARTING = "starting"
@@ -181,6 +206,7 @@ class State(StrEnum):
     STANDBY = "standby"
     FINISHED = "finished"
     STOPPED = "stopped"
+    PAUSED = "paused"
 
 
 #: states a pipeline never leaves
@@ -338,6 +364,14 @@ class Pipeline:
         self._shared = shared or {}
         self._stop = threading.Event()
         self._stop_deadline: float | None = None
+        #: set while the pipeline is paused (mirrors PAUSED_META in the state store)
+        self._paused = threading.Event()
+        #: set to wake a paused pipeline's supervisor (a resume)
+        self._pause_wake = threading.Event()
+        #: orders the store's flag and ``_paused`` between the API and the pipeline's threads
+        self._pause_lock = threading.Lock()
+        #: a reload's request to take more tables while streaming (see :meth:`add_tables`)
+        self._tables_request: _TablesRequest | None = None
         self._thread: threading.Thread | None = None
         self._registry: SchemaRegistry | None = None
         #: the pipeline's transforms (None: none; built with the registry, which knows masks)
@@ -371,6 +405,82 @@ class Pipeline:
             self._stop_deadline = time.monotonic() + grace_s
         self._stop.set()
 
+    def pause(self) -> None:
+        """Ask the pipeline to pause (kept in the state store: it survives restarts and reaches
+        the instance holding the lease). Raises what the store raises."""
+        with self._pause_lock:
+            self.store.set_meta(self.name, PAUSED_META, "1")
+            self._paused.set()
+        self._pause_wake.set()
+
+    def resume(self) -> None:
+        """Undo :meth:`pause`: the pipeline reads again from its checkpoint."""
+        with self._pause_lock:
+            self.store.set_meta(self.name, PAUSED_META, "")
+            self._paused.clear()
+        self._pause_wake.set()
+
+    def sync_paused(self) -> bool:
+        """Read the pause flag from the state store (another instance may have set it); on a
+        store error keep what is known. Returns whether the pipeline is to be paused."""
+        with self._pause_lock:
+            try:
+                paused = self.store.get_meta(self.name, PAUSED_META) == "1"
+            except Exception as exc:  # noqa: BLE001 - the state may be down; keep what we know
+                self.log.debug("pause_flag_unreadable", error=redact(str(exc)))
+                return self._paused.is_set()
+            if paused:
+                self._paused.set()
+            else:
+                self._paused.clear()
+            return paused
+
+    def add_tables(self, config: PipelineConfig, added: list[str], timeout: float = 30.0) -> _TablesRequest:
+        """A reload: ``config`` is this pipeline's with ``added`` tables more. While streaming,
+        the dispatcher asks the source to take them (publication or binlog filter) between two
+        batches and, under ``snapshot.mode: initial``, asks for their snapshot; the stream goes
+        on. The answer's ``ok`` is False (with a reason) when that could not be done in place:
+        the caller then restarts the pipeline."""
+        request = _TablesRequest(config, added)
+        if self.status.state not in (State.RUNNING,) or self._wake_buffer is None:
+            request.finish(False, f"the pipeline is {self.status.state}, not streaming")
+            return request
+        self._tables_request = request
+        self._wake()
+        if not request.done.wait(timeout):
+            if self._tables_request is request:
+                self._tables_request = None
+                request.finish(False, "the pipeline did not take the tables in time")
+            else:
+                request.done.wait(timeout)  # it is being carried out now
+        return request
+
+    def _take_tables(self, request: _TablesRequest, source: Source, driver: SnapshotDriver) -> None:
+        """On the dispatcher thread, between batches: carry out :meth:`add_tables`."""
+        take = getattr(source, "add_tables", None)
+        if take is None:
+            request.finish(False, f"the {self.config.source_type} source cannot add tables while it runs")
+            return
+        try:
+            take(request.added)
+        except CDCError as exc:
+            request.finish(False, redact(str(exc)))
+            return
+        # the one config object that source, sink, driver and context share gets the new list
+        tables = list(getattr(request.config.source, "tables", []))
+        self.config.source.tables = tables
+        record = None
+        if self.config.snapshot.mode == "initial":
+            record = driver.ensure_initial()
+            driver.notify()
+        self.log.info("tables_added", tables=request.added,
+                      snapshot=record["id"] if record else None)
+        request.finish(True, snapshot=record["id"] if record else None)
+
+    def _halting(self) -> bool:
+        """Stop reading: a stop or a pause was asked."""
+        return self._stop.is_set() or self._paused.is_set()
+
     def join(self, timeout: float | None = None) -> bool:
         if self._thread is None:
             return True
@@ -388,11 +498,23 @@ class Pipeline:
     def _supervise(self) -> None:
         backoff = 1.0
         unexpected = 0
+        paused_poll = 0.0
         while not self._stop.is_set():
             if self.lease is not None and not self.lease.held():
                 if self.status.state != State.STANDBY:
                     self._enter(State.STANDBY, reason="this instance does not hold the lease")
                 self.lease.wait(0.5)
+                continue
+            # read from the store before every (re)start: the pause may have been asked of
+            # another instance, or before this one took the lease over
+            if self.sync_paused():
+                if self.status.state is not State.PAUSED:
+                    self._enter(State.PAUSED)
+                if time.monotonic() - paused_poll >= POLL_INTERVAL_S:
+                    paused_poll = time.monotonic()
+                    self._poll_while_paused()
+                self._pause_wake.wait(1.0)
+                self._pause_wake.clear()
                 continue
             progress_before = self.status.checkpoint_at
             retry: RetriableError | None = None
@@ -422,6 +544,8 @@ class Pipeline:
                 retry = RetriableError(f"unexpected error: {exc!r}", kind=Kind.INTERNAL)
             else:
                 backoff = 1.0
+                if self._paused.is_set():
+                    continue
             if self.status.checkpoint_at != progress_before:
                 backoff = 1.0
                 unexpected = 0
@@ -434,6 +558,8 @@ class Pipeline:
             until = time.monotonic() + wait
             while not self._stop.wait(min(0.25, max(0.0, until - time.monotonic()))):
                 if time.monotonic() >= until or (self.lease is not None and not self.lease.held()):
+                    break
+                if self._paused.is_set():
                     break
         if self.status.state not in FINAL:
             self._enter(State.STOPPED)
@@ -489,6 +615,10 @@ class Pipeline:
                 self.log.info("pipeline_standby", reason=reason)
         elif state is State.FINISHED:
             self.log.info("pipeline_finished")
+        elif state is State.PAUSED:
+            self.log.info("pipeline_paused", checkpoint=status.checkpoint)
+        if state is State.RUNNING and previous is State.PAUSED:
+            self.log.info("pipeline_resumed", checkpoint=status.checkpoint)
 
     def _degraded(self, exc: CDCError | None) -> None:
         """A sink (or source) reports, from inside a call, that it cannot deliver now (``exc``)
@@ -503,13 +633,12 @@ class Pipeline:
         cls = registry.load(kind, self.config.source_type if kind == "source" else self.config.sink_type)
         return cls, (self.config.source if kind == "source" else self.config.sink)
 
-    def _run_once(self) -> str | None:
-        self.feed.discard()  # what an earlier attempt held was never acknowledged
+    def _context(self) -> PluginContext:
         if self._registry is None:
             self._chain = transforms.build(self.config.transforms, self.name)
             masks = self._chain.masks if self._chain is not None else None
             self._registry = SchemaRegistry(self.store, self.name, masks)
-        ctx = PluginContext(
+        return PluginContext(
             self.config,
             self.store,
             self.log,
@@ -520,6 +649,28 @@ class Pipeline:
             self._degraded,
             config_file=self.service.file,
         )
+
+    def _poll_while_paused(self) -> None:
+        """While paused: the source's monitoring only (PostgreSQL: the slot's retained WAL, so
+        ``max_retained_wal_mb`` still turns /healthz 503), without reading anything."""
+        try:
+            source_cls, source_cfg = self._plugin("source")
+            source: Source = source_cls(source_cfg, self._context())
+            try:
+                source.poll()
+                info = source.status()
+            finally:
+                source.close()
+        except Exception as exc:  # noqa: BLE001 - monitoring only; the pipeline stays paused
+            self.log.debug("paused_poll_failed", error=redact(str(exc)))
+            return
+        if info:
+            self.status.source_info = info
+
+    def _run_once(self) -> str | None:
+        self.feed.discard()  # what an earlier attempt held was never acknowledged
+        ctx = self._context()
+        assert self._registry is not None
         source_cls, source_cfg = self._plugin("source")
         sink_cls, sink_cfg = self._plugin("sink")
         for kind, cls, type_name in (
@@ -590,7 +741,7 @@ class Pipeline:
         driver.ensure_initial()
         self._enter(State.RUNNING)
         delivered: set[SchemaVersion] = set()
-        while not self._stop.is_set():
+        while not self._halting():
             self._check_lease()
             events, dirty = driver.poll(None, True)
             self.status.snapshot = driver.status
@@ -676,13 +827,13 @@ class Pipeline:
 
         def read_loop() -> None:
             try:
-                while not reader_stop.is_set() and not self._stop.is_set():
+                while not reader_stop.is_set() and not self._halting():
                     batch = source.read(0.2)
                     if batch is None:
                         continue
                     cost = batch.cost or 64 + 512 * len(batch.events)
                     while not buffer.put(batch, cost, 1.0):
-                        if reader_stop.is_set() or self._stop.is_set():
+                        if reader_stop.is_set() or self._halting():
                             return
                         keepalive = getattr(source, "keepalive", None)
                         if keepalive is not None:
@@ -709,8 +860,12 @@ class Pipeline:
         while True:
             self._check_lease()
             housekeeping.maybe_run()
-            if self._stop.is_set():
-                # stopping: deliver what was read, within the deadline, then commit and return
+            request = self._tables_request
+            if request is not None:
+                self._tables_request = None
+                self._take_tables(request, source, driver)
+            if self._halting():
+                # stopping (or pausing): deliver what was read, within the deadline, then commit and return
                 item = buffer.get_nowait()
                 while item is _WAKE:
                     item = buffer.get_nowait()
@@ -748,7 +903,7 @@ class Pipeline:
                 cp.delivered(batch)
                 if batch.position is not None:
                     self.status.source_position = source.serialize_position(batch.position)
-            if cp.at_boundary and not self._stop.is_set() and self._snapshot_step(cp, driver, delivered):
+            if cp.at_boundary and not self._halting() and self._snapshot_step(cp, driver, delivered):
                 continue
             if cp.pending is None:
                 continue

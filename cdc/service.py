@@ -5,10 +5,16 @@ pipeline of the file, then waits for a stop signal. On SIGTERM/SIGINT every pipe
 reading and gets 8 s to have what is in flight acknowledged and checkpointed; the process
 exits within 10 s. A pipeline that fails stops alone; the service ends by itself only when
 every pipeline has failed (exit 1) or finished (exit 0).
+
+A reload (SIGHUP, ``POST /reload``) re-reads the file, and applies the difference
+(:mod:`cdc.reload`): new pipelines start, removed ones stop, changed ones restart alone from
+their checkpoints; the others are not touched. Pause and resume set a flag in the state store
+that the pipeline (in whichever instance holds its lease) follows.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import gc
 import signal
@@ -17,13 +23,14 @@ import time
 from typing import Any
 
 from cdc import names, snapshot
+from cdc import reload as reloading
 from cdc.api import AdminAPI
-from cdc.config import ServiceConfig, is_loopback
-from cdc.errors import CDCError, Refused, UnknownName
+from cdc.config import PipelineConfig, ServiceConfig, is_loopback
+from cdc.errors import CDCError, ConfigError, Refused, UnknownName
 from cdc.lease import LeaseCoordinator
 from cdc.log import add_secrets, configure, get_logger, redact
 from cdc.metrics import Metrics
-from cdc.pipeline import Pipeline
+from cdc.pipeline import Pipeline, State
 from cdc.state import CheckpointStore, SQLiteStore
 
 #: seconds pipelines get to deliver what is in flight after a stop signal
@@ -63,6 +70,10 @@ class Service:
         self.leases: LeaseCoordinator | None = None
         self._tick = time.monotonic()
         self._snapshot_lock = threading.Lock()
+        self._reload_lock = threading.Lock()
+        #: set by SIGHUP; the main loop reloads
+        self._reload_signal = threading.Event()
+        self._shared: dict[str, Any] = {}
 
     # -- queries for the API ----------------------------------------------------------------------
 
@@ -143,6 +154,148 @@ class Service:
         p.notify_snapshots()
         return snapshot.summary(record)
 
+    # -- pause / resume ---------------------------------------------------------------------------
+
+    def pause(self, name: str, body: Any = None) -> dict[str, Any]:
+        """``POST /pipelines/{name}/pause``: the flag goes to the state store (the instance
+        holding the lease follows it); waits a little for a local pipeline to show ``paused``.
+        Raises :class:`UnknownName` or :class:`Refused`."""
+        return self._pause_or_resume(name, body, pause=True)
+
+    def resume(self, name: str, body: Any = None) -> dict[str, Any]:
+        """``POST /pipelines/{name}/resume``: clears the flag; the pipeline reads again from
+        its checkpoint."""
+        return self._pause_or_resume(name, body, pause=False)
+
+    def _pause_or_resume(self, name: str, body: Any, *, pause: bool) -> dict[str, Any]:
+        p = self._pipeline_or_raise(name)
+        if isinstance(body, dict) and body:
+            raise Refused(f"unknown field(s) for this endpoint: {', '.join(sorted(body))}")
+        if body is not None and not isinstance(body, dict):
+            raise Refused("the body must be empty or {}")
+        if p.status.state in (State.FAILED, State.FINISHED):
+            raise Refused(f"pipeline {name} has {p.status.state}: there is nothing to "
+                          f"{'pause' if pause else 'resume'}")
+        try:
+            p.pause() if pause else p.resume()
+        except CDCError as exc:
+            raise Refused(f"cannot save the {'pause' if pause else 'resume'} in the state store: {exc}") from exc
+        self.log.info("pipeline_pause_requested" if pause else "pipeline_resume_requested", pipeline=name)
+        wanted = (State.PAUSED,) if pause else (State.RUNNING, State.RETRYING)
+        deadline = time.monotonic() + 10.0
+        while time.monotonic() < deadline and p.status.state not in wanted:
+            if p.status.state in (State.STANDBY, State.FAILED, State.STOPPED):
+                break
+            time.sleep(0.05)
+        state = p.status.state
+        doc: dict[str, Any] = {"pipeline": name, "state": state, "paused": pause}
+        if state is State.STANDBY:
+            doc["note"] = ("another instance holds this pipeline's lease; it follows the "
+                           "request within 5 s")
+        return doc
+
+    # -- reload ---------------------------------------------------------------------------------
+
+    def request_reload(self, *_: Any) -> None:
+        """SIGHUP: the main loop reloads (a signal handler must not wait on pipelines)."""
+        self._reload_signal.set()
+
+    def reload(self, trigger: str = "api") -> dict[str, Any]:
+        """Re-read the pipeline file and apply the difference (see :mod:`cdc.reload`). Raises
+        :class:`ConfigError` (an invalid file: nothing changes) or :class:`Refused`."""
+        from cdc.config_loader import load_config
+
+        with self._reload_lock:
+            if self.store is None or self._stop.is_set():
+                raise Refused("the service is starting or stopping; ask again once it runs")
+            try:
+                new = load_config(self.config.file)
+            except ConfigError as exc:
+                problems = [problem.render(exc.file) for problem in exc.problems]
+                self.log.error("reload_refused", trigger=trigger, problems=problems,
+                               hint="the service keeps running the previous configuration")
+                raise
+            try:
+                plan = reloading.plan(self.config, new, self.config.file)
+            except Refused as exc:
+                self.log.error("reload_refused", trigger=trigger, error=str(exc),
+                               hint="the service keeps running the previous configuration")
+                raise
+            add_secrets(new.secrets)
+            self._grow(plan)
+            self._apply(plan, new)
+            doc = plan.as_dict()
+            self.log.info("reloaded", trigger=trigger, **doc)
+            return doc
+
+    def _grow(self, plan: reloading.ReloadPlan) -> None:
+        """The pipelines whose only change is more tables take them while streaming; one that
+        cannot (not streaming, or the source refused) moves to ``plan.restarted``."""
+        for pc in list(plan.grown):
+            p = self.pipeline(pc.name)
+            added = plan.tables_added.get(pc.name, [])
+            if p is None:
+                continue
+            request = p.add_tables(pc, added)
+            if request.ok:
+                plan.snapshots[pc.name] = request.snapshot
+                continue
+            self.log.info("tables_not_added_in_place", pipeline=pc.name, reason=request.reason,
+                          action="restarting the pipeline from its checkpoint")
+            plan.grown.remove(pc)
+            plan.restarted.append(pc)
+
+    def _apply(self, plan: reloading.ReloadPlan, new: ServiceConfig) -> None:
+        """Stop the removed and the changed pipelines (each delivers and checkpoints what it
+        read), then start the new and the changed ones; the others run on untouched."""
+        selected = {p.name for p in new.pipelines if not self.only or p.name in self.only}
+        going = {p.name for p in plan.restarted} | set(plan.removed)
+        stopping = [p for p in self._pipelines if p.name in going]
+        for p in stopping:
+            p.stop(STOP_GRACE_S)
+        deadline = time.monotonic() + STOP_DEADLINE_S
+        for p in stopping:
+            p.join(max(0.0, deadline - time.monotonic()))
+        self._shared["slots_in_use"] = {
+            getattr(p.source, "slot", None) or f"cdc_{p.name}"
+            for p in new.pipelines if p.source_type == "postgres"
+        }
+        # (a pipeline grown in place keeps its config object, whose tables it updated: its
+        # source, sink and snapshot driver share that object)
+        current = {p.name: p for p in self._pipelines if p.name not in going}
+        starting: list[Pipeline] = []
+        for pc in new.pipelines:
+            if pc.name in current or pc.name not in selected:
+                continue
+            pipeline = self._make_pipeline(pc, new)
+            current[pc.name] = pipeline
+            starting.append(pipeline)
+        if self.leases is not None:
+            for name in plan.removed:
+                self.leases.remove(name)
+        self.config = new
+        self._pipelines = [current[p.name] for p in new.pipelines if p.name in current]
+        for p in starting:
+            p.start()
+
+    def _make_pipeline(self, pc: PipelineConfig, cfg: ServiceConfig) -> Pipeline:
+        lease = None
+        if self.leases is not None:
+            lease = self.leases.leases.get(pc.name) or self.leases.add(pc.name)
+        return Pipeline(
+            pc,
+            cfg,
+            self._store(),
+            adopt=pc.name in self.adopt,
+            on_events=self.metrics.count_events,
+            shared=self._shared,
+            lease=lease,
+        )
+
+    def _store(self) -> CheckpointStore:
+        assert self.store is not None
+        return self.store
+
     def alive(self) -> bool:
         """The service's main loop ticked recently (for the liveness probe)."""
         return time.monotonic() - self._tick < 10.0
@@ -157,7 +310,7 @@ class Service:
             if s.state == "standby" and unreachable:
                 failing.append({"pipeline": p.name, "state": s.state, "error": "state_unreachable"})
                 continue
-            if s.state in ("running", "standby", "finished"):
+            if s.state in ("running", "standby", "finished", "paused"):
                 if s.source_info.get("retained_wal_exceeded"):
                     failing.append({"pipeline": p.name, "state": s.state, "error": "retained_wal_exceeded"})
                 continue
@@ -221,20 +374,10 @@ class Service:
         slots_in_use = {
             getattr(p.source, "slot", None) or f"cdc_{p.name}" for p in cfg.pipelines if p.source_type == "postgres"
         }
-        shared: dict[str, Any] = {"slots_in_use": slots_in_use}
+        self._shared["slots_in_use"] = slots_in_use
         self.leases = self.store.lease_manager([pc.name for pc in selected])
         for pc in selected:
-            self._pipelines.append(
-                Pipeline(
-                    pc,
-                    cfg,
-                    self.store,
-                    adopt=pc.name in self.adopt,
-                    on_events=self.metrics.count_events,
-                    shared=shared,
-                    lease=self.leases.leases[pc.name] if self.leases is not None else None,
-                )
-            )
+            self._pipelines.append(self._make_pipeline(pc, cfg))
         installed = self._install_signals()
         log.info(
             "service_started",
@@ -250,7 +393,12 @@ class Service:
         try:
             while not self._stop.wait(0.5):
                 self._tick = time.monotonic()
-                if all(p.done for p in self._pipelines):
+                if self._reload_signal.is_set():
+                    self._reload_signal.clear()
+                    # the outcome (or why the file was refused) is logged by reload()
+                    with contextlib.suppress(CDCError):
+                        self.reload(trigger="SIGHUP")
+                if self._pipelines and all(p.done for p in self._pipelines):
                     break
                 if not warned_unused:
                     warned_unused = self._warn_unused_slots()
@@ -276,6 +424,10 @@ class Service:
 
     def _shutdown(self) -> int:
         signalled = self._stop.is_set()
+        self._stop.set()  # a reload asked from now on is refused
+        # let a reload under way finish starting its pipelines, so that they are stopped too
+        if self._reload_lock.acquire(timeout=STOP_GRACE_S / 2):
+            self._reload_lock.release()
         deadline = time.monotonic() + STOP_DEADLINE_S
         for p in self._pipelines:
             p.stop(STOP_GRACE_S)
@@ -305,6 +457,7 @@ class Service:
         previous: dict[int, Any] = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             previous[sig] = signal.signal(sig, self.request_stop)
+        previous[signal.SIGHUP] = signal.signal(signal.SIGHUP, self.request_reload)
         return previous
 
     @staticmethod

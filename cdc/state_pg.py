@@ -557,6 +557,22 @@ class LeaseManager:
             self.log.warning("leases_not_released", error=str(exc))
         self._db.close()
 
+    def add(self, pipeline: str) -> PipelineLease:
+        """A pipeline added by a reload: its lease is sought like the others'. The dict is
+        replaced, never changed in place, as the lease thread iterates it."""
+        lease = PipelineLease(pipeline)
+        self.leases = {**self.leases, pipeline: lease}
+        return lease
+
+    def remove(self, pipeline: str) -> None:
+        """A pipeline removed by a reload (already stopped): no longer renewed, so its lease
+        expires and an instance whose file still has it takes it over."""
+        lease = self.leases.get(pipeline)
+        self.leases = {p: v for p, v in self.leases.items() if p != pipeline}
+        if lease is not None and lease.token is not None:
+            lease.revoke()
+            self.store.set_fence(pipeline, None)
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()

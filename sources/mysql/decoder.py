@@ -197,6 +197,8 @@ class MySQLDecoder:
         self._ev_pos = 0
         self._commit_unix = 0.0
         self._by_id: dict[int, _Table | None] = {}
+        #: set by the source when a reload added tables (see ``_on_table_map``)
+        self.tables_changed = False
         self._compiled: dict[bytes, _Table] = {}
         self._current: dict[str, _Table] = {}
         self._out_since = 0.0  # when the oldest event gathered was made (monotonic)
@@ -458,6 +460,10 @@ class MySQLDecoder:
 
     def _on_table_map(self, ev: P.TableMap) -> Batch | None:
         table_id = ev.table_id
+        if self.tables_changed:
+            # a reload added tables: forget the ids bound to "not captured" (reader thread)
+            self.tables_changed = False
+            self._by_id = {k: v for k, v in self._by_id.items() if v is not None}
         if table_id in self._by_id:
             return None  # bound in this file already: one id, one definition
         name = names.join(ev.schema, ev.table)

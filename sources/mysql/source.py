@@ -339,6 +339,25 @@ class MySQLSource(Source):
 
     # -- renames ----------------------------------------------------------------------------------
 
+    def add_tables(self, tables: list[str]) -> None:
+        """A reload grew ``tables`` while streaming (called on the dispatcher thread between
+        batches): the grants are checked, then the binlog filter takes the tables; a change
+        skipped before that was committed before the snapshot that follows reads the table."""
+        wanted = sorted(self.tables | set(tables))
+        pymysql = _library()
+        try:
+            with self._conn_lock:
+                conn = self._catalog()
+                facts = self._facts or catalog.server_facts(conn)
+                catalog.check_grants(conn, facts, wanted)
+        except pymysql.err.Error as exc:
+            raise RetriableSourceError(
+                f"could not check the new tables on {self.dsn_display}: {exc}"
+            ) from exc
+        self.tables.update(tables)
+        self._decoder.tables_changed = True
+        self.ctx.log.info("binlog_filter", added=tables)
+
     def _recorded_renames(self) -> list[dict[str, Any]]:
         """The renames of listed tables this pipeline followed, oldest first (state-store meta)."""
         text = self.ctx.get_meta(META_RENAMES)

@@ -290,6 +290,34 @@ class PostgresSource(Source):
                 out[name] = new
         return out
 
+    def add_tables(self, tables: list[str]) -> None:
+        """A reload grew ``tables`` while streaming (called on the dispatcher thread between
+        batches): the tables are checked like at start and added to the publication; the
+        decoder takes their changes from the next Relation message on. PostgreSQL decodes
+        each transaction with the publication as it was at its commit, so every change
+        committed after the ALTER is streamed and the snapshot covers the rows before it."""
+        wanted = list(dict.fromkeys([*self.cfg.tables, *tables]))
+        try:
+            with self._conn_lock:
+                conn = self._catalog()
+                facts = self._facts or catalog.server_facts(conn)
+                listed = catalog.check_tables(conn, wanted, self._renames())
+                done = catalog.ensure_publication(
+                    conn, self.publication, wanted, self.ctx.name, facts.version
+                )
+        except psycopg.OperationalError as exc:
+            raise RetriableSourceError(f"lost the connection to {self.dsn_display}: {exc}") from exc
+        except psycopg.Error as exc:
+            raise FatalSourceError(
+                f"PostgreSQL refused adding the tables: {str(exc).strip()}"
+            ) from exc
+        self.ctx.log.info("publication", publication=self.publication, action=done, added=tables)
+        self.tables.update(tables)
+        decoder = self._decoder
+        if decoder is not None:
+            decoder.listed.update({f.oid: f.name for f in listed.values() if f.name in tables})
+            decoder.tables.update(tables)
+
     # -- the stream's controls and the snapshot reader -----------------------------------------
 
     def request_position(self) -> None:

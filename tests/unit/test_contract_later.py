@@ -106,9 +106,6 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
 @pytest.mark.parametrize(
     "argv",
     [
-        ["reload", "c.yaml"],
-        ["pause", "c.yaml", "p"],
-        ["resume", "c.yaml", "p"],
         ["replay", "c.yaml", "--archive", "a", "--to", "p"],
         ["version"],
         ["--version"],
