@@ -687,6 +687,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_version(args: argparse.Namespace) -> int:
+    from cdc.version import lines
+
+    for line in lines():
+        _out(line)
+    return EXIT_OK
+
+
 def _not_available(command: str) -> Any:
     def refuse(args: argparse.Namespace) -> int:
         _err(f"cdc {command} is not available yet in this build of cdc")
@@ -746,6 +754,15 @@ def _describe(sub: Any) -> None:
         for action in parser._actions:
             if action.help is None and action.dest in _POSITIONALS and not action.option_strings:
                 action.help = _POSITIONALS[action.dest]
+
+
+def _add_ops_commands(sub: Any) -> None:
+    """``cdc version`` and ``cdc replay``."""
+    p = sub.add_parser("version", help="the versions of cdc and its drivers",
+                       description="One `name version` line per component: cdc, Python, then "
+                       "each driver and the C library under it (libpq, librdkafka).",
+                       epilog="exit codes: 0\nexample:\n  cdc version")
+    p.set_defaults(fn=cmd_version)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -815,9 +832,6 @@ def build_parser() -> argparse.ArgumentParser:
         ("reload", "make the running service re-read CONFIG", ["config"]),
         ("pause", "stop reading for one pipeline", ["config", "pipeline"]),
         ("resume", "restart reading for a paused pipeline", ["config", "pipeline"]),
-        ("replay", "deliver archived events to a pipeline's sink",
-         ["config", "--archive", "--to", "--since", "--after-id", "--until"]),
-        ("version", "the versions of cdc and its drivers", []),
     ):
         p = sub.add_parser(name, help=f"{help_text} (not available yet)")
         for arg in args:
@@ -832,6 +846,8 @@ def build_parser() -> argparse.ArgumentParser:
             else:
                 p.add_argument(arg)
         p.set_defaults(fn=_not_available(name))
+
+    _add_ops_commands(sub)
 
     p = sub.add_parser(
         "tail", help="follow a pipeline's events as they land",

@@ -109,9 +109,6 @@ def test_later_keys_are_still_checked(tmp_path: Path, change: str, path: str, ne
         ["reload", "c.yaml"],
         ["pause", "c.yaml", "p"],
         ["resume", "c.yaml", "p"],
-        ["replay", "c.yaml", "--archive", "a", "--to", "p"],
-        ["version"],
-        ["--version"],
     ],
 )
 def test_commands_not_built_yet_say_so(argv: list[str]) -> None:
