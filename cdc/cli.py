@@ -117,9 +117,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
         return EXIT_INVALID
-    if args.where is not None:
-        _err("cdc snapshot --where is not available yet in this build of cdc")
-        return EXIT_FAILED
     if args.cancel is not None:
         if args.tables or args.wait:
             _err("--cancel ID takes no TABLE and no --wait")
@@ -134,8 +131,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if missing:
         _err(f"not in pipeline {p.name}'s tables: {', '.join(missing)}")
         return EXIT_INVALID
+    body: dict[str, Any] = {"tables": args.tables}
+    if args.where is not None:
+        if len(args.tables) != 1:
+            _err("--where takes exactly one TABLE (snapshot each table with its own condition)")
+            return EXIT_INVALID
+        body["where"] = {args.tables[0]: args.where}
     try:
-        status, doc = api_call(cfg, "POST", f"/pipelines/{p.name}/snapshots", {"tables": args.tables})
+        status, doc = api_call(cfg, "POST", f"/pipelines/{p.name}/snapshots", body, timeout=30.0)
     except NoService as exc:
         _err(str(exc))
         return EXIT_NO_SERVICE
@@ -785,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.add_argument("--wait", action="store_true", help="wait until the snapshot ends")
-    p.add_argument("--where", metavar="SQL", help="only rows matching this condition (not available yet)")
+    p.add_argument("--where", metavar="SQL", help="a partial snapshot: only rows matching this SQL condition (one TABLE)")
     p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (its id from `cdc snapshots`)")
     p.set_defaults(fn=cmd_snapshot)
 
