@@ -690,6 +690,16 @@ def cmd_verify(args: argparse.Namespace) -> int:
     )
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from cdc import replay
+    from cdc.log import configure
+
+    configure(cfg.log.level, cfg.log.format)
+    return replay.run(cfg, args.archive, args.to, since=args.since, after_id=args.after_id,
+                      until=args.until, out=_out, err=_err)
+
+
 def cmd_version(args: argparse.Namespace) -> int:
     from cdc.version import lines
 
@@ -766,6 +776,24 @@ def _add_ops_commands(sub: Any) -> None:
                        "each driver and the C library under it (libpq, librdkafka).",
                        epilog="exit codes: 0\nexample:\n  cdc version")
     p.set_defaults(fn=cmd_version)
+
+    p = sub.add_parser(
+        "replay", help="deliver events archived in a file-sink folder to a pipeline's sink",
+        description="Deliver the events kept in a file sink's folder (--archive) to the sink of "
+        "pipeline --to, in archive order, each id once, through its transforms, whether or not "
+        "the service runs. Progress is kept in the state store: the same command again "
+        "continues an interrupted replay; a finished one does nothing.",
+        epilog="exit codes: 0 done (or already done); 1 failed (running it again continues); 2 "
+        "bad arguments or archive\nexample:\n  cdc replay shop.yaml --archive out/shop --to "
+        "hooks --since 2026-11-28T09:00:00Z")
+    p.add_argument("config")
+    p.add_argument("--archive", required=True, metavar="PATH", help="a file sink's folder")
+    p.add_argument("--to", required=True, metavar="PIPELINE", help="the pipeline whose sink receives the events")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--since", metavar="T", help="events whose source.ts_ms is at or after T (ISO 8601)")
+    start.add_argument("--after-id", metavar="ID", help="events after the event with this id")
+    p.add_argument("--until", metavar="T", help="events whose source.ts_ms is at or before T (ISO 8601)")
+    p.set_defaults(fn=cmd_replay)
 
 
 def build_parser() -> argparse.ArgumentParser:
