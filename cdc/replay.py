@@ -95,18 +95,37 @@ def _events_files(folder: str) -> list[str]:
     return [name for _, name in files(folder)]
 
 
-def _lines(folder: str, start: tuple[int, int]) -> Iterator[tuple[int, int, bytes]]:
-    """``(file number, offset after the line, line)`` from ``start`` = (file number, offset)."""
-    for number, name in enumerate(_events_files(folder)):
+def _lines(
+    folder: str, start: tuple[int, int], extent: list[int] | None = None
+) -> Iterator[tuple[int, int, bytes]]:
+    """``(file number, offset after the line, line)`` from ``start`` = (file number, offset),
+    complete lines only, up to ``extent`` (each file's size when the archive was checked: a
+    folder still being written is replayed as it was then)."""
+    names = _events_files(folder)
+    if extent is not None:
+        names = names[: len(extent)]
+    for number, name in enumerate(names):
         if number < start[0]:
             continue
         offset = start[1] if number == start[0] else 0
+        end = extent[number] if extent is not None else None
         with open(os.path.join(folder, name), "rb") as fh:
             fh.seek(offset)
             for line in fh:
+                if not line.endswith(b"\n") or (end is not None and offset + len(line) > end):
+                    break
                 offset += len(line)
                 if line.strip():
                     yield number, offset, line.rstrip(b"\n")
+
+
+def _torn(path: str) -> bool:
+    with open(path, "rb") as fh:
+        size = fh.seek(0, os.SEEK_END)
+        if not size:
+            return False
+        fh.seek(size - 1)
+        return fh.read(1) != b"\n"
 
 
 class Archive:
@@ -132,21 +151,23 @@ class Archive:
                     d = orjson.loads(line)
                     self.schemas[(d["name"], int(d["version"]))] = d
         last = os.path.join(folder, self.files[-1])
-        with open(last, "rb") as fh:
-            size = fh.seek(0, os.SEEK_END)
-            if size:
-                fh.seek(size - 1)
-                if fh.read(1) != b"\n":
-                    raise ReplayError(
-                        f"{last}: the last line is torn (a writer was cut off mid-line); a file "
-                        "sink cuts it when it opens the folder again, or cut it yourself: nothing "
-                        "was replayed")
+        # a line being written by a running pipeline ends within moments; a torn one stays
+        deadline = time.monotonic() + 2.0
+        while _torn(last):
+            if time.monotonic() > deadline:
+                raise ReplayError(
+                    f"{last}: the last line is torn (a writer was cut off mid-line); a file "
+                    "sink cuts it when it opens the folder again, or cut it yourself: nothing "
+                    "was replayed")
+            time.sleep(0.05)
+        #: each events file's size now: what this run replays
+        self.extent = [os.path.getsize(os.path.join(folder, name)) for name in self.files]
         self.pipeline: str | None = None
         self.selected = 0
         #: where delivery starts (file number, offset): after --after-id's line, else the start
         self.start = (0, 0)
         found = selection.after_id is None
-        for number, offset, line in _lines(folder, (0, 0)):
+        for number, offset, line in _lines(folder, (0, 0), self.extent):
             where = f"{self.files[number]} (byte {offset - len(line) - 1})"
             try:
                 doc = orjson.loads(line)
@@ -327,10 +348,10 @@ def run(
             raise ReplayError(f"--since {since} is after --until {until}")
         selection = Selection(since_ms, until_ms, after_id)
         archive = Archive(folder, selection)
+        return _deliver(cfg, p, archive, selection, out, err)
     except ReplayError as exc:
         err(str(exc))
         return EXIT_INVALID
-    return _deliver(cfg, p, archive, selection, out, err)
 
 
 def _deliver(
@@ -343,6 +364,19 @@ def _deliver(
     from cdc.service import open_store
 
     store = open_store(cfg)
+    if p.sink_type == "file":
+        # A file sink's folder has one writer: a pipeline's crash recovery cuts its folder back
+        # to its checkpoint, which would cut replayed events (and a replay resumed the same way
+        # would cut the pipeline's)
+        target = os.path.realpath(str(getattr(p.sink, "path", "")))
+        if target == os.path.realpath(archive.folder) or store.get_checkpoint(p.name) is not None:
+            store.close()
+            raise ReplayError(
+                f"--to {p.name}: its file sink writes to {target}, "
+                + ("the archive itself" if target == os.path.realpath(archive.folder)
+                   else "a folder the pipeline itself writes to (it has a checkpoint)")
+                + "; replay into a folder of its own: a pipeline defined for the replay, with "
+                "another sink.path")
     key = _progress_key(archive.folder, p.name, selection)
     saved_text = store.get_meta("", key)
     state: dict[str, Any] = orjson.loads(saved_text) if saved_text else {
@@ -450,7 +484,7 @@ def _pump(
         if delay:
             time.sleep(delay)
 
-    for number, offset, line in _lines(archive.folder, (state["file"], state["offset"])):
+    for number, offset, line in _lines(archive.folder, (state["file"], state["offset"]), archive.extent):
         last = (number, offset)
         doc = orjson.loads(line)
         if doc["id"] in seen or not selection.wants(doc):

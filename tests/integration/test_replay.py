@@ -359,3 +359,93 @@ def test_the_target_transforms_apply_and_nothing_else_changes(archive: Archived,
         assert any(c.get("masked") == "redact" for c in definition["columns"])
     finally:
         receiver.close()
+
+
+# -- file sink --------------------------------------------------------------------------------------
+
+
+def test_replay_into_a_file_sink_killed_and_continued_holds_each_line_once(
+    archive: Archived, tmp_path: Path
+) -> None:
+    rebuilt = tmp_path / "rebuilt"
+    cfg = _target_config(tmp_path, archive, {"type": "file", "path": str(rebuilt), "rotate_mb": 0.02})
+    env = cdc_env()
+    env["CDC_TEST_REPLAY_BATCH_DELAY_S"] = "0.3"
+    env["CDC_TEST_REPLAY_BATCH"] = "15"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cdc", "replay", str(cfg), "--archive", str(archive.folder), "--to", "hooks"],
+        env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )
+
+    def lines() -> list[bytes]:
+        out: list[bytes] = []
+        for f in sorted(rebuilt.glob("events-*.jsonl")):
+            out += [line for line in f.read_bytes().split(b"\n") if line]
+        return out
+
+    try:
+        wait_for(lambda: rebuilt.exists() and len(lines()) >= 45, 60, what="3 batches written")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert len(lines()) < len(archive.lines)
+    done = _replay(cfg, archive)
+    assert done.returncode == 0, done.stderr
+    # the file sink's own guarantee: the folder is cut back to the last saved batch, so each
+    # archived line is there exactly once, byte for byte, in order
+    assert lines() == archive.lines
+    assert (rebuilt / "schemas.jsonl").read_bytes() == (archive.folder / "schemas.jsonl").read_bytes()
+
+
+def test_a_file_sink_a_pipeline_writes_to_is_refused(archive: Archived, tmp_path: Path) -> None:
+    p = pg_pipeline("shop", archive.dsn, [TABLE], archive.folder)
+    cfg = write_config(tmp_path, [p], api_port=free_port(), extra={"state": {"path": str(archive.state)}})
+    proc = run_cli("replay", str(cfg), "--archive", str(archive.folder), "--to", "shop")
+    assert proc.returncode == 2 and "the archive itself" in proc.stderr, proc.stderr
+
+
+# -- while the service runs -------------------------------------------------------------------------
+
+
+def test_replay_while_the_service_runs_and_writes_the_archive(pg15: Any, tmp_path: Path) -> None:
+    name, dsn = create_database(pg15)
+    receiver = Receiver()
+    try:
+        execute(dsn, f"CREATE TABLE {TABLE} (id int PRIMARY KEY, status text, total numeric(10,2), "
+                     "doc jsonb, f float8)")
+        folder = tmp_path / "archive"
+        shop = pg_pipeline("shop", dsn, [TABLE], folder, slot="cdc_shop_live")
+        hooks = pg_pipeline("hooks", dsn, [TABLE], tmp_path / "unused", slot="cdc_hooks_never")
+        hooks["sink"] = {"type": "webhook", "url": receiver.url, "batch_max": 50}
+        cfg = write_config(tmp_path, [shop, hooks], api_port=free_port())
+        with CdcService(cfg, "--pipeline", "shop") as svc:
+            svc.wait_state("shop", "running")
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                for i in range(1, 201):
+                    conn.execute(f"INSERT INTO {TABLE} VALUES (%s, 'new', 1, NULL, 0)", (i,))
+                wait_for(lambda: sum(f.read_bytes().count(b"\n") for f in folder.glob("events-*.jsonl")) >= 200,
+                         60, what="200 events archived")
+                env = cdc_env()
+                env["CDC_TEST_REPLAY_BATCH"] = "25"
+                replay = subprocess.Popen(
+                    [sys.executable, "-m", "cdc", "replay", str(cfg), "--archive", str(folder), "--to", "hooks"],
+                    env=env, cwd=str(ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                )
+                for i in range(201, 401):  # the pipeline keeps writing the archive meanwhile
+                    conn.execute(f"INSERT INTO {TABLE} VALUES (%s, 'new', 1, NULL, 0)", (i,))
+                out, err = replay.communicate(timeout=120)
+                assert replay.returncode == 0, err
+            wait_for(lambda: sum(f.read_bytes().count(b"\n") for f in folder.glob("events-*.jsonl")) >= 400,
+                     60, what="400 events archived")
+            assert svc.pipeline("shop")["state"] == "running"
+            assert svc.stop() == 0
+        archived = [orjson.loads(line)["id"] for f in sorted(folder.glob("events-*.jsonl"))
+                    for line in f.read_bytes().split(b"\n") if line]
+        ids = [e["id"] for e, _ in _posted(receiver)]
+        # the archive as it was when the replay began: a prefix of it, in order, each id once
+        assert len(ids) >= 200 and ids == archived[: len(ids)]
+    finally:
+        receiver.close()
+        drop_database(pg15, name)
