@@ -696,6 +696,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from cdc.log import configure
 
     configure(cfg.log.level, cfg.log.format)
+    args.on_interrupt = "what was delivered is saved; run the same command again to continue"
     return replay.run(cfg, args.archive, args.to, since=args.since, after_id=args.after_id,
                       until=args.until, out=_out, err=_err)
 

@@ -449,3 +449,53 @@ def test_replay_while_the_service_runs_and_writes_the_archive(pg15: Any, tmp_pat
     finally:
         receiver.close()
         drop_database(pg15, name)
+
+
+def test_replay_into_a_debezium_format_sink(archive: Archived, tmp_path: Path) -> None:
+    rebuilt = tmp_path / "dbz"
+    cfg = _target_config(tmp_path, archive, {"type": "file", "path": str(rebuilt), "format": "debezium",
+                                             "debezium": {"topic.prefix": "shop"}})
+    proc = _replay(cfg, archive)
+    assert proc.returncode == 0, proc.stderr
+    records = [orjson.loads(line) for f in sorted(rebuilt.glob("events-*.jsonl"))
+               for line in f.read_bytes().split(b"\n") if line]
+    assert len(records) == len(archive.events)
+    for record, e in zip(records, archive.events, strict=True):
+        payload = record.get("payload", record)
+        assert payload["op"] == e["op"]
+        assert payload["source"]["txId"] == int(e["source"]["tx"])
+        assert (payload["after"] or {}).get("id") == (e["after"] or {}).get("id")
+
+
+def test_progress_bar_on_a_terminal_and_a_plain_line_otherwise(archive: Archived, tmp_path: Path) -> None:
+    import pty
+
+    receiver = Receiver()
+    try:
+        cfg = _target_config(tmp_path, archive, {"type": "webhook", "url": receiver.url})
+        primary, secondary = pty.openpty()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "cdc", "replay", str(cfg), "--archive", str(archive.folder), "--to", "hooks"],
+            env=cdc_env(), cwd=str(ROOT), stdout=subprocess.PIPE, stderr=secondary,
+        )
+        os.close(secondary)
+        seen = b""
+        while True:
+            try:
+                chunk = os.read(primary, 4096)
+            except OSError:  # the other end closed
+                break
+            if not chunk:
+                break
+            seen += chunk
+        proc.wait(60)
+        os.close(primary)
+        assert proc.returncode == 0
+        n = len(archive.events)
+        assert f"\rreplay [{'#' * 30}] {n:,}/{n:,} events (100%)".encode() in seen, seen[-300:]
+        # not a terminal: a plain line
+        again = _replay(cfg, archive, "--after-id", archive.events[0]["id"])
+        assert again.returncode == 0
+        assert f"replay: {n - 1:,} of {n - 1:,} events delivered (100%)" in again.stderr
+    finally:
+        receiver.close()
