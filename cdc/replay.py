@@ -429,7 +429,7 @@ def _deliver(
         out(f"replayed {state['delivered']:,} events from {archive.folder} to {p.name}"
             + (f" (last {state['last_id']})" if state["last_id"] else ""))
         return EXIT_OK
-    except CDCError as exc:
+    except (CDCError, transforms.TransformFailed) as exc:
         progress.update(int(state["delivered"]), final=True)
         where = archive.files[state["file"]] if state["file"] < len(archive.files) else "the end"
         err(f"replay failed: {exc}")

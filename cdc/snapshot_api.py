@@ -109,11 +109,11 @@ class SnapshotReader(ABC):
     def check_where(self, table: str, where: str) -> None:
         """Check a partial snapshot's condition before the snapshot starts, by asking the
         database (e.g. ``EXPLAIN`` of the read in a read-only transaction); changes nothing.
-        Raises :class:`cdc.errors.FatalError` (kind ``snapshot_refused``) with the database's
+        Raises :class:`cdc.errors.FatalSourceError` (kind ``snapshot_refused``) with the database's
         message for a condition it rejects. The default refuses every condition."""
-        from cdc.errors import FatalError, Kind
+        from cdc.errors import FatalSourceError, Kind
 
-        raise FatalError(
+        raise FatalSourceError(
             f"this source cannot take a partial snapshot (where) of {table}",
             kind=Kind.SNAPSHOT_REFUSED, table=table,
         )
