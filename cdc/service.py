@@ -143,7 +143,7 @@ class Service:
         if stray:
             raise Refused(f'"where" names tables not in "tables": {", ".join(stray)}')
         for table, condition in conditions.items():
-            problem = snapshot.condition_problem(condition)
+            problem = snapshot.condition_problem(condition, p.config.source_type != "postgres")
             if problem:
                 raise Refused(f"the condition for {table} is refused: {problem}")
         if not conditions:

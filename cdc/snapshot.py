@@ -79,24 +79,26 @@ CHUNK_DELAY_ENV = "CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"
 OPEN = ("pending", "running")
 
 
-def condition_problem(condition: str) -> str | None:
+def condition_problem(condition: str, hash_comments: bool = True) -> str | None:
     """Why a partial snapshot's SQL condition (``--where``) is refused before the database sees
     it, or ``None``. The condition is spliced into the reader's ``SELECT ... WHERE (cond) AND
     key > cursor``: it may hold any expression the pipeline's role may evaluate, but no ``;``
     and no comment (``--``, ``/*``, MySQL's ``#``) outside quoted text, which could end the
     statement or hide the rest of it. Quoted text is read both ways (with and without MySQL's
     backslash escapes), so a quote that one dialect ends and the other does not cannot hide
-    anything. The database checks the rest (see ``SnapshotReader.check_where``)."""
+    anything. ``hash_comments``: ``#`` starts a comment (MySQL/MariaDB; PostgreSQL uses it in
+    operators such as ``#>>``). The database checks the rest (see
+    ``SnapshotReader.check_where``)."""
     if not condition.strip():
         return "the condition is empty"
     for backslash in (False, True):
-        problem = _outside_quotes_problem(condition, backslash)
+        problem = _outside_quotes_problem(condition, backslash, hash_comments)
         if problem:
             return problem
     return None
 
 
-def _outside_quotes_problem(condition: str, backslash: bool) -> str | None:
+def _outside_quotes_problem(condition: str, backslash: bool, hash_comments: bool) -> str | None:
     outside: list[str] = []
     quote = ""
     i = 0
@@ -122,6 +124,8 @@ def _outside_quotes_problem(condition: str, backslash: bool) -> str | None:
     text = "".join(outside)
     for token, name in ((";", "a ';'"), ("--", "a '--' comment"), ("/*", "a '/*' comment"),
                         ("#", "a '#' comment")):
+        if token == "#" and not hash_comments:
+            continue
         if token in text:
             return f"the condition may not contain {name} outside quotes"
     return None

@@ -35,6 +35,11 @@ def test_condition_problem(condition: str, needle: str | None) -> None:
         assert problem is not None and needle in problem
 
 
+def test_hash_is_an_operator_on_postgresql() -> None:
+    assert condition_problem("doc #>> '{a,b}' = 'x'", hash_comments=False) is None
+    assert condition_problem("doc #>> '{a,b}' = 'x'") is not None
+
+
 def test_json_columns_keep_their_archived_text() -> None:
     doc_text = '{"a": 1.10, "b": [1, {"c": "}\\"]"}], "big": 123456789012345678901234567890}'
     line = (
