@@ -499,3 +499,34 @@ def test_progress_bar_on_a_terminal_and_a_plain_line_otherwise(archive: Archived
         assert f"replay: {n - 1:,} of {n - 1:,} events delivered (100%)" in again.stderr
     finally:
         receiver.close()
+
+
+# -- the other brokers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["nats", "redis", "rabbitmq"])
+def test_replay_into_the_other_brokers(archive: Archived, tmp_path: Path, kind: str) -> None:
+    harness: Any
+    if kind == "nats":
+        from tests.nats_harness import NatsHarness
+
+        harness = NatsHarness(tmp_path)
+    elif kind == "redis":
+        from tests.redis_harness import RedisHarness
+
+        harness = RedisHarness(tmp_path)
+    else:
+        from tests.rabbitmq_harness import RabbitHarness
+
+        harness = RabbitHarness(tmp_path)
+    try:
+        cfg = _target_config(tmp_path, archive, harness.sink_config())
+        proc = _replay(cfg, archive, "--after-id", archive.events[49]["id"])
+        assert proc.returncode == 0, proc.stderr
+        want = archive.events[50:]
+        got = wait_for(lambda: (lambda ev: ev if len(ev) >= len(want) else None)(harness.events()), 60,
+                       what="every replayed event at the broker")
+        assert [e["id"] for e in got] == [e["id"] for e in want]
+        assert got == want
+    finally:
+        harness.close()
