@@ -119,9 +119,6 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if p is None:
         _err(f"no pipeline named {args.pipeline!r} in {args.config}")
         return EXIT_INVALID
-    if args.where is not None:
-        _err("cdc snapshot --where is not available yet in this build of cdc")
-        return EXIT_FAILED
     if args.cancel is not None:
         if args.tables or args.wait:
             _err("--cancel ID takes no TABLE and no --wait")
@@ -136,8 +133,14 @@ def cmd_snapshot(args: argparse.Namespace) -> int:
     if missing:
         _err(f"not in pipeline {p.name}'s tables: {', '.join(missing)}")
         return EXIT_INVALID
+    body: dict[str, Any] = {"tables": args.tables}
+    if args.where is not None:
+        if len(args.tables) != 1:
+            _err("--where takes exactly one TABLE (snapshot each table with its own condition)")
+            return EXIT_INVALID
+        body["where"] = {args.tables[0]: args.where}
     try:
-        status, doc = api_call(cfg, "POST", f"/pipelines/{p.name}/snapshots", {"tables": args.tables})
+        status, doc = api_call(cfg, "POST", f"/pipelines/{p.name}/snapshots", body, timeout=30.0)
     except NoService as exc:
         _err(str(exc))
         return EXIT_NO_SERVICE
@@ -800,12 +803,23 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _pause_resume(args, "resume")
 
 
-def _not_available(command: str) -> Any:
-    def refuse(args: argparse.Namespace) -> int:
-        _err(f"cdc {command} is not available yet in this build of cdc")
-        return EXIT_FAILED
+def cmd_replay(args: argparse.Namespace) -> int:
+    cfg = _load(args.config)
+    from cdc import replay
+    from cdc.log import configure
 
-    return refuse
+    configure(cfg.log.level, cfg.log.format)
+    args.on_interrupt = "what was delivered is saved; run the same command again to continue"
+    return replay.run(cfg, args.archive, args.to, since=args.since, after_id=args.after_id,
+                      until=args.until, out=_out, err=_err)
+
+
+def cmd_version(args: argparse.Namespace) -> int:
+    from cdc.version import lines
+
+    for line in lines():
+        _out(line)
+    return EXIT_OK
 
 
 #: what each command's --help says beyond its arguments: (description, exit codes, example)
@@ -871,6 +885,33 @@ def _describe(sub: Any) -> None:
                 action.help = _POSITIONALS[action.dest]
 
 
+def _add_ops_commands(sub: Any) -> None:
+    """``cdc version`` and ``cdc replay``."""
+    p = sub.add_parser("version", help="the versions of cdc and its drivers",
+                       description="One `name version` line per component: cdc, Python, then "
+                       "each driver and the C library under it (libpq, librdkafka).",
+                       epilog="exit codes: 0\nexample:\n  cdc version")
+    p.set_defaults(fn=cmd_version)
+
+    p = sub.add_parser(
+        "replay", help="deliver events archived in a file-sink folder to a pipeline's sink",
+        description="Deliver the events kept in a file sink's folder (--archive) to the sink of "
+        "pipeline --to, in archive order, each id once, through its transforms, whether or not "
+        "the service runs. Progress is kept in the state store: the same command again "
+        "continues an interrupted replay; a finished one does nothing.",
+        epilog="exit codes: 0 done (or already done); 1 failed (running it again continues); 2 "
+        "bad arguments or archive\nexample:\n  cdc replay shop.yaml --archive out/shop --to "
+        "hooks --since 2026-11-28T09:00:00Z")
+    p.add_argument("config")
+    p.add_argument("--archive", required=True, metavar="PATH", help="a file sink's folder")
+    p.add_argument("--to", required=True, metavar="PIPELINE", help="the pipeline whose sink receives the events")
+    start = p.add_mutually_exclusive_group()
+    start.add_argument("--since", metavar="T", help="events whose source.ts_ms is at or after T (ISO 8601)")
+    start.add_argument("--after-id", metavar="ID", help="events after the event with this id")
+    p.add_argument("--until", metavar="T", help="events whose source.ts_ms is at or before T (ISO 8601)")
+    p.set_defaults(fn=cmd_replay)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cdc", description="Change data capture: PostgreSQL and MySQL changes to files, Kafka and webhooks.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -891,7 +932,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.add_argument("tables", nargs="*", metavar="TABLE")
     p.add_argument("--wait", action="store_true", help="wait until the snapshot ends")
-    p.add_argument("--where", metavar="SQL", help="only rows matching this condition (not available yet)")
+    p.add_argument("--where", metavar="SQL", help="a partial snapshot: only rows matching this SQL condition (one TABLE)")
     p.add_argument("--cancel", metavar="ID", help="cancel a snapshot (its id from `cdc snapshots`)")
     p.set_defaults(fn=cmd_snapshot)
 
@@ -948,24 +989,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("pipeline")
     p.set_defaults(fn=cmd_resume)
 
-    for name, help_text, args in (
-        ("replay", "deliver archived events to a pipeline's sink",
-         ["config", "--archive", "--to", "--since", "--after-id", "--until"]),
-        ("version", "the versions of cdc and its drivers", []),
-    ):
-        p = sub.add_parser(name, help=f"{help_text} (not available yet)")
-        for arg in args:
-            if arg.endswith("!"):
-                p.add_argument(arg[:-1], action="store_true")
-            elif arg.startswith("--"):
-                p.add_argument(arg)
-            elif arg.endswith("?"):
-                p.add_argument(arg[:-1], nargs="?")
-            elif arg.endswith("*"):
-                p.add_argument(arg[:-1], nargs="*")
-            else:
-                p.add_argument(arg)
-        p.set_defaults(fn=_not_available(name))
+    _add_ops_commands(sub)
 
     p = sub.add_parser(
         "tail", help="follow a pipeline's events as they land",

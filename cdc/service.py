@@ -103,11 +103,17 @@ class Service:
         tables = body.get("tables") if isinstance(body, dict) else None
         if not isinstance(tables, list) or not tables or not all(isinstance(t, str) for t in tables):
             raise Refused('the body must be {"tables": ["schema.table", ...]} with at least one table')
+        assert isinstance(body, dict)
+        unknown = [k for k in body if k not in ("tables", "where")]
+        if unknown:
+            raise Refused(f"unknown field {', '.join(map(repr, unknown))} (this endpoint takes "
+                          '"tables" and "where")')
         tables = [names.normalize(t) for t in tables]
         listed = list(getattr(p.config.source, "tables", []) or [])
         missing = [t for t in tables if t not in listed]
         if missing:
             raise Refused(f"not in pipeline {name}'s tables: {', '.join(missing)} (it lists {', '.join(listed)})")
+        where = self._snapshot_where(p, tables, body.get("where"))
         if p.config.snapshot.mode == "initial_only":
             raise Refused(f"pipeline {name} has snapshot.mode initial_only: it does not stream, "
                           "so it takes no snapshots on demand")
@@ -122,7 +128,9 @@ class Service:
             if not todo:
                 ids = list(dict.fromkeys(running[t] for t in tables))
                 return False, {"id": ids[0], "ids": ids, "tables": tables, "state": "running"}
-            record = snapshot.new_record(name, todo, "request")
+            record = snapshot.new_record(
+                name, todo, "request", {t: c for t, c in where.items() if t in todo}
+            )
             self.store.add_snapshot(name, record)
         p.log.info("snapshot_requested", snapshot=record["id"], tables=todo, reason="request")
         p.notify_snapshots()
@@ -130,6 +138,45 @@ class Service:
         if len(todo) < len(tables):
             doc["running"] = {t: running[t] for t in tables if t in running}
         return True, doc
+
+    def _snapshot_where(self, p: Pipeline, tables: list[str], where: Any) -> dict[str, str]:
+        """A partial snapshot's conditions (``"where": {table: SQL}``), each checked by the
+        source's database before anything is recorded. Raises :class:`Refused` with the
+        database's message."""
+        if where is None:
+            return {}
+        if not isinstance(where, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in where.items()
+        ):
+            raise Refused('"where" must be {"schema.table": "SQL condition", ...}')
+        conditions = {names.normalize(k): v for k, v in where.items()}
+        stray = [t for t in conditions if t not in tables]
+        if stray:
+            raise Refused(f'"where" names tables not in "tables": {", ".join(stray)}')
+        for table, condition in conditions.items():
+            problem = snapshot.condition_problem(condition, p.config.source_type != "postgres")
+            if problem:
+                raise Refused(f"the condition for {table} is refused: {problem}")
+        if not conditions:
+            return {}
+        from cdc import registry
+        from cdc.plugin import PluginContext
+
+        assert self.store is not None
+        ctx = PluginContext(p.config, self.store, p.log, self.config.config_dir)
+        source = registry.load("source", p.config.source_type)(p.config.source, ctx)
+        reader = source.snapshot_reader()
+        try:
+            for table, condition in conditions.items():
+                try:
+                    reader.check_where(table, condition)
+                except CDCError as exc:
+                    if getattr(exc, "retriable", False):
+                        raise
+                    raise Refused(str(exc)) from exc
+        finally:
+            reader.close()
+        return conditions
 
     def snapshots(self, name: str, snapshot_id: str | None = None) -> dict[str, Any]:
         """The pipeline's snapshot records (or one). Raises :class:`UnknownName`."""

@@ -79,10 +79,67 @@ CHUNK_DELAY_ENV = "CDC_TEST_SNAPSHOT_CHUNK_DELAY_S"
 OPEN = ("pending", "running")
 
 
-def new_record(pipeline: str, tables: Sequence[str], reason: str) -> dict[str, Any]:
-    """A new snapshot record (state ``pending``)."""
+def condition_problem(condition: str, hash_comments: bool = True) -> str | None:
+    """Why a partial snapshot's SQL condition (``--where``) is refused before the database sees
+    it, or ``None``. The condition is spliced into the reader's ``SELECT ... WHERE (cond) AND
+    key > cursor``: it may hold any expression the pipeline's role may evaluate, but no ``;``
+    and no comment (``--``, ``/*``, MySQL's ``#``) outside quoted text, which could end the
+    statement or hide the rest of it. Quoted text is read both ways (with and without MySQL's
+    backslash escapes), so a quote that one dialect ends and the other does not cannot hide
+    anything. ``hash_comments``: ``#`` starts a comment (MySQL/MariaDB; PostgreSQL uses it in
+    operators such as ``#>>``). The database checks the rest (see
+    ``SnapshotReader.check_where``)."""
+    if not condition.strip():
+        return "the condition is empty"
+    for backslash in (False, True):
+        problem = _outside_quotes_problem(condition, backslash, hash_comments)
+        if problem:
+            return problem
+    return None
+
+
+def _outside_quotes_problem(condition: str, backslash: bool, hash_comments: bool) -> str | None:
+    outside: list[str] = []
+    quote = ""
+    i = 0
+    while i < len(condition):
+        ch = condition[i]
+        if quote:
+            if backslash and ch == "\\" and quote == "'":
+                i += 2
+                continue
+            if ch == quote:
+                if condition[i + 1 : i + 2] == quote:  # a doubled quote stays inside
+                    i += 2
+                    continue
+                quote = ""
+            i += 1
+            continue
+        if ch in "'\"`":
+            quote = ch
+        outside.append(ch)
+        i += 1
+    if quote:
+        return f"the condition has an unclosed {quote} quote"
+    text = "".join(outside)
+    for token, name in ((";", "a ';'"), ("--", "a '--' comment"), ("/*", "a '/*' comment"),
+                        ("#", "a '#' comment")):
+        if token == "#" and not hash_comments:
+            continue
+        if token in text:
+            return f"the condition may not contain {name} outside quotes"
+    return None
+
+
+def new_record(
+    pipeline: str, tables: Sequence[str], reason: str, where: dict[str, str] | None = None
+) -> dict[str, Any]:
+    """A new snapshot record (state ``pending``); ``where``: a partial snapshot's SQL condition
+    per table, kept with the record so a resumed snapshot reads the same rows."""
     now = time.time()
+    extra: dict[str, Any] = {"where": dict(where)} if where else {}
     return {
+        **extra,
         "id": f"{time.strftime('%Y%m%d%H%M%S', time.gmtime(now))}-{uuid.uuid4().hex[:6]}",
         "pipeline": pipeline,
         "tables": list(tables),
@@ -517,9 +574,13 @@ class SnapshotDriver:
         table, cursor = self.table, self._cursor
         delay = float(os.environ.get(CHUNK_DELAY_ENV) or 0)
 
+        where = self.record.get("where", {}).get(table) if self.record is not None else None
+
         def read(reader: SnapshotReader) -> Chunk:
             if delay:
                 time.sleep(delay)
+            if where:  # a partial snapshot (only then the keyword: readers without it still work)
+                return reader.read_chunk(table, cursor, limit, where=where)  # type: ignore[call-arg]
             return reader.read_chunk(table, cursor, limit)
 
         self._submit(read)

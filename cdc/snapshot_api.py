@@ -100,7 +100,23 @@ class SnapshotReader(ABC):
     @abstractmethod
     def read_chunk(self, table: str, cursor: Any, limit: int | None) -> Chunk:
         """Read up to ``limit`` rows after ``cursor`` (``None``: from the start) in key order,
-        in one consistent read. ``limit`` None (keyless tables): the whole table."""
+        in one consistent read. ``limit`` None (keyless tables): the whole table.
+
+        A partial snapshot calls it with one more keyword, ``where=`` (a SQL condition that
+        :meth:`check_where` accepted): only rows matching it are read, with the same
+        ordering. Readers that take no condition are never called with it."""
+
+    def check_where(self, table: str, where: str) -> None:
+        """Check a partial snapshot's condition before the snapshot starts, by asking the
+        database (e.g. ``EXPLAIN`` of the read in a read-only transaction); changes nothing.
+        Raises :class:`cdc.errors.FatalSourceError` (kind ``snapshot_refused``) with the database's
+        message for a condition it rejects. The default refuses every condition."""
+        from cdc.errors import FatalSourceError, Kind
+
+        raise FatalSourceError(
+            f"this source cannot take a partial snapshot (where) of {table}",
+            kind=Kind.SNAPSHOT_REFUSED, table=table,
+        )
 
     @abstractmethod
     def close(self) -> None:

@@ -236,6 +236,10 @@ class PostgresSink(Sink):
         self._targets: dict[str, Target] = {}
         self._types: dict[str, str] = {}
         self._count = 0  # events applied and committed, ever
+        #: the row of cdc_sink_positions this sink keeps: the pipeline's, or under `cdc replay`
+        #: the replay's own (``ctx.shared["position_row"]``), so a replay never moves the
+        #: pipeline's count (which its crash recovery compares with its checkpoint's token)
+        self._position_row = str(ctx.shared.get("position_row") or ctx.name)
         self._applied = 0  # events applied in the open transaction
         self._first_id: str | None = None
         self._last_id: str | None = None
@@ -306,7 +310,7 @@ class PostgresSink(Sink):
         if not row or not row[0]:
             return None
         found = conn.execute(
-            "SELECT position FROM public.cdc_sink_positions WHERE pipeline = %s", (self.ctx.name,)
+            "SELECT position FROM public.cdc_sink_positions WHERE pipeline = %s", (self._position_row,)
         ).fetchone()
         if not found or found[0] is None:
             return None
@@ -636,7 +640,7 @@ class PostgresSink(Sink):
                     "INSERT INTO public.cdc_sink_positions (pipeline, position, updated_at) "
                     "VALUES (%s, %s, now()) ON CONFLICT (pipeline) DO UPDATE SET "
                     "position = EXCLUDED.position, updated_at = EXCLUDED.updated_at",
-                    (self.ctx.name, position),
+                    (self._position_row, position),
                 )
                 conn.commit()
         except pg.Error as exc:

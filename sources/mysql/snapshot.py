@@ -1064,14 +1064,38 @@ class MySQLSnapshotReader(SnapshotReader):
 
     # -- read_chunk -----------------------------------------------------------------------------
 
-    def read_chunk(self, table: str, cursor: Any, limit: int | None) -> Chunk:
+    def check_where(self, table: str, where: str) -> None:
+        """``EXPLAIN`` the read with the condition in a read-only transaction that is rolled
+        back: the server resolves its columns, types and functions without reading a row."""
+        pymysql = _pymysql()
+        conn = self._connection()
+        try:
+            compiled = self._table(conn, table)
+            with conn.cursor() as cur:
+                cur.execute("START TRANSACTION READ ONLY")
+                try:
+                    cur.execute(f"EXPLAIN {compiled.select_sql} WHERE ({where})")
+                    cur.fetchall()
+                finally:
+                    _rollback(conn)
+        except pymysql.err.MySQLError as exc:
+            error = self._error(exc, table, "checking the condition")
+            if isinstance(error, RetriableSourceError):
+                raise error from exc
+            raise FatalSourceError(
+                f"the condition for {table} is refused by the database: {catalog.error_text(exc)}",
+                kind=Kind.SNAPSHOT_REFUSED,
+                table=table,
+            ) from exc
+
+    def read_chunk(self, table: str, cursor: Any, limit: int | None, *, where: str | None = None) -> Chunk:
         pymysql = _pymysql()
         attempt = 0
         while True:
             attempt += 1
             conn = self._connection()
             try:
-                return self._read(conn, table, cursor, limit)
+                return self._read(conn, table, cursor, limit, where)
             except pymysql.err.MySQLError as exc:
                 _rollback(conn)
                 if catalog.error_code(exc) in _AGAIN and attempt < READ_ATTEMPTS:
@@ -1087,7 +1111,9 @@ class MySQLSnapshotReader(SnapshotReader):
                 _rollback(conn)
                 raise
 
-    def _read(self, conn: Any, table: str, cursor: Any, limit: int | None) -> MySQLChunk:
+    def _read(
+        self, conn: Any, table: str, cursor: Any, limit: int | None, where: str | None = None
+    ) -> MySQLChunk:
         assert self._facts is not None
         mariadb = self._facts.mariadb
         low: tuple[str, int, str] | None = None
@@ -1117,9 +1143,12 @@ class MySQLSnapshotReader(SnapshotReader):
         compiled = self._table(conn, table)
         keyless = not compiled.key_idx
         sql = compiled.select_sql
+        if where:  # a partial snapshot's condition, checked by check_where before it began
+            sql += f" WHERE ({where})"
         if not keyless:
             if cursor is not None:
-                sql += compiled.where(cursor)
+                after = compiled.where(cursor)
+                sql += f" AND ({after[len(' WHERE '):]})" if where else after
             if limit is not None:
                 sql += compiled.order_sql + f" LIMIT {int(limit)}"
         rows: list[tuple[dict[str, Any] | None, dict[str, Any]]] = []

@@ -305,19 +305,47 @@ class PostgresSnapshotReader(SnapshotReader):
 
     # -- reading -------------------------------------------------------------------------------
 
-    def read_chunk(self, table: str, cursor: Any, limit: int | None) -> Chunk:
+    def read_chunk(self, table: str, cursor: Any, limit: int | None, *, where: str | None = None) -> Chunk:
         try:
-            return self._read(table, cursor, limit)
+            return self._read(table, cursor, limit, where=where)
         except psycopg.OperationalError as exc:
             raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
         except psycopg.Error as exc:
             raise FatalSourceError(f"cannot read {table}: {str(exc).strip()}", kind=Kind.SNAPSHOT_REFUSED, table=table) from exc
 
-    def _read(self, table: str, cursor: Any, limit: int | None, upto: Any = None) -> Chunk:
+    def check_where(self, table: str, where: str) -> None:
+        """``EXPLAIN`` the first chunk's read with the condition, in a read-only transaction
+        that is rolled back: the server parses and plans it (unknown columns, types, functions,
+        privileges) without reading a row."""
+        try:
+            t = self._table(table, refresh=True)
+            conn = self._conn()
+            query = sql.SQL("EXPLAIN {} WHERE ({})").format(t.select, sql.SQL(where))
+            conn.execute("BEGIN READ ONLY")
+            try:
+                conn.execute(query)
+            finally:
+                if not conn.closed and not conn.broken:
+                    conn.execute("ROLLBACK")
+        except psycopg.OperationalError as exc:
+            raise RetriableSourceError(f"lost the snapshot connection: {exc}") from exc
+        except psycopg.Error as exc:
+            raise FatalSourceError(
+                f"the condition for {table} is refused by the database: {str(exc).strip()}",
+                kind=Kind.SNAPSHOT_REFUSED, table=table,
+            ) from exc
+
+    def _read(
+        self, table: str, cursor: Any, limit: int | None, upto: Any = None, where: str | None = None
+    ) -> Chunk:
         t = self._table(table)
         conn = self._conn()
         query: sql.Composable = t.select
         params: list[Any] = []
+        if where:
+            # checked by check_where before the snapshot began; parenthesised so that its ORs
+            # stay inside it
+            query = sql.SQL("{} WHERE ({})").format(query, sql.SQL(where))
         if t.key:
             key_sql = sql.SQL(", ").join(sql.Identifier(k) for k in t.key)
             conditions = []
@@ -328,7 +356,8 @@ class PostgresSnapshotReader(SnapshotReader):
                 conditions.append(sql.SQL("({}) <= ({})").format(key_sql, self._casts(t, len(params) + 1)))
                 params.extend(upto)
             if conditions:
-                query = sql.SQL("{} WHERE {}").format(query, sql.SQL(" AND ").join(conditions))
+                glue = " AND " if where else " WHERE "
+                query = sql.SQL("{}" + glue + "{}").format(query, sql.SQL(" AND ").join(conditions))
             query = sql.SQL("{} ORDER BY {}").format(query, key_sql)
             if limit is not None:
                 query = sql.SQL("{} LIMIT {}").format(query, sql.Literal(limit))
