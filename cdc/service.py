@@ -8,8 +8,11 @@ every pipeline has failed (exit 1) or finished (exit 0).
 
 A reload (SIGHUP, ``POST /reload``) re-reads the file, and applies the difference
 (:mod:`cdc.reload`): new pipelines start, removed ones stop, changed ones restart alone from
-their checkpoints; the others are not touched. Pause and resume set a flag in the state store
-that the pipeline (in whichever instance holds its lease) follows.
+their checkpoints; the others are not touched. With several instances (``state.dsn``) a
+reload of one instance is announced in the state database (:data:`RELOAD_META`) and every other
+instance re-reads its own file within :data:`RELOAD_POLL_S`, so the instance that holds a
+pipeline's lease applies it. Pause and resume set a flag in the state store that the pipeline
+(in whichever instance holds its lease) follows.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import gc
 import signal
 import threading
 import time
+import uuid
 from typing import Any
 
 from cdc import names, snapshot
@@ -37,6 +41,10 @@ from cdc.state import CheckpointStore, SQLiteStore
 STOP_GRACE_S = 8.0
 #: the process exits within this many seconds of a stop signal
 STOP_DEADLINE_S = 9.5
+#: several instances: the state-store meta key (pipeline "") announcing a reload to the others
+RELOAD_META = "service.reload"
+#: several instances: how often each looks for another instance's reload announcement
+RELOAD_POLL_S = 2.0
 
 
 def open_store(config: ServiceConfig, *, readonly: bool = False) -> CheckpointStore:
@@ -73,6 +81,9 @@ class Service:
         self._reload_lock = threading.Lock()
         #: set by SIGHUP; the main loop reloads
         self._reload_signal = threading.Event()
+        #: with several instances: the last reload announcement seen (see RELOAD_META)
+        self._reload_seen: str | None = None
+        self._reload_checked = 0.0
         self._shared: dict[str, Any] = {}
 
     # -- queries for the API ----------------------------------------------------------------------
@@ -273,7 +284,40 @@ class Service:
             self._apply(plan, new)
             doc = plan.as_dict()
             self.log.info("reloaded", trigger=trigger, **doc)
+            if trigger != "peer":
+                self._announce_reload()
             return doc
+
+    def _announce_reload(self) -> None:
+        """Several instances: tell the others (through the state database) to re-read their
+        files, so a reload asked of any instance reaches the one holding each lease."""
+        if self.leases is None or self.store is None:
+            return
+        token = f"{uuid.uuid4().hex}:{self.leases.instance_id}"
+        try:
+            self.store.set_meta("", RELOAD_META, token)
+            self._reload_seen = token
+        except Exception as exc:  # noqa: BLE001 - the state database may be down
+            self.log.warning("reload_not_announced", error=redact(str(exc)),
+                             hint="reload the other instances yourself (cdc reload, SIGHUP)")
+
+    def _follow_peer_reloads(self) -> None:
+        """Several instances: re-read the file when another instance announced a reload."""
+        if self.leases is None or self.store is None:
+            return
+        now = time.monotonic()
+        if now - self._reload_checked < RELOAD_POLL_S:
+            return
+        self._reload_checked = now
+        try:
+            token = self.store.get_meta("", RELOAD_META)
+        except Exception:  # noqa: BLE001 - the state database may be down: next time
+            return
+        if token is None or token == self._reload_seen:
+            return
+        self._reload_seen = token
+        with contextlib.suppress(CDCError):  # the outcome is logged by reload()
+            self.reload(trigger="peer")
 
     def _grow(self, plan: reloading.ReloadPlan) -> None:
         """The pipelines whose only change is more tables take them while streaming; one that
@@ -436,6 +480,8 @@ class Service:
             p.start()
         if self.leases is not None:
             self.leases.start()
+            with contextlib.suppress(Exception):  # an earlier announcement is not for us
+                self._reload_seen = self.store.get_meta("", RELOAD_META)
         warned_unused = False
         try:
             while not self._stop.wait(0.5):
@@ -445,6 +491,7 @@ class Service:
                     # the outcome (or why the file was refused) is logged by reload()
                     with contextlib.suppress(CDCError):
                         self.reload(trigger="SIGHUP")
+                self._follow_peer_reloads()
                 if self._pipelines and all(p.done for p in self._pipelines):
                     break
                 if not warned_unused:
