@@ -475,7 +475,6 @@ def main(argv: list[str] | None = None) -> int:
     expected = args.inserts + args.updates
     try:
         if only & {"pg", "snapshot"}:
-            import psycopg
             import snapshot
 
             from cdc_local.postgres import LocalPostgres, find_debian_bindir
@@ -519,7 +518,6 @@ def main(argv: list[str] | None = None) -> int:
                             f"launch (cdc {res.runs[0].wall_rate:,.0f}/s from launch), "
                             f"RSS {r.rss_mb:.0f} MB, CPU {r.cpu_s:.1f}s"
                         )
-                    del psycopg
             finally:
                 pg.cleanup()
         if "mysql" in only:
