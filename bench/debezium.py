@@ -484,7 +484,10 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 pg.start()
                 if "pg" in only:
-                    slots = (_harness.CDC_SLOT, *(f"{DBZ_SLOT}_{c}" for c in consumers))
+                    slots = (
+                        _harness.CDC_SLOT,
+                        *(f"{DBZ_SLOT}_{i}_{c}" for i, c in enumerate(consumers)),
+                    )
                     dsn = _harness.prepare(pg, slots)
                     _harness.workload(dsn, args.inserts, args.updates, args.rows_per_tx)
                     (work / "file").mkdir()
@@ -492,12 +495,14 @@ def main(argv: list[str] | None = None) -> int:
                         work / "file", dsn, expected, args.timeout, None
                     )
                     print(f"cdc → file: {expected / s:,.0f}/s, RSS {rss:.0f} MB, CPU {cpu:.1f}s")
-                    for c in consumers:
+                    for i, c in enumerate(consumers):
                         props = pg_stream_props(
-                            pg.port, _harness.DB, _harness.TABLE, f"{DBZ_SLOT}_{c}",
+                            pg.port, _harness.DB, _harness.TABLE, f"{DBZ_SLOT}_{i}_{c}",
                             _harness.PUBLICATION,
                         )
-                        r = run(work / "dbz", f"dbz_pg_{c}", props, c, expected, args.timeout)
+                        r = run(
+                            work / "dbz", f"dbz_pg_{i}_{c}", props, c, expected, args.timeout
+                        )
                         print(
                             f"Debezium PG streaming ({c} consumer): {r.rate:,.0f}/s, "
                             f"RSS {r.rss_mb:.0f} MB, CPU {r.cpu_s:.1f}s, {r.bytes:,} bytes"
@@ -507,11 +512,11 @@ def main(argv: list[str] | None = None) -> int:
                         pg, work / "snap", args.snapshot_rows, (snapshot.CHUNK_ROWS[0],),
                         args.timeout,
                     )
-                    for c in consumers:
+                    for i, c in enumerate(consumers):
                         props = pg_snapshot_props(
-                            pg.port, snapshot.DB, snapshot.TABLE, f"{DBZ_SNAP_SLOT}_{c}"
+                            pg.port, snapshot.DB, snapshot.TABLE, f"{DBZ_SNAP_SLOT}_{i}_{c}"
                         )
-                        r = run(work / "dbz", f"dbz_snap_{c}", props, c, args.snapshot_rows,
+                        r = run(work / "dbz", f"dbz_snap_{i}_{c}", props, c, args.snapshot_rows,
                                 args.timeout)
                         print(
                             f"Debezium PG snapshot ({c} consumer): {r.rate:,.0f} rows/s from "
@@ -521,7 +526,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 pg.cleanup()
         if "mysql" in only:
-            for c in consumers:
+            for c in dict.fromkeys(consumers):  # one run per consumer (a MariaDB each)
                 r = run_mysql(
                     work / "mysql", args.inserts, args.updates, args.rows_per_tx, c, args.timeout
                 )
