@@ -25,8 +25,14 @@ Sections, each on fresh throwaway servers, one consumer at a time (never two at 
 * **mysql** (MariaDB 10.11, bench/mysql_file.py's functions): a bare ``BinLogStreamReader``
   loop over the workload's binlog (the faster of ``freeze_schema`` off and on) against cdc
   with the file sink.
-* **latency** (bench/latency.py): commit-to-file latency p50/p99 at a steady 2,000 and 20,000
-  rows/s.
+* **latency** (bench/latency.py): commit-to-file latency p50/p99 at a steady 2,000, 20,000
+  and 50,000 rows/s.
+* **Debezium** (bench/debezium.py; issue 21), in the sections above: the real Debezium 3.6
+  embedded engine on the same workloads, each right after cdc's row: PostgreSQL streaming on
+  the pg workload's WAL (its own slot), the PostgreSQL snapshot of the snapshot's table, and
+  MariaDB streaming (the mysql workload on a MariaDB of its own that reports a MySQL-like
+  version). Its rate beside cdc's, cdc's over Debezium's (target ≥ 5×) and cdc's peak RSS over
+  Debezium's process tree's (target ≤ 1/10). ``--pg-rows`` picks the pg section's rows.
 
 Every sink's output is checked (each event exactly once) before its figure is shown. Times
 run from the service's process launch to its checkpoint covering the last event, except the
@@ -35,7 +41,8 @@ the log and the JSON). Targets (issue 7): file ≥ 0.7 and Kafka ≥ 0.5 of pg_r
 NATS, Redis and RabbitMQ each ≥ 0.7 and the PostgreSQL read model (issue 18) ≥ 0.5 of the
 file sink's rate in the same run;
 MySQL ≥ 0.9 of the bare loop; webhook ≥ 20,000 events/s; ≥ 8× the Singer tap; snapshot ≥ 0.15
-of COPY; p99 ≤ 50 ms at 2,000/s and ≤ 250 ms at 20,000/s; peak RSS ≤ 200 MB everywhere.
+of COPY; p99 ≤ 50 ms at 2,000/s, ≤ 250 ms at 20,000/s and ≤ 50 ms at 50,000/s; peak RSS
+≤ 200 MB everywhere (cdc's rows).
 ``--strict`` exits 1 when one is missed.
 """
 
