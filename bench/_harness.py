@@ -165,19 +165,26 @@ def service_config(
     *,
     state: str = "state.sqlite",
     name: str = "pipeline.yaml",
+    **extra: Any,
 ) -> Path:
     """``work/name``: state in ``work/state``, the API on 127.0.0.1:``port``, JSON logs at
-    info, these pipelines."""
+    info, these pipelines (and any ``extra`` top-level settings, e.g. ``pin_cpu``)."""
     return write_config(
         work / name,
         state={"path": str(work / state)},
         api={"listen": f"127.0.0.1:{port}"},
         log={"level": "info", "format": "json"},
+        **extra,
         pipelines=pipelines,
     )
 
 
 # -- processes -----------------------------------------------------------------------------------
+
+
+#: the folder ``python -m cdc`` runs in, so the code it imports (bench/ab.py points it at
+#: another checkout's copy for a before/after in one run)
+CODE_ROOT = ROOT
 
 
 class Service:
@@ -191,7 +198,7 @@ class Service:
             [sys.executable, "-m", "cdc", "run", str(config)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
-            cwd=str(ROOT),
+            cwd=str(CODE_ROOT),
             env=dict(os.environ, PYTHONUNBUFFERED="1"),
         )
 
@@ -462,6 +469,7 @@ def run_file_service(
     *,
     slot: str = CDC_SLOT,
     transforms: list[dict[str, Any]] | None = None,
+    service: dict[str, Any] | None = None,
 ) -> tuple[float, float, float, float, int, Counter[str]]:
     """cdc with the file sink on the workload's pre-created slot (``snapshot.mode: never``)
     until its checkpoint covers the last event: (seconds from launch, seconds from `running`,
@@ -484,7 +492,7 @@ def run_file_service(
     }
     if transforms:
         pipeline["transforms"] = transforms
-    config = service_config(work, port, [pipeline])
+    config = service_config(work, port, [pipeline], **(service or {}))
     with Service(config, work / "cdc.log", port, PIPELINE) as svc, profile(svc.pid, profile_path):
         t_running = svc.wait_running()
 

@@ -25,8 +25,14 @@ Sections, each on fresh throwaway servers, one consumer at a time (never two at 
 * **mysql** (MariaDB 10.11, bench/mysql_file.py's functions): a bare ``BinLogStreamReader``
   loop over the workload's binlog (the faster of ``freeze_schema`` off and on) against cdc
   with the file sink.
-* **latency** (bench/latency.py): commit-to-file latency p50/p99 at a steady 2,000 and 20,000
-  rows/s.
+* **latency** (bench/latency.py): commit-to-file latency p50/p99 at a steady 2,000, 20,000
+  and 50,000 rows/s.
+* **Debezium** (bench/debezium.py; issue 21), in the sections above: the real Debezium 3.6
+  embedded engine on the same workloads, each right after cdc's row: PostgreSQL streaming on
+  the pg workload's WAL (its own slot), the PostgreSQL snapshot of the snapshot's table, and
+  MariaDB streaming (the mysql workload on a MariaDB of its own that reports a MySQL-like
+  version). Its rate beside cdc's, cdc's over Debezium's (target ≥ 5×) and cdc's peak RSS over
+  Debezium's process tree's (target ≤ 1/10). ``--pg-rows`` picks the pg section's rows.
 
 Every sink's output is checked (each event exactly once) before its figure is shown. Times
 run from the service's process launch to its checkpoint covering the last event, except the
@@ -35,7 +41,8 @@ the log and the JSON). Targets (issue 7): file ≥ 0.7 and Kafka ≥ 0.5 of pg_r
 NATS, Redis and RabbitMQ each ≥ 0.7 and the PostgreSQL read model (issue 18) ≥ 0.5 of the
 file sink's rate in the same run;
 MySQL ≥ 0.9 of the bare loop; webhook ≥ 20,000 events/s; ≥ 8× the Singer tap; snapshot ≥ 0.15
-of COPY; p99 ≤ 50 ms at 2,000/s and ≤ 250 ms at 20,000/s; peak RSS ≤ 200 MB everywhere.
+of COPY; p99 ≤ 50 ms at 2,000/s, ≤ 250 ms at 20,000/s and ≤ 50 ms at 50,000/s; peak RSS
+≤ 200 MB everywhere (cdc's rows).
 ``--strict`` exits 1 when one is missed.
 """
 
@@ -70,7 +77,11 @@ TARGETS = {
     "singer": 8.0,
     "snapshot": 0.15,
     "webhook_events_s": 20_000,
+    "debezium": 5.0,  # cdc's rate over Debezium's (issue 21), and at most 1/10 of its RSS
 }
+
+
+PG_ROWS = ("debezium", "kafka", "webhook", "brokers", "singer", "snapshot")
 
 
 def bench(name: str) -> Any:
@@ -91,6 +102,8 @@ class Row:
     data: dict[str, Any] = field(default_factory=dict)
 
     def check_rss(self) -> None:
+        if self.name.startswith("Debezium"):
+            return  # a peer's row: its RSS is judged against cdc's (the ratio), not the cap
         if self.rss_mb is not None and self.rss_mb > TARGET_RSS_MB:
             self.met = False
             self.target += f"; RSS ≤ {TARGET_RSS_MB:.0f} MB"
@@ -111,6 +124,45 @@ def failed(name: str, exc: BaseException) -> Row:
         result=f"error: {str(exc).splitlines()[0][:120] if str(exc) else repr(exc)}",
         met=False,
     )
+
+
+# -- Debezium --------------------------------------------------------------------------------------
+
+
+def debezium_row(
+    name: str, run: Any, cdc_rate: float | None, cdc_rss: float | None, what: str
+) -> Row:
+    """A row for one Debezium run (``run`` returns bench/debezium.Result) beside cdc's
+    ``cdc_rate`` (``what``: how cdc's figure was taken)."""
+    try:
+        dbz = bench("debezium")
+        why = dbz.available()
+        if why:
+            return Row(name, result=f"not measured: {why}", met=None)
+        r = run()
+        row = Row(
+            name,
+            r.records,
+            rate_text(r.rate),
+            "",
+            "",
+            f"cdc ≥ {TARGETS['debezium']:.0f}×, RSS ≤ 1/10",
+            None,
+            r.rss_mb,
+            {"seconds": r.seconds, "rate": r.rate, "cpu_s": r.cpu_s, "bytes": r.bytes,
+             "consumer": r.consumer},
+        )
+        if cdc_rate is not None and cdc_rss is not None:
+            ratio = cdc_rate / r.rate
+            rss_ratio = cdc_rss / r.rss_mb
+            row.ceiling = f"{what} {rate_text(cdc_rate)}"
+            row.ratio = f"cdc {ratio:.1f}×; RSS 1/{1 / rss_ratio:.0f}"
+            row.met = ratio >= TARGETS["debezium"] and rss_ratio <= 0.1
+            row.data.update(cdc_over_debezium=ratio, cdc_rate=cdc_rate, rss_ratio=rss_ratio)
+        log(f"{name}: {rate_text(r.rate)}, RSS {r.rss_mb:.0f} MB, CPU {r.cpu_s:.1f}s")
+        return row
+    except Exception as exc:  # noqa: BLE001 - reported in the table
+        return failed(name, exc)
 
 
 # -- PostgreSQL -----------------------------------------------------------------------------------
@@ -163,6 +215,7 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
 
     inserts, updates, per_tx = args.inserts, args.updates, args.rows_per_tx
     expected = inserts + updates
+    want = set(args.pg_rows.split(","))
     rows: list[Row] = []
     bindir = find_debian_bindir(15)
     settings = {
@@ -177,14 +230,22 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
     tap_reason: str | None = None
     try:
         try:
-            singer.ensure_wal2json(bindir)
-            tap = singer.Tap(singer.ensure_tap(args.venv), pg, work / "tap")
+            if "singer" in want:
+                singer.ensure_wal2json(bindir)
+                tap = singer.Tap(singer.ensure_tap(args.venv), pg, work / "tap")
         except singer.TapUnavailable as exc:
             tap_reason = str(exc)
         pg.start()
         dsn = harness.prepare(pg)
         with psycopg.connect(dsn, autocommit=True) as conn:
-            for slot in (pg_kafka.KAFKA_SLOT, pg_webhook.HOOK_SLOT, *pg_brokers.SLOTS.values()):
+            slots = [
+                *([pg_kafka.KAFKA_SLOT] if "kafka" in want else []),
+                *([pg_webhook.HOOK_SLOT] if "webhook" in want else []),
+                *(pg_brokers.SLOTS.values() if "brokers" in want else []),
+            ]
+            if "debezium" in want:
+                slots.append(bench("debezium").DBZ_SLOT)
+            for slot in slots:
                 conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (slot,))
         if tap is not None:
             try:
@@ -243,161 +304,205 @@ def pg_section(args: argparse.Namespace, work: Path) -> list[Row]:
         except Exception as exc:  # noqa: BLE001 - reported in the table
             rows.append(failed("PostgreSQL → file", exc))
 
+        # Debezium on the same WAL (its own slot, created before the workload)
+        if "debezium" in want:
+            dbz = bench("debezium")
+            props = dbz.pg_stream_props(
+                pg.port, harness.DB, harness.TABLE, dbz.DBZ_SLOT, harness.PUBLICATION
+            )
+            file_rss = rows[-1].rss_mb if rows and rows[-1].name == "PostgreSQL → file" else None
+            rows.append(
+                debezium_row(
+                    "Debezium 3.6 embedded, PostgreSQL streaming",
+                    lambda: dbz.run(
+                        work / "debezium", "dbz_pg", props, args.debezium_consumer, expected,
+                        args.timeout,
+                    ),
+                    file_rate,
+                    file_rss,
+                    "cdc → file",
+                )
+            )
+
         # -> Kafka
-        try:
-            if last_lsn is None:
-                raise RuntimeError("needs the file sink's last event (its run failed)")
-            broker.start()
-            (work / "kafka").mkdir()
-            prefix = "bench"
-            s, running_s, rss = pg_kafka.run_kafka_service(
-                work / "kafka", dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, {}
-            )
-            topic = f"{prefix}.{pg_kafka.KAFKA_PIPELINE}.{harness.TABLE}"
-            total, ops, distinct, _ = pg_kafka.count_records(broker.bootstrap, topic, args.timeout)
-            if (
-                total != expected
-                or distinct != expected
-                or ops["c"] != inserts
-                or ops["u"] != updates
-            ):
-                raise RuntimeError(
-                    f"the topic holds {total} records ({distinct} distinct ids, {dict(ops)})"
-                )
-            rate = expected / s
-            ratio = rate / recv_rate
-            rows.append(
-                Row(
-                    f"PostgreSQL → Kafka (Tansu, {pg_kafka.TOPIC_PARTITIONS} partitions)",
-                    expected,
-                    rate_text(rate),
-                    ceiling,
-                    f"{ratio:.2f}",
-                    f"≥ {TARGETS['kafka']:.2f}",
-                    ratio >= TARGETS["kafka"],
-                    rss,
-                    {
-                        "seconds": s,
-                        "seconds_from_running": running_s,
-                        "rate": rate,
-                        "ceiling_rate": recv_rate,
-                    },
-                )
-            )
-            log(f"kafka sink: {s:.2f}s, {rate_text(rate)}, RSS {rss:.0f} MB")
-        except Exception as exc:  # noqa: BLE001
-            rows.append(failed("PostgreSQL → Kafka", exc))
-        finally:
-            broker.stop()
-
-        # -> webhook
-        try:
-            s, running_s, rss, cpu, receiver = pg_webhook.run_webhook(
-                work / "webhook", dsn, expected, args.timeout, 500
-            )
-            if (
-                receiver.events != expected
-                or receiver.ops["c"] != inserts
-                or receiver.ops["u"] != updates
-            ):
-                raise RuntimeError(
-                    f"the receiver counted {receiver.events} events ({dict(receiver.ops)})"
-                )
-            rate = expected / s
-            rows.append(
-                Row(
-                    "PostgreSQL → webhook (local receiver)",
-                    expected,
-                    rate_text(rate),
-                    ceiling,
-                    f"{rate / recv_rate:.2f}",
-                    f"≥ {TARGETS['webhook_events_s']:,}/s",
-                    rate >= TARGETS["webhook_events_s"],
-                    rss,
-                    {
-                        "seconds": s,
-                        "seconds_from_running": running_s,
-                        "cpu_s": cpu,
-                        "rate": rate,
-                        "requests": receiver.requests,
-                        "ceiling_rate": recv_rate,
-                    },
-                )
-            )
-            log(
-                f"webhook sink: {s:.2f}s, {rate_text(rate)}, {receiver.requests:,} requests, RSS {rss:.0f} MB"
-            )
-        except Exception as exc:  # noqa: BLE001
-            rows.append(failed("PostgreSQL → webhook", exc))
-
-        # -> NATS JetStream, Redis Streams, RabbitMQ, a PostgreSQL read model: each against the
-        # file sink of this run
-        for kind in pg_brokers.SINKS:
-            title = pg_brokers.TITLES[kind]
-            target = TARGETS.get(kind, TARGETS["broker"])
+        if "kafka" in want:
             try:
-                if last_lsn is None or file_rate is None:
+                if last_lsn is None:
                     raise RuntimeError("needs the file sink's last event (its run failed)")
-                r = pg_brokers.run_broker(
-                    kind, work, dsn, inserts, updates, last_lsn, args.timeout, log=log
+                broker.start()
+                (work / "kafka").mkdir()
+                prefix = "bench"
+                s, running_s, rss = pg_kafka.run_kafka_service(
+                    work / "kafka", dsn, broker.bootstrap, prefix, expected, last_lsn, args.timeout, {}
                 )
-                rate = expected / r.seconds
-                ratio = rate / file_rate
+                topic = f"{prefix}.{pg_kafka.KAFKA_PIPELINE}.{harness.TABLE}"
+                total, ops, distinct, _ = pg_kafka.count_records(broker.bootstrap, topic, args.timeout)
+                if (
+                    total != expected
+                    or distinct != expected
+                    or ops["c"] != inserts
+                    or ops["u"] != updates
+                ):
+                    raise RuntimeError(
+                        f"the topic holds {total} records ({distinct} distinct ids, {dict(ops)})"
+                    )
+                rate = expected / s
+                ratio = rate / recv_rate
                 rows.append(
                     Row(
-                        title,
+                        f"PostgreSQL → Kafka (Tansu, {pg_kafka.TOPIC_PARTITIONS} partitions)",
                         expected,
                         rate_text(rate),
-                        f"cdc → file {rate_text(file_rate)}",
+                        ceiling,
                         f"{ratio:.2f}",
-                        f"≥ {target:.2f} of file",
-                        ratio >= target,
-                        r.rss_mb,
+                        f"≥ {TARGETS['kafka']:.2f}",
+                        ratio >= TARGETS["kafka"],
+                        rss,
                         {
-                            "seconds": r.seconds,
-                            "seconds_from_running": r.seconds_from_running,
-                            "cpu_s": r.cpu_s,
+                            "seconds": s,
+                            "seconds_from_running": running_s,
                             "rate": rate,
-                            "file_rate": file_rate,
+                            "ceiling_rate": recv_rate,
                         },
                     )
                 )
-                log(f"{kind} sink: {rate_text(rate)}, {ratio:.2f} of file, RSS {r.rss_mb:.0f} MB")
-            except Exception as exc:  # noqa: BLE001 - reported in the table
-                rows.append(failed(title, exc))
+                log(f"kafka sink: {s:.2f}s, {rate_text(rate)}, RSS {rss:.0f} MB")
+            except Exception as exc:  # noqa: BLE001
+                rows.append(failed("PostgreSQL → Kafka", exc))
+            finally:
+                broker.stop()
+
+        # -> webhook
+        if "webhook" in want:
+            try:
+                s, running_s, rss, cpu, receiver = pg_webhook.run_webhook(
+                    work / "webhook", dsn, expected, args.timeout, 500
+                )
+                if (
+                    receiver.events != expected
+                    or receiver.ops["c"] != inserts
+                    or receiver.ops["u"] != updates
+                ):
+                    raise RuntimeError(
+                        f"the receiver counted {receiver.events} events ({dict(receiver.ops)})"
+                    )
+                rate = expected / s
+                rows.append(
+                    Row(
+                        "PostgreSQL → webhook (local receiver)",
+                        expected,
+                        rate_text(rate),
+                        ceiling,
+                        f"{rate / recv_rate:.2f}",
+                        f"≥ {TARGETS['webhook_events_s']:,}/s",
+                        rate >= TARGETS["webhook_events_s"],
+                        rss,
+                        {
+                            "seconds": s,
+                            "seconds_from_running": running_s,
+                            "cpu_s": cpu,
+                            "rate": rate,
+                            "requests": receiver.requests,
+                            "ceiling_rate": recv_rate,
+                        },
+                    )
+                )
+                log(
+                    f"webhook sink: {s:.2f}s, {rate_text(rate)}, {receiver.requests:,} requests, RSS {rss:.0f} MB"
+                )
+            except Exception as exc:  # noqa: BLE001
+                rows.append(failed("PostgreSQL → webhook", exc))
+
+        # -> NATS JetStream, Redis Streams, RabbitMQ, a PostgreSQL read model: each against the
+        # file sink of this run
+        if "brokers" in want:
+            for kind in pg_brokers.SINKS:
+                title = pg_brokers.TITLES[kind]
+                target = TARGETS.get(kind, TARGETS["broker"])
+                try:
+                    if last_lsn is None or file_rate is None:
+                        raise RuntimeError("needs the file sink's last event (its run failed)")
+                    r = pg_brokers.run_broker(
+                        kind, work, dsn, inserts, updates, last_lsn, args.timeout, log=log
+                    )
+                    rate = expected / r.seconds
+                    ratio = rate / file_rate
+                    rows.append(
+                        Row(
+                            title,
+                            expected,
+                            rate_text(rate),
+                            f"cdc → file {rate_text(file_rate)}",
+                            f"{ratio:.2f}",
+                            f"≥ {target:.2f} of file",
+                            ratio >= target,
+                            r.rss_mb,
+                            {
+                                "seconds": r.seconds,
+                                "seconds_from_running": r.seconds_from_running,
+                                "cpu_s": r.cpu_s,
+                                "rate": rate,
+                                "file_rate": file_rate,
+                            },
+                        )
+                    )
+                    log(f"{kind} sink: {rate_text(rate)}, {ratio:.2f} of file, RSS {r.rss_mb:.0f} MB")
+                except Exception as exc:  # noqa: BLE001 - reported in the table
+                    rows.append(failed(title, exc))
 
         # the Singer tap, on the same WAL
-        name = "pipelinewise-tap-postgres (wal2json)"
-        if tap is None:
-            rows.append(Row(name, result=f"not measured: {tap_reason}", met=None))
-        else:
-            try:
-                r = tap.run(expected, args.timeout)
-                row = Row(
-                    name,
-                    r.records,
-                    rate_text(r.rate),
-                    "",
-                    "",
-                    f"cdc ≥ {TARGETS['singer']:.0f}×",
-                    None,
-                    r.rss_mb,
-                    {"seconds": r.seconds, "rate": r.rate},
-                )
-                if file_rate is not None:
-                    ratio = file_rate / r.rate
-                    row.ceiling = f"cdc → file {rate_text(file_rate)}"
-                    row.ratio = f"cdc {ratio:.1f}×"
-                    row.met = ratio >= TARGETS["singer"]
-                    row.data["cdc_over_tap"] = ratio
-                rows.append(row)
-                log(f"tap-postgres: {r.seconds:.2f}s, {rate_text(r.rate)}, RSS {r.rss_mb:.0f} MB")
-            except Exception as exc:  # noqa: BLE001
-                rows.append(Row(name, result=f"not measured: {exc}", met=None))
+        if "singer" in want:
+            name = "pipelinewise-tap-postgres (wal2json)"
+            if tap is None:
+                rows.append(Row(name, result=f"not measured: {tap_reason}", met=None))
+            else:
+                try:
+                    r = tap.run(expected, args.timeout)
+                    row = Row(
+                        name,
+                        r.records,
+                        rate_text(r.rate),
+                        "",
+                        "",
+                        f"cdc ≥ {TARGETS['singer']:.0f}×",
+                        None,
+                        r.rss_mb,
+                        {"seconds": r.seconds, "rate": r.rate},
+                    )
+                    if file_rate is not None:
+                        ratio = file_rate / r.rate
+                        row.ceiling = f"cdc → file {rate_text(file_rate)}"
+                        row.ratio = f"cdc {ratio:.1f}×"
+                        row.met = ratio >= TARGETS["singer"]
+                        row.data["cdc_over_tap"] = ratio
+                    rows.append(row)
+                    log(f"tap-postgres: {r.seconds:.2f}s, {rate_text(r.rate)}, RSS {r.rss_mb:.0f} MB")
+                except Exception as exc:  # noqa: BLE001
+                    rows.append(Row(name, result=f"not measured: {exc}", met=None))
 
         # the snapshot, last: its table's load must not be in the WAL the slots above decode
-        (work / "snapshot").mkdir()
-        rows.append(snapshot_row(args, pg, work / "snapshot"))
+        if "snapshot" in want:
+            (work / "snapshot").mkdir()
+            snap = snapshot_row(args, pg, work / "snapshot")
+            rows.append(snap)
+            if "debezium" in want:
+                dbz = bench("debezium")
+                snap_db = bench("snapshot")
+                props = dbz.pg_snapshot_props(
+                    pg.port, snap_db.DB, snap_db.TABLE, dbz.DBZ_SNAP_SLOT
+                )
+                rows.append(
+                    debezium_row(
+                        "Debezium 3.6 embedded, PostgreSQL snapshot",
+                        lambda: dbz.run(
+                            work / "debezium", "dbz_snap", props, args.debezium_consumer,
+                            args.snapshot_rows, args.timeout,
+                        ),
+                        snap.data.get("rate_process"),
+                        snap.rss_mb,
+                        "cdc snapshot from launch",
+                    )
+                )
     finally:
         broker.stop()
         pg.cleanup()
@@ -444,6 +549,21 @@ def mysql_section(args: argparse.Namespace, work: Path) -> list[Row]:
         rate = expected / svc_s
         ratio = rate / bare_rate
         log(f"mysql file sink: {svc_s:.2f}s, {rate_text(rate)}, RSS {rss_kb / 1024:.0f} MB")
+        extra: list[Row] = []
+        if args.mysql_debezium:
+            db.cleanup()  # one MariaDB at a time; Debezium's reports a MySQL-like version
+            extra.append(
+                debezium_row(
+                    "Debezium 3.6 embedded, MariaDB streaming",
+                    lambda: bench("debezium").run_mysql(
+                        folder / "debezium", inserts, updates, args.rows_per_tx,
+                        args.debezium_consumer, args.timeout, log=log,
+                    ),
+                    rate,
+                    rss_kb / 1024,
+                    "cdc → file",
+                )
+            )
         return [
             Row(
                 name,
@@ -461,7 +581,8 @@ def mysql_section(args: argparse.Namespace, work: Path) -> list[Row]:
                     "ceiling_rate": bare_rate,
                     "bare_rates": {str(k): v for k, v in bare.items()},
                 },
-            )
+            ),
+            *extra,
         ]
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - mysql_file's helpers exit on timeouts
         return [failed(name, exc)]
@@ -474,7 +595,7 @@ def mysql_section(args: argparse.Namespace, work: Path) -> list[Row]:
 
 def latency_section(args: argparse.Namespace, work: Path) -> list[Row]:
     latency = bench("latency")
-    rates = [2_000, 20_000]
+    rates = [2_000, 20_000, 50_000]
     try:
         results, rss = latency.run(rates, args.latency_seconds, log=log)
     except Exception as exc:  # noqa: BLE001
@@ -570,6 +691,22 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument(
         "--quick", action="store_true", help="a fifth of the workload, 5 s per latency rate"
+    )
+    ap.add_argument(
+        "--pg-rows",
+        default=",".join(PG_ROWS),
+        help=f"rows of the pg section (the file sink always runs): {','.join(PG_ROWS)}",
+    )
+    ap.add_argument(
+        "--debezium-consumer",
+        default="java",
+        help="Debezium's consumer: java (a no-op Java class) or python (bench/debezium.py)",
+    )
+    ap.add_argument(
+        "--no-mysql-debezium",
+        dest="mysql_debezium",
+        action="store_false",
+        help="no Debezium row in the mysql section",
     )
     ap.add_argument("--inserts", type=int, default=500_000)
     ap.add_argument("--updates", type=int, default=250_000)

