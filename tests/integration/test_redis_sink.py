@@ -155,7 +155,7 @@ def test_warns_when_the_server_does_not_persist(tmp_path: Path) -> None:
                 sink = _sink(server)
                 sink.open(None)
                 sink.close()
-            found = [r for r in logs if "appendonly" in r["event"] and r["log_level"] == "warning"]
+            found = [r for r in logs if "appendonly" in r.get("message", "") and r["log_level"] == "warning"]
             assert bool(found) is warned, logs
     finally:
         volatile.stop()
