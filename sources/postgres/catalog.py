@@ -305,6 +305,17 @@ def _identity_problem(t: TableFacts) -> str | None:
 # -- publications -------------------------------------------------------------------------------
 
 
+def _publication_tables(conn: psycopg.Connection[Any], oid: int) -> list[str]:
+    """The tables a publication lists (by name), sorted."""
+    rows = conn.execute(
+        "SELECT n.nspname, c.relname FROM pg_publication_rel pr "
+        "JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE pr.prpubid = %s",
+        (oid,),
+    ).fetchall()
+    return sorted(names.join(r[0], r[1]) for r in rows)
+
+
 def ensure_publication(
     conn: psycopg.Connection[Any], name: str, tables: Sequence[str], pipeline: str, version: int
 ) -> str:
@@ -342,15 +353,7 @@ def ensure_publication(
             ) from exc
         return "created"
     oid, alltables, ins, upd, dele, trunc, viaroot, comment = row
-    current = sorted(
-        names.join(r[0], r[1])
-        for r in conn.execute(
-            "SELECT n.nspname, c.relname FROM pg_publication_rel pr "
-            "JOIN pg_class c ON c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-            "WHERE pr.prpubid = %s",
-            (oid,),
-        ).fetchall()
-    )
+    current = _publication_tables(conn, oid)
     if comment.startswith(PUBLICATION_MARK):
         done = "unchanged"
         try:
@@ -405,15 +408,7 @@ def publication_problems(
         )
     if row is not None:
         oid, _, ins, upd, dele, trunc, viaroot, _ = row
-        current = sorted(
-            names.join(r[0], r[1])
-            for r in conn.execute(
-                "SELECT n.nspname, c.relname FROM pg_publication_rel pr JOIN pg_class c ON "
-                "c.oid = pr.prrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
-                "WHERE pr.prpubid = %s",
-                (oid,),
-            ).fetchall()
-        )
+        current = _publication_tables(conn, oid)
         if current == wanted and ins and upd and dele and trunc and viaroot:
             return []
         action = "alter"
